@@ -1,0 +1,5 @@
+import sys
+
+from alphasel.cli import main
+
+sys.exit(main())

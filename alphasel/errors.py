@@ -1,0 +1,25 @@
+"""Project errors. Each names the offending input and the fix; the CLI prints one line, exit 2."""
+
+
+class AlphaselError(ValueError):
+    """Base class for every error alphasel raises about its input."""
+
+
+class SourceError(AlphaselError):
+    """A model source (hub id, path, file) cannot be found or read."""
+
+
+class AnalysisOptionError(AlphaselError):
+    """An analysis option (estimator, device, downsampling, filters) is invalid."""
+
+
+class TableError(AlphaselError):
+    """An alpha table is missing, empty or lacks required columns."""
+
+
+class PlanError(AlphaselError):
+    """A plan cannot be made or applied (bad scheme, k, kinds, budget, mismatched model)."""
+
+
+class PlotError(AlphaselError):
+    """A figure cannot be drawn from the given table(s) or options."""

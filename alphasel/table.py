@@ -1,0 +1,178 @@
+"""The alpha table: the contract between ANALYZE and PLAN (and PLOT).
+
+One row per weight matrix. Metadata (model id, revision, estimator, options, versions, time)
+travels in ``DataFrame.attrs["alphasel"]`` in memory, and in a ``meta.json`` beside the table
+(or inside a parquet file) on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from alphasel.errors import TableError
+
+#: Columns every alpha table has, in this order.
+COLUMNS = [
+    "name", "block", "kind", "rows", "cols",
+    "alpha", "xmin", "D", "sigma", "num_evals", "num_pl_spikes",
+    "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
+    "status",
+]
+#: Columns added by downsampled analyses.
+DOWNSAMPLE_COLUMNS = ["alpha_std", "samples"]
+#: What a table must hold for the planner and the plots to use it.
+REQUIRED_COLUMNS = ["name", "block", "kind", "alpha"]
+#: Module kinds, in the order figures show them.
+KINDS = ["q", "k", "v", "o", "qkv", "gate", "up", "down", "embed", "head", "other"]
+#: status of a row whose fit succeeded.
+STATUS_OK = "ok"
+
+META_KEY = "alphasel"
+SUPPORTED_SUFFIXES = (".csv", ".parquet", ".json")
+
+
+def runs_dir() -> Path:
+    """Where commands write by default: ``$ALPHASEL_RUNS`` or ``./runs``."""
+    return Path(os.environ.get("ALPHASEL_RUNS", "runs"))
+
+
+def model_slug(model_id: str) -> str:
+    """A filesystem-safe name for a model id or path (``meta-llama/Llama-2-7b-hf`` →
+    ``meta-llama--Llama-2-7b-hf``)."""
+    text = str(model_id).rstrip("/\\")
+    if os.sep in text or "/" in text:
+        path = Path(text)
+        # Local paths: the last component is what a user recognises; hub ids keep the org.
+        text = path.name if path.exists() else text.replace("/", "--")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return slug or "model"
+
+
+def metadata(table: pd.DataFrame) -> dict:
+    """The metadata that travels with a table (empty dict when none)."""
+    return dict(table.attrs.get(META_KEY, {}))
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise TableError(
+            f"cannot tell the table format of '{path}': use a file ending in "
+            f"{', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return suffix
+
+
+def write_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write exactly the table to ``path``, format by extension (.csv, .parquet, .json).
+
+    The file is written to a temporary name and renamed, so a failure leaves no partial file.
+    """
+    path = Path(path)
+    suffix = _check_suffix(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame = pd.DataFrame(table)  # drops nothing; attrs are handled per format below
+    try:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        elif suffix == ".json":
+            frame.to_json(tmp, orient="records", indent=1)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            arrow = pa.Table.from_pandas(frame, preserve_index=False)
+            meta = dict(arrow.schema.metadata or {})
+            meta[META_KEY.encode()] = json.dumps(metadata(table), default=str).encode()
+            pq.write_table(arrow.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read an alpha table written by :func:`write_table` or :func:`save_analysis`.
+
+    Metadata comes from a parquet file's schema or from a ``meta.json`` beside the table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"alpha table '{path}' does not exist: run `alphasel analyze MODEL` "
+                         "or pass the path of an existing table")
+    suffix = _check_suffix(path)
+    meta: dict = {}
+    try:
+        if suffix == ".csv":
+            table = pd.read_csv(path)
+        elif suffix == ".json":
+            table = pd.read_json(path, orient="records")
+        else:
+            import pyarrow.parquet as pq
+
+            arrow = pq.read_table(path)
+            raw = (arrow.schema.metadata or {}).get(META_KEY.encode())
+            meta = json.loads(raw) if raw else {}
+            table = arrow.to_pandas()
+    except (ValueError, OSError) as err:
+        raise TableError(f"cannot read alpha table '{path}' ({err}): "
+                         "re-create it with `alphasel analyze`") from err
+    sidecar = path.with_name("meta.json")
+    if not meta and sidecar.is_file():
+        stored = json.loads(sidecar.read_text())
+        if stored.get("table") == path.name:
+            meta = stored
+    if "block" in table.columns:
+        table["block"] = table["block"].astype("Int64")
+    table.attrs[META_KEY] = meta
+    table.attrs[META_KEY].setdefault("path", str(path))
+    return table
+
+
+def check_table(table: pd.DataFrame, required: list[str] | None = None,
+                source: str = "alpha table") -> None:
+    """Raise :class:`TableError` if ``table`` is empty or lacks required columns."""
+    required = REQUIRED_COLUMNS if required is None else required
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise TableError(f"{source} lacks column(s) {', '.join(missing)}: "
+                         "use a table written by `alphasel analyze`")
+    if len(table) == 0:
+        raise TableError(f"{source} is empty: analyze a model with at least one weight matrix")
+
+
+def _latest_pointer() -> Path:
+    return runs_dir() / "analyses" / "LATEST"
+
+
+def save_analysis(table: pd.DataFrame, model_id: str) -> Path:
+    """Save under ``runs/analyses/<model-slug>/<time>-<estimator>/alpha.csv`` with ``meta.json``
+    beside it, and remember it as the latest analysis. Returns the table's path."""
+    meta = metadata(table)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = runs_dir() / "analyses" / model_slug(model_id) / f"{stamp}-{meta.get('estimator', 'ks')}"
+    folder.mkdir(parents=True, exist_ok=False)
+    path = write_table(table, folder / "alpha.csv")
+    (folder / "meta.json").write_text(json.dumps({"table": path.name, **meta}, indent=1,
+                                                 default=str))
+    pointer = _latest_pointer()
+    pointer.write_text(str(path.resolve()) + "\n")
+    return path
+
+
+def latest_analysis() -> Path:
+    """The path of the latest analysis saved under ``runs/`` (raises if there is none)."""
+    pointer = _latest_pointer()
+    if pointer.is_file():
+        path = Path(pointer.read_text().strip())
+        if path.is_file():
+            return path
+    raise TableError(f"no analysis found under '{runs_dir() / 'analyses'}': run "
+                     "`alphasel analyze MODEL` first or pass a table with --analysis")
