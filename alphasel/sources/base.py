@@ -1,0 +1,74 @@
+"""What every weight source offers: the list of weight matrices, then one matrix at a time."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from alphasel.layout import block_of, kind_of
+from alphasel.table import KINDS
+
+
+@dataclass(frozen=True)
+class MatrixRef:
+    """A weight matrix known by name and shape, not yet read."""
+
+    name: str
+    """Full module name, without a trailing ``.weight``."""
+    shape: tuple[int, int]
+    """(rows, cols) as stored in the checkpoint."""
+    key: str
+    """How the source finds it again (tensor name in its file)."""
+
+
+def matrix_name(tensor_name: str) -> str | None:
+    """The module name of a weight tensor, or None for tensors that are not module weights
+    (biases, norms' scales are 1-D and filtered by shape; buffers and LoRA pieces by name)."""
+    if not tensor_name.endswith(".weight"):
+        return None
+    return tensor_name.removesuffix(".weight")
+
+
+def reading_order(refs: list[MatrixRef]) -> list[MatrixRef]:
+    """Embeddings first, then blocks in depth order (kinds in canonical order), then the rest."""
+
+    def key(ref: MatrixRef) -> tuple:
+        block = block_of(ref.name)
+        kind = kind_of(ref.name)
+        group = 0 if block is None and kind == "embed" else (1 if block is not None else 2)
+        return (group, block if block is not None else 0, KINDS.index(kind), ref.name)
+
+    return sorted(refs, key=key)
+
+
+class WeightSource(ABC):
+    """A lazily read checkpoint: ``matrices()`` lists, ``load(ref)`` reads one matrix."""
+
+    model_id: str
+    """What the user would call the model (hub id, path)."""
+    revision: str | None = None
+    """Hub revision (commit) when known."""
+    location: str = ""
+    """Where the weights were read from."""
+    format: str = ""
+    """safetensors, pytorch-bin, gguf or module."""
+
+    @abstractmethod
+    def matrices(self) -> list[MatrixRef]:
+        """Every 2-D floating-point weight, in reading order."""
+
+    @abstractmethod
+    def load(self, ref: MatrixRef) -> np.ndarray:
+        """The matrix as float32 or float64 (half precision is upcast here, per matrix)."""
+
+    def close(self) -> None:
+        """Release files; the default has nothing to release."""
+        return None
+
+    def __enter__(self) -> WeightSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

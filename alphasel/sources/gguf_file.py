@@ -1,0 +1,223 @@
+"""GGUF files: tensors dequantized one at a time with the `gguf` package, named as in HF.
+
+The header is parsed here rather than with gguf.GGUFReader: the reader decodes every metadata
+value (a Llama tokenizer is ~100k strings, seconds of Python) and memory-maps the file, whose
+touched pages then count toward resident memory. Only tensor names, shapes, types and offsets
+are needed; each tensor's bytes are read with a positioned read and dequantized by `gguf`.
+
+llama.cpp stores Llama-family q/k weights with their rows permuted for its rotary layout; a
+row permutation leaves singular values unchanged, so the spectra equal the HF checkpoint's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alphasel.errors import SourceError
+from alphasel.sources.base import MatrixRef, WeightSource, reading_order
+
+# llama.cpp tensor names → HF module names for Llama/Mistral/Qwen2-style models.
+_TOP_LEVEL = {"token_embd": "model.embed_tokens", "output": "lm_head"}
+_IN_BLOCK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_qkv": "self_attn.qkv_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+# GGUF metadata value types: fixed sizes (struct format) and the two variable ones.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+            12: "d"}
+_STRING, _ARRAY = 8, 9
+_DEFAULT_ALIGNMENT = 32
+
+
+def hf_name(gguf_name: str) -> str:
+    """HF module name of a GGUF tensor (``blk.3.attn_q.weight`` → ``model.layers.3.self_attn.
+    q_proj``); names outside the mapping keep their GGUF form, which the layout rules know."""
+    base = gguf_name.removesuffix(".weight")
+    if base in _TOP_LEVEL:
+        return _TOP_LEVEL[base]
+    match = _BLOCK_TENSOR.match(base)
+    if match and match.group(2) in _IN_BLOCK:
+        return f"model.layers.{match.group(1)}.{_IN_BLOCK[match.group(2)]}"
+    return base
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """Where one tensor lies in a GGUF file."""
+
+    name: str
+    dims: tuple[int, ...]
+    """Dimensions fastest-first, as GGUF stores them."""
+    qtype: int
+    offset: int
+    """Absolute byte offset of the tensor's data."""
+    nbytes: int
+
+
+class _HeaderReader:
+    """Sequential little-endian reads over a file, buffered in large chunks."""
+
+    def __init__(self, handle, path: Path) -> None:
+        self._handle, self._path = handle, path
+        self._buffer, self._start, self.position = b"", 0, 0
+
+    def take(self, size: int) -> bytes:
+        end = self.position + size
+        if end > self._start + len(self._buffer):
+            self._handle.seek(self.position)
+            self._buffer = self._handle.read(max(size, 8 << 20))
+            self._start = self.position
+            if len(self._buffer) < size:
+                raise SourceError(f"'{self._path}' is truncated inside its GGUF header: "
+                                  "re-download it")
+        chunk = self._buffer[self.position - self._start:end - self._start]
+        self.position = end
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        length = self.unpack("Q")
+        if length > 1 << 30:
+            raise SourceError(f"'{self._path}' has a corrupt GGUF header (string of {length} "
+                              "bytes): re-download it")
+        return self.take(length).decode("utf-8", errors="replace")
+
+    def value(self, value_type: int, keep: bool):
+        if value_type in _SCALARS:
+            return self.unpack(_SCALARS[value_type])
+        if value_type == _STRING:
+            return self.string()
+        if value_type == _ARRAY:
+            item_type, count = self.unpack("I"), self.unpack("Q")
+            if item_type in _SCALARS and not keep:  # skip fixed-size arrays in one step
+                self.take(count * struct.calcsize(_SCALARS[item_type]))
+                return None
+            items = [self.value(item_type, keep) for _ in range(count)]
+            return items if keep else None
+        raise SourceError(f"'{self._path}' has a corrupt GGUF header (unknown value type "
+                          f"{value_type}): re-download it")
+
+
+def read_gguf_header(path: Path) -> tuple[dict, list[GGUFTensor]]:
+    """The scalar/string metadata (arrays skipped) and the tensor table of a GGUF file."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        reader = _HeaderReader(handle, path)
+        if size < 24 or reader.take(4) != b"GGUF":
+            raise SourceError(f"'{path}' is not a GGUF file (bad magic bytes): pass a .gguf "
+                              "file written by llama.cpp or the gguf package")
+        version = reader.unpack("I")
+        if version not in (2, 3):
+            raise SourceError(f"'{path}' is GGUF version {version}; versions 2 and 3 are "
+                              "supported: re-export it with a current llama.cpp")
+        tensor_count, kv_count = reader.unpack("Q"), reader.unpack("Q")
+        fields = {}
+        for _ in range(kv_count):
+            key = reader.string()
+            value_type = reader.unpack("I")
+            value = reader.value(value_type, keep=False)
+            if value_type != _ARRAY:
+                fields[key] = value
+        infos = []
+        for _ in range(tensor_count):
+            name = reader.string()
+            dims = tuple(reader.unpack("Q") for _ in range(reader.unpack("I")))
+            infos.append((name, dims, reader.unpack("I"), reader.unpack("Q")))
+        alignment = int(fields.get("general.alignment", _DEFAULT_ALIGNMENT))
+        data_start = -(-reader.position // alignment) * alignment
+    tensors = []
+    for name, dims, qtype, offset in infos:
+        if qtype not in GGML_QUANT_SIZES:
+            raise SourceError(f"GGUF tensor '{name}' in '{path}' has unknown type {qtype}: "
+                              "upgrade gguf (`pip install -U gguf`)")
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        nbytes = int(np.prod(dims)) // block_size * type_size
+        if data_start + offset + nbytes > size:
+            raise SourceError(f"'{path}' is truncated: tensor '{name}' ends past the end of the "
+                              "file; re-download it")
+        tensors.append(GGUFTensor(name, dims, qtype, data_start + offset, nbytes))
+    return fields, tensors
+
+
+def _dequantizable(qtype: int) -> bool:
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    # gguf.quants keeps its dequantizers in a registry; F32/F16 are handled before it.
+    return qtype in (Q.F32, Q.F16) or qtype in getattr(gguf.quants, "_type_traits", {})
+
+
+class GGUFSource(WeightSource):
+    """A .gguf file; one dequantized matrix in memory at a time."""
+
+    format = "gguf"
+
+    def __init__(self, path: Path, model_id: str | None = None) -> None:
+        from gguf import GGMLQuantizationType
+
+        self.model_id = model_id or str(path)
+        self.location = str(path)
+        self.revision = None
+        self._path = path
+        fields, tensors = read_gguf_header(path)
+        self.architecture = fields.get("general.architecture")
+        self._tensors: dict[str, GGUFTensor] = {}
+        refs = []
+        for tensor in tensors:
+            if len(tensor.dims) != 2 or not tensor.name.endswith(".weight"):
+                continue
+            if not _dequantizable(tensor.qtype):
+                raise SourceError(
+                    f"GGUF tensor '{tensor.name}' in '{path}' uses quant type "
+                    f"{GGMLQuantizationType(tensor.qtype).name}, which the installed gguf "
+                    "package cannot dequantize: upgrade it (`pip install -U gguf`) or export "
+                    "the model as F16, Q8_0 or Q4_x")
+            # GGUF lists dimensions fastest-first; rows × cols is the reverse.
+            shape = (int(tensor.dims[1]), int(tensor.dims[0]))
+            self._tensors[tensor.name] = tensor
+            refs.append(MatrixRef(hf_name(tensor.name), shape, tensor.name))
+        self._refs = reading_order(refs)
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def matrices(self) -> list[MatrixRef]:
+        return list(self._refs)
+
+    def load(self, ref: MatrixRef) -> np.ndarray:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        tensor = self._tensors[ref.key]
+        raw = os.pread(self._fd, tensor.nbytes, tensor.offset)
+        if len(raw) != tensor.nbytes:
+            raise SourceError(f"'{self._path}' is truncated at tensor '{ref.key}': re-download it")
+        rows = ref.shape[0]
+        packed = np.frombuffer(raw, dtype=np.uint8).reshape(rows, -1)
+        try:
+            matrix = dequantize(packed, GGMLQuantizationType(tensor.qtype))
+        except (ValueError, NotImplementedError) as err:
+            raise SourceError(f"cannot dequantize GGUF tensor '{ref.key}' ({err}): re-export "
+                              "the file or upgrade gguf") from err
+        return np.asarray(matrix, dtype=np.float32).reshape(ref.shape)
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
