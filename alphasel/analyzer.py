@@ -1,0 +1,268 @@
+"""ANALYZE: alpha per weight matrix → the alpha table (a pandas DataFrame, see table.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from importlib import metadata as package_metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+import alphasel
+from alphasel.downsample import (
+    Downsampling,
+    parse_downsampling,
+    resolve_shape,
+    sample_shape_for,
+)
+from alphasel.errors import AnalysisOptionError
+from alphasel.layout import block_of, kind_of
+from alphasel.powerlaw import EVALS_THRESHOLD, check_estimator, fit_power_law
+from alphasel.sources import MatrixRef, WeightSource, open_source
+from alphasel.spectra import (
+    NonFiniteError,
+    check_device,
+    eigenvalues,
+    sample_generator,
+    sample_submatrix,
+)
+from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
+
+# Matrices (as float32) worked on at once; see _MemoryBudget.
+_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+
+
+def _compile(patterns: list[str] | str | None, flag: str) -> list[re.Pattern[str]]:
+    if patterns is None:
+        return []
+    compiled = []
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise AnalysisOptionError(f"{flag} '{pattern}' is not a valid regular expression "
+                                      f"({err})") from err
+    return compiled
+
+
+def select_matrices(refs: list[MatrixRef], include: list[str] | str | None = None,
+                    exclude: list[str] | str | None = None) -> list[MatrixRef]:
+    """Matrices whose name matches any include regex (all when none) and no exclude regex."""
+    includes = _compile(include, "--include")
+    excludes = _compile(exclude, "--exclude")
+    return [ref for ref in refs
+            if (not includes or any(p.search(ref.name) for p in includes))
+            and not any(p.search(ref.name) for p in excludes)]
+
+
+def _spectrum_metrics(evals: np.ndarray, estimator: str) -> dict:
+    """Fit and norm metrics of one spectrum (WeightWatcher's definitions)."""
+    norm = float(np.sum(evals))
+    spectral = float(np.max(evals))
+    row = {"log_norm": np.log10(norm), "log_spectral_norm": np.log10(spectral),
+           "stable_rank": norm / spectral}
+    fit = fit_power_law(evals, estimator)
+    if fit is None:
+        row["status"] = f"fewer than 2 eigenvalues above {EVALS_THRESHOLD:g} (rank too low)"
+        return row
+    row.update(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, sigma=fit.sigma,
+               num_pl_spikes=int(np.sum(evals >= fit.xmin)),
+               alpha_weighted=fit.alpha * row["log_spectral_norm"], status=STATUS_OK)
+    return row
+
+
+def _non_finite_status(matrix: np.ndarray) -> dict:
+    bad = int(matrix.size - np.count_nonzero(np.isfinite(matrix)))
+    if bad == 0:  # finite entries whose Gram matrix overflows float64
+        return {"status": "weights too large: their Gram matrix overflows float64"}
+    return {"status": f"non-finite weights ({bad} NaN/inf entries)"}
+
+
+def _analyze_matrix(matrix: np.ndarray, name: str, estimator: str, device: str,
+                    downsampling: Downsampling) -> dict:
+    try:
+        if not downsampling.active:
+            evals = eigenvalues(matrix, device)
+            if evals[-1] <= EVALS_THRESHOLD:
+                return {"status": f"all-zero spectrum (no eigenvalue above {EVALS_THRESHOLD:g})"}
+            return _spectrum_metrics(evals, estimator)
+        rows, cols = sample_shape_for(matrix.shape, downsampling.shape)
+        draws = []
+        for draw in range(downsampling.samples):
+            generator = sample_generator(downsampling.seed, name, draw)
+            evals = eigenvalues(sample_submatrix(matrix, rows, cols, generator), device)
+            if evals[-1] > EVALS_THRESHOLD:
+                draws.append(_spectrum_metrics(evals, estimator))
+    except NonFiniteError:
+        return _non_finite_status(matrix)
+    fitted = [draw for draw in draws if draw["status"] == STATUS_OK]
+    if not fitted:
+        return {"status": "no sampled submatrix could be fitted (all-zero or rank too low)",
+                "samples": 0}
+    row = {key: float(np.mean([draw[key] for draw in fitted]))
+           for key in fitted[0] if key != "status"}
+    row["num_pl_spikes"] = int(round(row["num_pl_spikes"]))
+    row["alpha_std"] = float(np.std([d["alpha"] for d in fitted], ddof=1)) if len(fitted) > 1 \
+        else 0.0
+    row["samples"] = len(fitted)
+    row["status"] = STATUS_OK
+    return row
+
+
+def _versions() -> dict:
+    versions = {"alphasel": alphasel.__version__, "python": ".".join(map(str, __import__(
+        "sys").version_info[:3]))}
+    for package in ("numpy", "scipy", "torch", "pandas", "safetensors", "gguf"):
+        try:
+            versions[package] = package_metadata.version(package)
+        except package_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def analyze(
+    model: str | Path | torch.nn.Module,
+    estimator: str = "ks",
+    *,
+    revision: str | None = None,
+    include: list[str] | str | None = None,
+    exclude: list[str] | str | None = None,
+    min_evals: int = 10,
+    device: str = "cpu",
+    downsample: str = "none",
+    samples: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Alpha per weight matrix of ``model``: a hub id, local checkpoint (dir, .safetensors,
+    .gguf, .bin), the packaged ``smollm2``/``minilm``, or an in-memory ``nn.Module``.
+
+    Returns the alpha table (one row per 2-D weight matrix; see ``alphasel.table.COLUMNS``) with
+    its metadata in ``table.attrs["alphasel"]``. Matrices with fewer than ``min_evals``
+    eigenvalues, non-finite entries or an all-zero spectrum get a row whose ``status`` says why.
+    ``workers`` matrices are analysed at once (default: one per CPU core, at most 4).
+    """
+    check_estimator(estimator)
+    check_device(device)
+    if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
+        raise AnalysisOptionError(f"--min-evals must be an integer ≥ 2, got {min_evals!r}")
+    downsampling = parse_downsampling(downsample, samples, seed)
+    workers = workers or min(os.cpu_count() or 1, 4)
+    if workers < 1:
+        raise AnalysisOptionError(f"--workers must be ≥ 1, got {workers}")
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    with open_source(model, revision) as source:
+        all_refs = source.matrices()
+        refs = select_matrices(all_refs, include, exclude)
+        if not refs:
+            raise AnalysisOptionError(
+                f"no weight matrix of '{source.model_id}' is left to analyze "
+                f"({len(all_refs)} found before --include/--exclude): loosen the filters")
+        fitted_shapes = {ref.name: ref.shape for ref in refs if min(ref.shape) >= min_evals}
+        downsampling = resolve_shape(downsampling, fitted_shapes)
+        rows = _analyze_source(source, refs, estimator, device, min_evals, downsampling,
+                               progress, 1 if device == "cuda" else workers)
+        table = pd.DataFrame(rows)
+        meta = {
+            "model_id": source.model_id,
+            "revision": source.revision,
+            "source": source.location,
+            "format": source.format,
+            "estimator": estimator,
+            "min_evals": min_evals,
+            "device": device,
+            "include": include,
+            "exclude": exclude,
+            "downsample": downsampling.describe(),
+            "num_matrices": len(refs),
+            "total_matrix_params": int(sum(r.shape[0] * r.shape[1] for r in all_refs)),
+            "versions": _versions(),
+            "started": started_at,
+        }
+    columns = COLUMNS + (DOWNSAMPLE_COLUMNS if downsampling.active else [])
+    table = table.reindex(columns=columns)
+    table["block"] = table["block"].astype("Int64")
+    for column in ("num_pl_spikes",) + (("samples",) if downsampling.active else ()):
+        table[column] = table[column].astype("Int64")
+    meta["elapsed_s"] = round(time.perf_counter() - started, 3)
+    table.attrs[META_KEY] = meta
+    return table
+
+
+class _MemoryBudget:
+    """Bounds the bytes of matrices being worked on at once. A matrix larger than the whole
+    budget still runs, but alone, so peak memory follows the largest matrix, not the model."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit, self._used = limit, 0
+        self._changed = threading.Condition()
+
+    def acquire(self, cost: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._used == 0 or self._used + cost <= self._limit)
+            self._used += cost
+
+    def release(self, cost: int) -> None:
+        with self._changed:
+            self._used -= cost
+            self._changed.notify_all()
+
+
+def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str, device: str,
+                    min_evals: int, downsampling: Downsampling, progress: bool,
+                    workers: int) -> list[dict]:
+    """One row per ref, in order. Matrices are read and analysed by ``workers`` threads, each
+    with single-threaded BLAS: at these sizes LAPACK's eigensolvers scale poorly across
+    threads (measured 2x slower with 2 OpenBLAS threads on 2 cores than one per matrix), while
+    reads, dequantization and LAPACK all release the GIL."""
+    budget = _MemoryBudget(_MEMORY_BUDGET_BYTES)
+
+    def run(ref: MatrixRef) -> dict:
+        cost = 4 * ref.shape[0] * ref.shape[1]  # the float32 matrix a source hands back
+        budget.acquire(cost)
+        try:
+            matrix = source.load(ref)
+            return _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
+        finally:
+            budget.release(cost)
+
+    rows = []
+    bar = tqdm(total=len(refs), desc=f"alpha {source.model_id}", unit="matrix",
+               disable=not progress, dynamic_ncols=True)
+    with threadpool_limits(limits=1), ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="alphasel") as pool:
+        # Submission runs at most `workers` ahead of the row being collected, so matrices
+        # never pile up in memory behind a slow one.
+        pending: dict[int, Future] = {}
+        upcoming = iter(enumerate(refs))
+        for index, ref in enumerate(refs):
+            while len(pending) < workers + 1:
+                item = next(upcoming, None)
+                if item is None:
+                    break
+                position, waiting = item
+                if min(waiting.shape) >= min_evals:
+                    pending[position] = pool.submit(run, waiting)
+            rows_count, cols_count = ref.shape
+            row = {"name": ref.name, "block": block_of(ref.name), "kind": kind_of(ref.name),
+                   "rows": rows_count, "cols": cols_count, "num_evals": min(ref.shape)}
+            if index in pending:
+                row.update(pending.pop(index).result())
+            else:
+                row["status"] = f"too few eigenvalues ({min(ref.shape)} < min_evals {min_evals})"
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix_str(ref.name[-40:], refresh=False)
+    bar.close()
+    return rows

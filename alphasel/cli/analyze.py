@@ -1,0 +1,95 @@
+"""`alphasel analyze MODEL`: alpha per weight matrix → table file + summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from alphasel.analyzer import analyze
+from alphasel.downsample import MODES
+from alphasel.errors import TableError
+from alphasel.powerlaw import ESTIMATORS
+from alphasel.spectra import DEVICES
+from alphasel.table import KINDS, STATUS_OK, SUPPORTED_SUFFIXES, save_analysis, write_table
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "analyze", help="alpha per weight matrix of a model",
+        description="Fit a power law to the eigenvalue spectrum of every weight matrix.",
+    )
+    parser.add_argument("model", help="hub id (org/name), local checkpoint dir, .safetensors, "
+                        ".gguf or .bin file, or a packaged model: smollm2, minilm")
+    parser.add_argument("--revision", help="hub branch, tag or commit (hub ids only)")
+    parser.add_argument("--estimator", default="ks",
+                        help=f"xmin choice: {', '.join(ESTIMATORS)} (default ks, WeightWatcher's)")
+    parser.add_argument("--include", action="append", metavar="REGEX",
+                        help="analyze only matrices whose name matches (repeatable)")
+    parser.add_argument("--exclude", action="append", metavar="REGEX",
+                        help="skip matrices whose name matches (repeatable)")
+    parser.add_argument("--min-evals", type=int, default=10,
+                        help="matrices with fewer eigenvalues get a status row, no fit")
+    parser.add_argument("--device", default="cpu", help=f"{' or '.join(DEVICES)}")
+    parser.add_argument("--downsample", default="none",
+                        help=f"{', '.join(MODES)}: sample submatrices of one shape for fair "
+                        "comparison across shapes (default none, WeightWatcher-exact)")
+    parser.add_argument("--samples", type=int, default=1, help="draws per matrix when sampling")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="matrices analysed at once (default: CPU cores, at most 4)")
+    parser.add_argument("--out", type=Path, help=f"write exactly the table here "
+                        f"({', '.join(SUPPORTED_SUFFIXES)}); default runs/analyses/")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.out is not None and args.out.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise TableError(f"--out '{args.out}' has no supported extension: use "
+                         f"{', '.join(SUPPORTED_SUFFIXES)}")
+    table = analyze(
+        args.model, args.estimator, revision=args.revision, include=args.include,
+        exclude=args.exclude, min_evals=args.min_evals, device=args.device,
+        downsample=args.downsample, samples=args.samples, seed=args.seed,
+        workers=args.workers, progress=not args.quiet,
+    )
+    path = write_table(table, args.out) if args.out else save_analysis(
+        table, table.attrs["alphasel"]["model_id"])
+    print(summary(table))
+    print(f"table: {path}")
+
+
+def _format_means(means: pd.Series) -> str:
+    return "  ".join(f"{key}={value:.2f}" for key, value in means.items())
+
+
+def summary(table: pd.DataFrame) -> str:
+    """Mean alpha per kind and per block, the 5 highest and lowest matrices, and what failed."""
+    meta = table.attrs.get("alphasel", {})
+    fitted = table[table["status"] == STATUS_OK]
+    lines = [f"{meta.get('model_id', 'model')}: {len(table)} matrices, {len(fitted)} fitted "
+             f"({meta.get('estimator', 'ks')} estimator, {meta.get('elapsed_s', 0):.1f} s)"]
+    if len(fitted):
+        lines.append(f"mean alpha {fitted['alpha'].mean():.3f}  median "
+                     f"{fitted['alpha'].median():.3f}")
+        by_kind = fitted.groupby("kind")["alpha"].mean()
+        by_kind = by_kind.reindex([k for k in KINDS if k in by_kind.index])
+        lines.append("per kind:  " + _format_means(by_kind))
+        by_block = fitted.dropna(subset=["block"]).groupby("block")["alpha"].mean()
+        if len(by_block):
+            lines.append("per block: " + _format_means(by_block))
+        ranked = fitted.sort_values("alpha", kind="stable")
+        for title, rows in (("highest", ranked.iloc[::-1].head(5)), ("lowest", ranked.head(5))):
+            lines.append(f"{title} alpha:")
+            lines += [f"  {row.alpha:7.3f}  {row.name}" for row in rows.itertuples(index=False)]
+    failed = table[table["status"] != STATUS_OK]
+    if len(failed):
+        lines.append(f"not fitted ({len(failed)}):")
+        lines += [f"  {row.name}: {row.status}" for row in failed.head(10).itertuples(index=False)]
+        if len(failed) > 10:
+            lines.append(f"  … and {len(failed) - 10} more (see the status column)")
+    return "\n".join(lines)
+
+

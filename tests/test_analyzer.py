@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_llama
+from safetensors.torch import save_file
+
+from alphasel import analyze
+from alphasel.errors import AnalysisOptionError
+from alphasel.table import COLUMNS, STATUS_OK
+
+
+def test_table_for_an_in_memory_llama():
+    model = tiny_llama(layers=2)
+    table = analyze(model, progress=False)
+    assert list(table.columns) == COLUMNS
+    # 2 blocks × 7 linears + embedding + head
+    assert len(table) == 16
+    assert table["name"].is_unique
+    row = table.set_index("name").loc["model.layers.1.self_attn.k_proj"]
+    assert (row["block"], row["kind"], row["rows"], row["cols"]) == (1, "k", 16, 32)
+    assert table.loc[table["kind"] == "embed", "block"].isna().all()
+    fitted = table[table["status"] == STATUS_OK]
+    assert len(fitted) == 16
+    assert (fitted["alpha"] > 1).all() and (fitted["D"] > 0).all()
+    assert (fitted["num_pl_spikes"] <= fitted["num_evals"]).all()
+    meta = table.attrs["alphasel"]
+    assert meta["estimator"] == "ks" and meta["num_matrices"] == 16
+    assert meta["versions"]["alphasel"]
+    assert meta["elapsed_s"] >= 0
+
+
+def test_metrics_follow_their_definitions():
+    model = torch.nn.Sequential(torch.nn.Linear(40, 120, bias=False))
+    table = analyze(model, progress=False)
+    weight = model[0].weight.detach().double().numpy()
+    evals = np.linalg.svd(weight, compute_uv=False) ** 2
+    row = table.iloc[0]
+    assert row["num_evals"] == 40
+    assert row["log_norm"] == pytest.approx(np.log10(evals.sum()), rel=1e-10)
+    assert row["log_spectral_norm"] == pytest.approx(np.log10(evals.max()), rel=1e-10)
+    assert row["stable_rank"] == pytest.approx(evals.sum() / evals.max(), rel=1e-10)
+    assert row["alpha_weighted"] == pytest.approx(row["alpha"] * np.log10(evals.max()))
+    assert row["num_pl_spikes"] == int((evals >= row["xmin"] * (1 - 1e-12)).sum())
+
+
+def test_bad_matrices_get_a_status_row_not_a_crash():
+    model = torch.nn.ModuleDict({
+        "good": torch.nn.Linear(64, 64, bias=False),
+        "nan": torch.nn.Linear(64, 64, bias=False),
+        "zero": torch.nn.Linear(64, 64, bias=False),
+        "tiny": torch.nn.Linear(5, 64, bias=False),
+    })
+    with torch.no_grad():
+        model["nan"].weight[3, 3] = float("nan")
+        model["nan"].weight[4, 4] = float("inf")
+        model["zero"].weight.zero_()
+    table = analyze(model, progress=False).set_index("name")
+    assert table.loc["good", "status"] == STATUS_OK
+    assert table.loc["nan", "status"] == "non-finite weights (2 NaN/inf entries)"
+    assert table.loc["zero", "status"].startswith("all-zero spectrum")
+    assert table.loc["tiny", "status"] == "too few eigenvalues (5 < min_evals 10)"
+    assert table.loc[["nan", "zero", "tiny"], "alpha"].isna().all()
+
+
+def test_include_exclude_and_their_errors():
+    model = tiny_llama(layers=2)
+    table = analyze(model, include=[r"self_attn\.(q|k)_proj"], exclude=["layers\\.0\\."],
+                    progress=False)
+    assert sorted(table["name"]) == ["model.layers.1.self_attn.k_proj",
+                                     "model.layers.1.self_attn.q_proj"]
+    with pytest.raises(AnalysisOptionError, match="not a valid regular expression"):
+        analyze(model, include=["("], progress=False)
+    with pytest.raises(AnalysisOptionError, match="no weight matrix"):
+        analyze(model, include=["nothing-matches"], progress=False)
+
+
+def test_results_do_not_depend_on_workers():
+    model = tiny_llama(layers=3)
+    one = analyze(model, workers=1, progress=False)
+    two = analyze(model, workers=2, progress=False)
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_half_precision_checkpoint_matches_its_float32_twin(tmp_path):
+    weight = torch.randn(96, 48, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    save_file({"model.layers.0.mlp.up_proj.weight": weight}, tmp_path / "bf16.safetensors")
+    save_file({"model.layers.0.mlp.up_proj.weight": weight.float()},
+              tmp_path / "f32.safetensors")
+    half = analyze(tmp_path / "bf16.safetensors", progress=False)
+    full = analyze(tmp_path / "f32.safetensors", progress=False)
+    assert half["alpha"].iloc[0] == full["alpha"].iloc[0]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("estimator", "mle", "unknown estimator"),
+    ("device", "tpu", "unknown device"),
+    ("min_evals", 1, "min-evals"),
+    ("downsample", "half", "unknown downsampling mode"),
+])
+def test_bad_options_are_named(option, value, message):
+    with pytest.raises(AnalysisOptionError, match=message):
+        analyze(tiny_llama(layers=1), progress=False, **{option: value})
