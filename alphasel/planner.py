@@ -1,0 +1,425 @@
+"""The planner: an alpha table in, an :class:`InjectionPlan` out (the schemes of DESIGN.md).
+
+Every scheme orders its *units* (matrices or blocks) and takes the first ``k``; plan modules are
+then listed in model order. Ties are broken by model order: the earlier matrix, the lower block.
+
+Budget policy (``budget`` or ``budget_from``, the fair comparison between schemes):
+- ``rank_alloc="alpha"``: the ranks are allocated to meet the budget within one rank step
+  (never over it); ``k`` must be given.
+- ``rank_alloc="uniform"``: whichever of ``k`` and ``rank`` was not given is chosen so the
+  trainable-parameter count is closest to the budget. When only ``k`` is free it is searched at
+  the default rank 8 first; only if no ``k`` comes within 5% and ``rank`` was left unset, the
+  rank changes too (the in-tolerance pair with the rank nearest 8 wins). Outside 5% → error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import alphasel
+from alphasel.errors import PlanError, TableError
+from alphasel.plan import InjectionPlan, PlannedModule
+from alphasel.table import STATUS_OK, check_table, metadata
+
+SCHEMES = ("alora", "blora", "random", "first", "last", "band", "all")
+#: Schemes that rank by alpha and therefore take ``order``.
+ALPHA_SCHEMES = ("alora", "blora")
+#: The unit each scheme counts with ``k``; random takes either (default matrix).
+SCHEME_UNITS = {"alora": "matrix", "blora": "block", "first": "block", "last": "block",
+                "band": "block", "all": "matrix"}
+UNITS = ("matrix", "block")
+ORDERS = ("high", "low")
+RANK_ALLOCS = ("uniform", "alpha")
+KIND_GROUPS = {"attn": ("q", "k", "v", "o", "qkv"), "mlp": ("gate", "up", "down")}
+#: Kinds that may receive an adapter. Never embed or head (not the projections LoRA targets
+#: here, and vocabulary-sized), never other: a module the layout could not name has unknown
+#: structure, so its place in a block and its meaning are guesses.
+CANDIDATE_KINDS = KIND_GROUPS["attn"] + KIND_GROUPS["mlp"]
+DEFAULT_RANK = 8
+DEFAULT_BETA = 1.0
+#: How far a budget-matched plan may miss the target, relative to it.
+BUDGET_TOLERANCE = 0.05
+#: Largest uniform rank tried when the rank is free under a budget.
+MAX_SEARCH_RANK = 512
+TABLE_COLUMNS = ["name", "block", "kind", "rows", "cols", "alpha"]
+
+
+def parse_kinds(kinds: str | Iterable[str] | None) -> list[str]:
+    """Candidate kinds from ``"q,k,v"``, ``"attn"``, ``["mlp", "q"]`` or None (all), in
+    canonical order."""
+    if kinds is None:
+        return list(CANDIDATE_KINDS)
+    items = kinds.split(",") if isinstance(kinds, str) else list(kinds)
+    items = [str(item).strip() for item in items if str(item).strip()]
+    valid = ", ".join([*KIND_GROUPS, *CANDIDATE_KINDS])
+    if not items:
+        raise PlanError(f"--kinds is empty: give one or more of {valid}")
+    chosen: set[str] = set()
+    for item in items:
+        if item in KIND_GROUPS:
+            chosen.update(KIND_GROUPS[item])
+        elif item in CANDIDATE_KINDS:
+            chosen.add(item)
+        elif item in ("embed", "head", "other"):
+            raise PlanError(f"--kinds {item}: embeddings, the head and unrecognised modules are "
+                            f"never candidates; use one or more of {valid}")
+        else:
+            raise PlanError(f"unknown kind '{item}' in --kinds: use one or more of {valid}")
+    return [kind for kind in CANDIDATE_KINDS if kind in chosen]
+
+
+def candidates(table: pd.DataFrame, kinds: list[str]) -> pd.DataFrame:
+    """The table's rows that may be chosen, in table (model) order, with ``usable`` marking a
+    finite alpha from a successful fit."""
+    check_table(table, TABLE_COLUMNS)
+    duplicated = table["name"][table["name"].duplicated()]
+    if len(duplicated):
+        raise TableError(f"alpha table lists module '{duplicated.iloc[0]}' twice: "
+                         "use a table written by `alphasel analyze`")
+    frame = table.loc[table["kind"].isin(kinds), TABLE_COLUMNS].copy()
+    frame["position"] = np.flatnonzero(table["kind"].isin(kinds).to_numpy())
+    frame["block"] = pd.to_numeric(frame["block"], errors="coerce").astype("Int64")
+    frame["alpha"] = pd.to_numeric(frame["alpha"], errors="coerce").astype("float64")
+    for column in ("rows", "cols"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any() or (values < 1).any():
+            bad = frame["name"][values.isna() | (values < 1)].iloc[0]
+            raise TableError(f"alpha table has no valid '{column}' for '{bad}': "
+                             "use a table written by `alphasel analyze`")
+        frame[column] = values.astype("int64")
+    usable = np.isfinite(frame["alpha"].to_numpy()) & (frame["alpha"].to_numpy() > 0)
+    if "status" in table.columns:
+        usable &= (table.loc[frame.index, "status"] == STATUS_OK).to_numpy()
+    frame["usable"] = usable
+    return frame.reset_index(drop=True)
+
+
+def _blocks(frame: pd.DataFrame) -> list[int]:
+    return sorted(int(block) for block in frame["block"].dropna().unique())
+
+
+def _rows_of(frame: pd.DataFrame, block: int) -> list[int]:
+    return frame.index[frame["block"] == block].tolist()
+
+
+def ranked_units(frame: pd.DataFrame, scheme: str, unit: str, order: str | None,
+                 seed: int | None, start: int | None) -> tuple[list[list[int]], list, list[str]]:
+    """The units a scheme takes, best first (the plan takes the first k).
+
+    Returns the units as lists of row indices of ``frame``, the value that ranked each unit
+    (alpha, block mean alpha, or None) and notes about what was left out.
+    """
+    notes: list[str] = []
+    descending = order == "high"
+    if scheme == "alora":
+        usable = frame[frame["usable"]]
+        # A stable sort on position first makes ties fall back to model order.
+        ranked = usable.sort_values("position").sort_values(
+            "alpha", ascending=not descending, kind="stable")
+        skipped = frame.loc[~frame["usable"], "name"].tolist()
+        if skipped:
+            notes.append(f"{len(skipped)} candidate matrix(es) have no alpha and were not "
+                         f"selectable: {', '.join(skipped[:5])}")
+        return [[index] for index in ranked.index], ranked["alpha"].tolist(), notes
+    in_blocks = frame[frame["block"].notna()]
+    if unit == "block" and len(in_blocks) < len(frame):
+        notes.append(f"{len(frame) - len(in_blocks)} candidate matrix(es) lie outside the "
+                     "blocks and cannot be chosen by block")
+    if scheme == "blora":
+        means = in_blocks[in_blocks["usable"]].groupby("block")["alpha"].mean()
+        no_alpha = [block for block in _blocks(in_blocks) if block not in means.index]
+        if no_alpha:
+            notes.append(f"block(s) {', '.join(map(str, no_alpha))} have no candidate with an "
+                         "alpha and were not selectable")
+        ranked = sorted(means.items(), key=lambda item: (-item[1] if descending else item[1],
+                                                         int(item[0])))
+        return ([_rows_of(in_blocks, int(block)) for block, _ in ranked],
+                [float(mean) for _, mean in ranked], notes)
+    if scheme == "all":
+        return [[index] for index in frame.index], [None] * len(frame), notes
+    if scheme == "random":
+        rng = np.random.default_rng(seed)
+        if unit == "matrix":
+            order_ = rng.permutation(len(frame))
+            return [[int(frame.index[i])] for i in order_], [None] * len(frame), notes
+        blocks = _blocks(in_blocks)
+        order_ = rng.permutation(len(blocks))
+        return [_rows_of(in_blocks, blocks[i]) for i in order_], [None] * len(blocks), notes
+    blocks = _blocks(in_blocks)
+    if scheme == "last":
+        blocks = blocks[::-1]
+    elif scheme == "band":
+        if start not in blocks:
+            raise PlanError(f"--start {start} is not a block with candidates: use one of "
+                            f"{', '.join(map(str, blocks))}")
+        band = [start]
+        while band[-1] + 1 in blocks:
+            band.append(band[-1] + 1)
+        blocks = band
+    return [_rows_of(in_blocks, block) for block in blocks], [None] * len(blocks), notes
+
+
+def _check_options(scheme: str, k: int | None, order: str | None, unit: str | None,
+                   seed: int | None, start: int | None, rank: int | None, rank_alloc: str,
+                   beta: float | None, budget: int | None, has_budget_from: bool) -> None:
+    """Collect every problem with the options and raise them together."""
+    problems = []
+    if scheme not in SCHEMES:
+        raise PlanError(f"unknown scheme '{scheme}': use one of {', '.join(SCHEMES)}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
+        problems.append(f"--k {k} must be a whole number ≥ 1")
+    if scheme == "all" and k is not None:
+        problems.append("scheme all takes every candidate: leave out --k")
+    if order is not None and order not in ORDERS:
+        problems.append(f"unknown order '{order}': use one of {', '.join(ORDERS)}")
+    elif order is not None and scheme not in ALPHA_SCHEMES:
+        problems.append(f"--order applies to {', '.join(ALPHA_SCHEMES)} only, not {scheme}")
+    if unit is not None and unit not in UNITS:
+        problems.append(f"unknown unit '{unit}': use one of {', '.join(UNITS)}")
+    elif unit is not None and scheme != "random" and unit != SCHEME_UNITS[scheme]:
+        problems.append(f"scheme {scheme} chooses by {SCHEME_UNITS[scheme]}; --unit applies "
+                        "to scheme random")
+    if seed is not None and scheme != "random":
+        problems.append("--seed applies to scheme random only")
+    elif seed is not None and (int(seed) != seed or seed < 0):
+        problems.append(f"--seed {seed} must be a whole number ≥ 0")
+    if start is not None and scheme != "band":
+        problems.append("--start applies to scheme band only")
+    if scheme == "band" and start is None:
+        problems.append("scheme band needs --start (the first block of the band)")
+    if rank_alloc not in RANK_ALLOCS:
+        problems.append(f"unknown rank allocation '{rank_alloc}': use one of "
+                        f"{', '.join(RANK_ALLOCS)}")
+    elif rank_alloc == "alpha":
+        if rank is not None:
+            problems.append("--rank sets uniform ranks; --rank-alloc alpha derives them from "
+                            "--budget: leave out one of them")
+        if budget is None and not has_budget_from:
+            problems.append("--rank-alloc alpha needs --budget N or --budget-from PLAN")
+        if k is None and scheme != "all":
+            problems.append("--rank-alloc alpha needs --k (the budget sets the ranks)")
+    elif beta is not None:
+        problems.append("--beta applies to --rank-alloc alpha only")
+    if rank is not None and (isinstance(rank, bool) or int(rank) != rank or rank < 1):
+        problems.append(f"--rank {rank} must be a whole number ≥ 1")
+    if budget is not None and has_budget_from:
+        problems.append("give --budget or --budget-from, not both")
+    if budget is not None and (int(budget) != budget or budget < 1):
+        problems.append(f"--budget {budget} must be a whole number ≥ 1")
+    if k is None and scheme != "all" and budget is None and not has_budget_from:
+        problems.append(f"scheme {scheme} needs --k (or --budget/--budget-from to choose it)")
+    if problems:
+        raise PlanError("; ".join(problems))
+
+
+def _match_uniform(prefix_cost: np.ndarray, target: int, k: int | None,
+                   rank: int | None) -> tuple[int, int, str]:
+    """Choose k and/or a uniform rank so rank × prefix_cost[k-1] is closest to ``target``."""
+    ks = np.arange(1, len(prefix_cost) + 1) if k is None else np.array([k])
+    costs = prefix_cost[ks - 1]
+
+    def best(ranks: np.ndarray) -> tuple[int, int, float]:
+        totals = np.outer(ranks, costs)  # ranks × ks
+        miss = np.abs(totals - target) / target
+        # Prefer in-tolerance pairs whose rank is nearest the default, then the closest count,
+        # then the smaller k; np.lexsort takes the last key as primary.
+        key = np.lexsort((np.broadcast_to(ks, miss.shape).ravel(), miss.ravel(),
+                          np.abs(np.repeat(ranks, len(ks)) - DEFAULT_RANK),
+                          (miss > BUDGET_TOLERANCE).ravel()))[0]
+        row, col = divmod(int(key), len(ks))
+        return int(ks[col]), int(ranks[row]), float(miss[row, col])
+
+    first = best(np.array([rank or DEFAULT_RANK]))
+    if first[2] <= BUDGET_TOLERANCE or rank is not None:
+        chosen = first
+    else:
+        chosen = best(np.arange(1, MAX_SEARCH_RANK + 1))
+    chosen_k, chosen_rank, miss = chosen
+    total = chosen_rank * int(prefix_cost[chosen_k - 1])
+    if miss > BUDGET_TOLERANCE:
+        free = " and ".join(name for name, fixed in (("k", k), ("the rank", rank))
+                            if fixed is None)
+        fix = ("leave --rank unset so the rank can change, or " if rank is not None else "")
+        free = free or "nothing (k and --rank are both fixed)"
+        raise PlanError(f"cannot match the budget of {target:,} trainable parameters within "
+                        f"{BUDGET_TOLERANCE:.0%} by choosing {free}: the "
+                        f"closest is k={chosen_k} at rank {chosen_rank} with {total:,} "
+                        f"({(total - target) / target:+.1%}); {fix}use --rank-alloc alpha")
+    note = (f"budget {target:,}: chose k={chosen_k} at rank {chosen_rank} → {total:,} "
+            f"({(total - target) / target:+.2%})")
+    return chosen_k, chosen_rank, note
+
+
+def allocate_ranks(weights: np.ndarray, costs: np.ndarray, caps: np.ndarray,
+                   budget: int) -> np.ndarray:
+    """Integer ranks ∝ ``weights``, each in [1, cap], costing at most ``budget`` in total.
+
+    ``costs[i]`` is the parameter cost of one rank step of module i (rows + cols). The result
+    misses the budget by less than one rank step of any module that could still grow.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    costs = np.asarray(costs, dtype=np.int64)
+    caps = np.maximum(np.asarray(caps, dtype=np.int64), 1)
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise PlanError("rank allocation needs positive, finite alpha^beta for every module: "
+                        "check --beta and the table's alpha values")
+    least, most = int(costs.sum()), int((caps * costs).sum())
+    if budget < least:
+        raise PlanError(f"--budget {budget:,} is below {least:,}, the cost of rank 1 on each of "
+                        f"the {len(costs)} chosen modules: raise the budget or lower --k")
+    if budget > most:
+        raise PlanError(f"--budget {budget:,} exceeds {most:,}, the cost of full rank on each "
+                        f"of the {len(costs)} chosen modules: lower the budget or raise --k")
+
+    def ideal(scale: float) -> np.ndarray:
+        return np.clip(scale * weights, 1.0, caps)
+
+    # The continuous total grows monotonically with the scale, so bisection finds it; 200
+    # halvings take float64 to its resolution.
+    low, high = 0.0, float(caps.max()) / float(weights.min())
+    for _ in range(200):
+        middle = (low + high) / 2
+        if (ideal(middle) * costs).sum() > budget:
+            high = middle
+        else:
+            low = middle
+    target = ideal(low)
+    ranks = np.maximum(np.floor(target).astype(np.int64), 1)
+    remaining = budget - int((ranks * costs).sum())
+    # Hand out the leftover one rank at a time to the module furthest below its ideal share;
+    # np.argmax takes the first on ties, i.e. model order.
+    while True:
+        can_grow = (ranks < caps) & (costs <= remaining)
+        if not can_grow.any():
+            return ranks
+        deficit = np.where(can_grow, target - ranks, -np.inf)
+        index = int(np.argmax(deficit))
+        ranks[index] += 1
+        remaining -= int(costs[index])
+
+
+def _file_sha256(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
+              order: str | None = None, kinds: str | Iterable[str] | None = None,
+              unit: str | None = None, seed: int | None = None, start: int | None = None,
+              rank: int | None = None, lora_alpha: float | None = None,
+              rank_alloc: str = "uniform", beta: float | None = None,
+              budget: int | None = None,
+              budget_from: InjectionPlan | str | Path | None = None,
+              analysis_path: str | Path | None = None) -> InjectionPlan:
+    """Choose the modules that get a LoRA adapter, and their ranks, from an alpha table.
+
+    ``k`` counts matrices (alora, random by matrix) or blocks (blora, first, last, band,
+    random by block); ``order`` is ``high`` (default: least trained first) or ``low``.
+    ``rank`` is the uniform rank (default 8); ``lora_alpha`` defaults to each module's rank
+    (scaling 1). With ``rank_alloc="alpha"`` ranks are ∝ alpha^``beta`` under ``budget``.
+    ``budget_from`` (a plan or its path) sets the budget to that plan's trainable count; see
+    the module docstring for how k or the rank is then chosen.
+    """
+    has_budget_from = budget_from is not None
+    _check_options(scheme, k, order, unit, seed, start, rank, rank_alloc, beta, budget,
+                   has_budget_from)
+    kind_list = parse_kinds(kinds)
+    meta = metadata(table)
+    frame = candidates(table, kind_list)
+    if frame.empty:
+        raise PlanError(f"the alpha table has no candidate matrices of kind(s) "
+                        f"{', '.join(kind_list)}: choose other --kinds")
+    unit = unit or SCHEME_UNITS.get(scheme, "matrix")
+    if scheme in ALPHA_SCHEMES:
+        order = order or "high"
+    notes: list[str] = []
+    if scheme == "random" and seed is None:
+        seed = secrets.randbelow(2**31)  # drawn, then recorded, so the plan is reproducible
+        notes.append(f"seed {seed} was drawn at random (pass --seed to choose one)")
+    units, scores, unit_notes = ranked_units(frame, scheme, unit, order, seed, start)
+    notes += unit_notes
+    if not units:
+        raise PlanError(f"scheme {scheme} finds no selectable {unit} among the candidates of "
+                        f"kind(s) {', '.join(kind_list)}" + (f" ({unit_notes[0]})"
+                                                              if unit_notes else ""))
+
+    budget_from_path = None
+    if isinstance(budget_from, str | Path):
+        budget_from_path = str(budget_from)
+        budget_from = InjectionPlan.load(budget_from)
+    if budget_from is not None:
+        budget = budget_from.trainable_params
+    budget = None if budget is None else int(budget)
+
+    costs = frame["rows"].to_numpy() + frame["cols"].to_numpy()
+    prefix_cost = np.cumsum([int(costs[rows].sum()) for rows in units])
+    if scheme == "all":
+        k = len(units)
+    if k is not None and k > len(units):
+        what = {"alora": "candidate matrices with an alpha", "blora": "blocks with an alpha",
+                "band": f"contiguous blocks from block {start}"}.get(scheme, f"candidate {unit}s")
+        raise PlanError(f"k={k} is larger than the {len(units)} {what} (kinds "
+                        f"{', '.join(kind_list)}): use --k between 1 and {len(units)}")
+    if budget is not None and rank_alloc == "uniform":
+        k, rank, note = _match_uniform(prefix_cost, budget, k, rank)
+        notes.append(note)
+    assert k is not None  # _check_options demands k unless a budget or scheme all sets it
+
+    chosen: list[tuple[int, float | None]] = [
+        (row, score) for rows, score in zip(units[:k], scores[:k], strict=True) for row in rows]
+    chosen.sort(key=lambda item: int(frame.at[item[0], "position"]))
+    rows = [row for row, _ in chosen]
+    picked = frame.loc[rows]
+
+    if rank_alloc == "alpha":
+        lacking = picked.loc[~picked["usable"], "name"].tolist()
+        if lacking:
+            raise PlanError(f"--rank-alloc alpha needs an alpha for every chosen module, but "
+                            f"{', '.join(lacking[:5])} have none: use --rank-alloc uniform or "
+                            "narrow --kinds")
+        beta = DEFAULT_BETA if beta is None else float(beta)
+        ranks = allocate_ranks(picked["alpha"].to_numpy() ** beta, costs[rows],
+                               np.minimum(picked["rows"], picked["cols"]).to_numpy(), budget)
+        total = int((ranks * costs[rows]).sum())
+        notes.append(f"ranks ∝ alpha^{beta:g} under budget {budget:,} → {total:,} "
+                     f"({(total - budget) / budget:+.2%})")
+    else:
+        ranks = np.full(len(rows), rank or DEFAULT_RANK)
+
+    if lora_alpha is not None and float(lora_alpha) == int(lora_alpha):
+        lora_alpha = int(lora_alpha)  # 16, not 16.0, in the plan file and the LoraConfig
+    modules = []
+    for (row, score), module_rank in zip(chosen, ranks, strict=True):
+        item = frame.loc[row]
+        modules.append(PlannedModule(
+            name=str(item["name"]),
+            block=None if pd.isna(item["block"]) else int(item["block"]),
+            kind=str(item["kind"]), rows=int(item["rows"]), cols=int(item["cols"]),
+            rank=int(module_rank),
+            lora_alpha=int(module_rank) if lora_alpha is None else lora_alpha,
+            alpha=float(item["alpha"]) if item["usable"] else None,
+            selection_alpha=None if score is None else float(score)))
+
+    analysis = str(analysis_path) if analysis_path is not None else meta.get("path")
+    analysed = (pd.to_numeric(table["rows"], errors="coerce").fillna(0)
+                * pd.to_numeric(table["cols"], errors="coerce").fillna(0)).sum()
+    total_params = meta.get("total_params")
+    return InjectionPlan(
+        modules=modules, scheme=scheme, k=int(k), unit=unit, kinds=kind_list, order=order,
+        seed=seed, start=start, rank_alloc=rank_alloc,
+        beta=beta if rank_alloc == "alpha" else None, budget=budget,
+        budget_from=budget_from_path, analysis_path=analysis,
+        analysis_sha256=_file_sha256(analysis), model_id=meta.get("model_id"),
+        revision=meta.get("revision"), estimator=meta.get("estimator"),
+        total_params=int(total_params) if total_params else None,
+        analysed_params=int(analysed), notes=notes, alphasel_version=alphasel.__version__,
+        created=datetime.now(UTC).isoformat(timespec="seconds"))
+
