@@ -157,7 +157,8 @@ def save_analysis(table: pd.DataFrame, model_id: str) -> Path:
     beside it, and remember it as the latest analysis. Returns the table's path."""
     meta = metadata(table)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    folder = runs_dir() / "analyses" / model_slug(model_id) / f"{stamp}-{meta.get('estimator', 'ks')}"
+    estimator = meta.get("estimator", "ks")
+    folder = runs_dir() / "analyses" / model_slug(model_id) / f"{stamp}-{estimator}"
     folder.mkdir(parents=True, exist_ok=False)
     path = write_table(table, folder / "alpha.csv")
     (folder / "meta.json").write_text(json.dumps({"table": path.name, **meta}, indent=1,
