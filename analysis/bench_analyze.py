@@ -1,0 +1,149 @@
+"""Benchmark: alphasel against WeightWatcher 0.7.7 on the same model, in one run.
+
+    python -m analysis.bench_analyze                      # SmolLM2 (GGUF), plus the RSS check
+    python -m analysis.bench_analyze --model minilm --rss-gb 0
+
+Prints, from this run only:
+- end-to-end time of `alphasel.analyze` (file → table) and of WeightWatcher's `analyze()` on the
+  model built by transformers (its model loading timed separately), and their ratios;
+- the bare eigendecomposition floor: the same matrices, already in memory, through
+  `spectra.eigenvalues` with the analyzer's own parallelism; alphasel's overhead above it;
+- the largest relative alpha/xmin difference between the two tables;
+- peak RSS of a separate process analysing a generated multi-GB safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from alphasel import analyze
+from alphasel.sources import open_source, packaged_model
+from alphasel.spectra import eigenvalues
+
+
+def _weightwatcher_model(alias: str) -> torch.nn.Module:
+    from transformers import AutoModel
+
+    path, _ = packaged_model(alias)
+    if path.suffix == ".gguf":
+        return AutoModel.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoModel.from_pretrained(path)
+
+
+def _eigen_floor(alias: str, workers: int) -> tuple[float, int]:
+    with open_source(alias) as source:
+        matrices = [source.load(ref) for ref in source.matrices() if min(ref.shape) >= 10]
+    with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
+        started = time.perf_counter()
+        list(pool.map(eigenvalues, matrices))
+        return time.perf_counter() - started, len(matrices)
+
+
+def _max_relative(ours, reference, prefix: str, column: str) -> float:
+    reference = reference.assign(name=prefix + reference["longname"]).set_index("name")
+    ours = ours.set_index("name")
+    shared = reference.index.intersection(ours.index)
+    diff = np.abs(ours.loc[shared, column] - reference.loc[shared, column])
+    return float((diff / np.abs(reference.loc[shared, column])).max())
+
+
+def _write_checkpoint(folder: Path, gigabytes: float) -> Path:
+    """A float32 safetensors checkpoint of about ``gigabytes`` (random weights), written shard
+    by shard so the writer's memory stays small: a Llama-7B-sized embedding (32000×4096,
+    512 MB) and blocks of 11008×1024 / 1024×11008 matrices, wide so the eigensolves stay cheap
+    while the bytes read are those of a multi-GB model."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    save_file({"model.embed_tokens.weight": torch.randn(32000, 4096, generator=generator)},
+              folder / "model-embed.safetensors")
+    shapes = {"mlp.up_proj": (11008, 1024), "mlp.down_proj": (1024, 11008)}
+    per_block = sum(r * c for r, c in shapes.values()) * 4
+    blocks = max(1, int((gigabytes * 1e9 - 32000 * 4096 * 4) // per_block))
+    for block in range(blocks):
+        tensors = {f"model.layers.{block}.{name}.weight":
+                   torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+        save_file(tensors, folder / f"model-{block:05d}.safetensors")
+        del tensors
+    return folder
+
+
+def _peak_rss_of_analysis(folder: Path) -> tuple[float, float]:
+    code = f"import alphasel; print(len(alphasel.analyze({str(folder)!r}, progress=False)))"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    elapsed = time.perf_counter() - started
+    # ru_maxrss of terminated children is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "minilm"])
+    parser.add_argument("--rss-gb", type=float, default=3.0,
+                        help="size of the generated checkpoint for the RSS check (0: skip)")
+    args = parser.parse_args()
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    import weightwatcher
+
+    workers = min(os.cpu_count() or 1, 4)
+    print(f"model {args.model}; {os.cpu_count()} cores; alphasel workers {workers}")
+    analyze(torch.nn.Sequential(torch.nn.Linear(32, 32)), progress=False)  # warm imports
+
+    started = time.perf_counter()
+    ours = analyze(args.model, progress=False)
+    ours_s = time.perf_counter() - started
+    floor_s, fitted = _eigen_floor(args.model, workers)
+
+    started = time.perf_counter()
+    model = _weightwatcher_model(args.model)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    reference = weightwatcher.WeightWatcher(model=model).analyze()
+    ww_s = time.perf_counter() - started
+    with threadpool_limits(limits=1):
+        started = time.perf_counter()
+        weightwatcher.WeightWatcher(model=model).analyze()
+        ww_single_s = time.perf_counter() - started
+
+    prefix = "model." if args.model == "smollm2" else ""
+    print(f"alphasel analyze (file → table)          {ours_s:7.2f} s   {len(ours)} rows")
+    print(f"bare eigendecomposition floor            {floor_s:7.2f} s   {fitted} matrices, "
+          f"{1e3 * floor_s / fitted:.1f} ms each")
+    print(f"alphasel overhead above the floor        {100 * (ours_s / floor_s - 1):6.1f} %   "
+          f"({1e3 * ours_s / fitted:.1f} ms per matrix)")
+    print(f"WeightWatcher analyze() (default BLAS)   {ww_s:7.2f} s   {len(reference)} rows")
+    print(f"WeightWatcher analyze() (BLAS 1 thread)  {ww_single_s:7.2f} s")
+    print(f"transformers model load for WW           {load_s:7.2f} s")
+    print(f"speed-up vs WW analyze() alone           {ww_s / ours_s:6.2f} x")
+    print(f"speed-up vs WW analyze(), 1 BLAS thread  {ww_single_s / ours_s:6.2f} x")
+    print(f"speed-up vs WW incl. its model load      {(ww_s + load_s) / ours_s:6.2f} x")
+    for column in ("alpha", "xmin"):
+        print(f"max relative {column} difference           "
+              f"{_max_relative(ours, reference, prefix, column):.2e}")
+    del model
+
+    if args.rss_gb > 0:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+            folder = _write_checkpoint(Path(tmp), args.rss_gb)
+            size = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
+            peak_mb, elapsed = _peak_rss_of_analysis(folder)
+        print(f"peak RSS analysing a {size:.2f} GB checkpoint   {peak_mb:7.0f} MB "
+              f"({elapsed:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
