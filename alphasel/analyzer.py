@@ -222,28 +222,39 @@ class _MemoryBudget:
 def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str, device: str,
                     min_evals: int, downsampling: Downsampling, progress: bool,
                     workers: int) -> list[dict]:
-    """One row per ref, in order. Matrices are read and analysed by ``workers`` threads, each
-    with single-threaded BLAS: at these sizes LAPACK's eigensolvers scale poorly across
-    threads (measured 2x slower with 2 OpenBLAS threads on 2 cores than one per matrix), while
-    reads, dequantization and LAPACK all release the GIL."""
+    """One row per ref, in order.
+
+    One thread reads (and dequantizes) matrices in order while ``workers`` threads compute
+    spectra and fits, each with single-threaded BLAS: at these sizes LAPACK's eigensolvers
+    scale poorly across BLAS threads (2 OpenBLAS threads on 2 cores were 2x slower than one
+    thread per matrix), while reads, dequantization and LAPACK all release the GIL.
+    """
     budget = _MemoryBudget(_MEMORY_BUDGET_BYTES)
 
-    def run(ref: MatrixRef) -> dict:
-        cost = 4 * ref.shape[0] * ref.shape[1]  # the float32 matrix a source hands back
-        budget.acquire(cost)
+    def read(ref: MatrixRef) -> np.ndarray:
+        budget.acquire(_matrix_bytes(ref))
         try:
-            matrix = source.load(ref)
+            return source.load(ref)
+        except BaseException:
+            budget.release(_matrix_bytes(ref))
+            raise
+
+    def compute(ref: MatrixRef, loading: Future) -> dict:
+        matrix = loading.result()
+        try:
             return _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
         finally:
-            budget.release(cost)
+            del matrix
+            budget.release(_matrix_bytes(ref))
 
     rows = []
     bar = tqdm(total=len(refs), desc=f"alpha {source.model_id}", unit="matrix",
                disable=not progress, dynamic_ncols=True)
-    with threadpool_limits(limits=1), ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="alphasel") as pool:
-        # Submission runs at most `workers` ahead of the row being collected, so matrices
-        # never pile up in memory behind a slow one.
+    with threadpool_limits(limits=1), \
+            ThreadPoolExecutor(1, thread_name_prefix="alphasel-read") as reader, \
+            ThreadPoolExecutor(workers, thread_name_prefix="alphasel-fit") as pool:
+        # Work is queued at most `workers + 1` matrices ahead of the row being collected, so
+        # matrices never pile up in memory behind a slow one.
         pending: dict[int, Future] = {}
         upcoming = iter(enumerate(refs))
         for index, ref in enumerate(refs):
@@ -253,7 +264,8 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
                     break
                 position, waiting = item
                 if min(waiting.shape) >= min_evals:
-                    pending[position] = pool.submit(run, waiting)
+                    pending[position] = pool.submit(compute, waiting,
+                                                    reader.submit(read, waiting))
             rows_count, cols_count = ref.shape
             row = {"name": ref.name, "block": block_of(ref.name), "kind": kind_of(ref.name),
                    "rows": rows_count, "cols": cols_count, "num_evals": min(ref.shape)}
@@ -266,3 +278,7 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
             bar.set_postfix_str(ref.name[-40:], refresh=False)
     bar.close()
     return rows
+
+
+def _matrix_bytes(ref: MatrixRef) -> int:
+    return 4 * ref.shape[0] * ref.shape[1]  # the float32 matrix a source hands back

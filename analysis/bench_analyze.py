@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -84,10 +83,14 @@ def _write_checkpoint(folder: Path, gigabytes: float) -> Path:
 def _peak_rss_of_analysis(folder: Path) -> tuple[float, float]:
     code = f"import alphasel; print(len(alphasel.analyze({str(folder)!r}, progress=False)))"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the largest of all
+    # children ever waited for); ru_maxrss is in KiB on Linux.
+    _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - started
-    # ru_maxrss of terminated children is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, elapsed
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the RSS analysis run failed (exit {status})")
+    return usage.ru_maxrss / 1024, elapsed
 
 
 def main() -> None:
