@@ -99,12 +99,13 @@ class SafetensorsSource(WeightSource):
         path, entry, data_start = self._entries[ref.key]
         begin, end = entry["data_offsets"]
         raw_dtype, real_dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-        buffer = bytearray(end - begin)
-        with open(path, "rb") as handle:
+        # np.empty, not bytearray: no zero-fill pass over memory the read overwrites anyway.
+        buffer = np.empty(end - begin, dtype=np.uint8)
+        with open(path, "rb", buffering=0) as handle:
             handle.seek(data_start + begin)
-            if handle.readinto(buffer) != len(buffer):
+            if handle.readinto(memoryview(buffer)) != len(buffer):
                 raise _corrupt(path, f"could not read tensor '{ref.key}'")
-        array = np.frombuffer(buffer, dtype=raw_dtype).reshape(ref.shape)
+        array = buffer.view(raw_dtype).reshape(ref.shape)
         if real_dtype is not None:
             return torch.from_numpy(array.view(np.int16)).view(real_dtype).float().numpy()
         if array.dtype == np.float16:
