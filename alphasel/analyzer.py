@@ -95,6 +95,8 @@ def _analyze_matrix(matrix: np.ndarray, name: str, estimator: str, device: str,
             if evals[-1] <= EVALS_THRESHOLD:
                 return {"status": f"all-zero spectrum (no eigenvalue above {EVALS_THRESHOLD:g})"}
             return _spectrum_metrics(evals, estimator)
+        if not np.isfinite(matrix).all():  # a sample could miss the bad entries
+            return _non_finite_status(matrix)
         rows, cols = sample_shape_for(matrix.shape, downsampling.shape)
         draws = []
         for draw in range(downsampling.samples):

@@ -70,6 +70,16 @@ def test_malformed_options(mode, samples, message):
         parse_downsampling(mode, samples)
 
 
+def test_non_finite_weights_are_caught_even_when_samples_miss_them():
+    model = student_t_model()
+    with torch.no_grad():
+        model["wide"].weight[0, 0] = float("nan")
+    table = analyze(model, downsample="fixed:64x64", samples=2, progress=False)
+    row = table.set_index("name").loc["wide"]
+    assert row["status"] == "non-finite weights (1 NaN/inf entries)"
+    assert np.isnan(row["alpha"])
+
+
 def test_fixed_shape_larger_than_a_matrix_names_it():
     with pytest.raises(AnalysisOptionError, match="larger than gqa 64x256"):
         analyze(student_t_model(), downsample="fixed:200x100", progress=False)
