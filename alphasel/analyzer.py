@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import threading
 import time
@@ -90,39 +91,45 @@ def _non_finite_status(matrix: np.ndarray) -> dict:
 def _analyze_matrix(matrix: np.ndarray, name: str, estimator: str, device: str,
                     downsampling: Downsampling) -> dict:
     try:
-        if not downsampling.active:
-            evals = eigenvalues(matrix, device)
-            if evals[-1] <= EVALS_THRESHOLD:
-                return {"status": f"all-zero spectrum (no eigenvalue above {EVALS_THRESHOLD:g})"}
-            return _spectrum_metrics(evals, estimator)
-        if not np.isfinite(matrix).all():  # a sample could miss the bad entries
-            return _non_finite_status(matrix)
-        rows, cols = sample_shape_for(matrix.shape, downsampling.shape)
-        draws = []
-        for draw in range(downsampling.samples):
-            generator = sample_generator(downsampling.seed, name, draw)
-            evals = eigenvalues(sample_submatrix(matrix, rows, cols, generator), device)
-            if evals[-1] > EVALS_THRESHOLD:
-                draws.append(_spectrum_metrics(evals, estimator))
+        if downsampling.active:
+            return _analyze_samples(matrix, name, estimator, device, downsampling)
+        evals = eigenvalues(matrix, device)
     except NonFiniteError:
         return _non_finite_status(matrix)
-    fitted = [draw for draw in draws if draw["status"] == STATUS_OK]
+    if evals[-1] <= EVALS_THRESHOLD:
+        return {"status": f"all-zero spectrum (no eigenvalue above {EVALS_THRESHOLD:g})"}
+    return _spectrum_metrics(evals, estimator)
+
+
+def _analyze_samples(matrix: np.ndarray, name: str, estimator: str, device: str,
+                     downsampling: Downsampling) -> dict:
+    """Fit ``downsampling.samples`` submatrices of the sampled shape; average their metrics."""
+    if not np.isfinite(matrix).all():  # a sample could miss the bad entries
+        raise NonFiniteError
+    rows, cols = sample_shape_for(matrix.shape, downsampling.shape)
+    fitted = []
+    for draw in range(downsampling.samples):
+        generator = sample_generator(downsampling.seed, name, draw)
+        evals = eigenvalues(sample_submatrix(matrix, rows, cols, generator), device)
+        if evals[-1] > EVALS_THRESHOLD:
+            metrics = _spectrum_metrics(evals, estimator)
+            if metrics["status"] == STATUS_OK:
+                fitted.append(metrics)
     if not fitted:
         return {"status": "no sampled submatrix could be fitted (all-zero or rank too low)",
                 "samples": 0}
     row = {key: float(np.mean([draw[key] for draw in fitted]))
            for key in fitted[0] if key != "status"}
     row["num_pl_spikes"] = int(round(row["num_pl_spikes"]))
-    row["alpha_std"] = float(np.std([d["alpha"] for d in fitted], ddof=1)) if len(fitted) > 1 \
-        else 0.0
+    alphas = [draw["alpha"] for draw in fitted]
+    row["alpha_std"] = float(np.std(alphas, ddof=1)) if len(alphas) > 1 else 0.0
     row["samples"] = len(fitted)
     row["status"] = STATUS_OK
     return row
 
 
 def _versions() -> dict:
-    versions = {"alphasel": alphasel.__version__, "python": ".".join(map(str, __import__(
-        "sys").version_info[:3]))}
+    versions = {"alphasel": alphasel.__version__, "python": platform.python_version()}
     for package in ("numpy", "scipy", "torch", "pandas", "safetensors", "gguf"):
         try:
             versions[package] = package_metadata.version(package)
@@ -159,8 +166,9 @@ def analyze(
     if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
         raise AnalysisOptionError(f"--min-evals must be an integer ≥ 2, got {min_evals!r}")
     downsampling = parse_downsampling(downsample, samples, seed)
-    workers = workers or min(os.cpu_count() or 1, 4)
-    if workers < 1:
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4)
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise AnalysisOptionError(f"--workers must be ≥ 1, got {workers}")
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

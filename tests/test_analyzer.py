@@ -97,6 +97,7 @@ def test_half_precision_checkpoint_matches_its_float32_twin(tmp_path):
     ("device", "tpu", "unknown device"),
     ("min_evals", 1, "min-evals"),
     ("downsample", "half", "unknown downsampling mode"),
+    ("workers", 0, "--workers must be ≥ 1"),
 ])
 def test_bad_options_are_named(option, value, message):
     with pytest.raises(AnalysisOptionError, match=message):
