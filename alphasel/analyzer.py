@@ -40,6 +40,8 @@ from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
 
 # Matrices (as float32) worked on at once; see _MemoryBudget.
 _MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+# Matrices queued per worker ahead of the row being collected.
+_QUEUE_PER_WORKER = 4
 
 
 def _compile(patterns: list[str] | str | None, flag: str) -> list[re.Pattern[str]]:
@@ -263,12 +265,13 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     with threadpool_limits(limits=1), \
             ThreadPoolExecutor(1, thread_name_prefix="alphasel-read") as reader, \
             ThreadPoolExecutor(workers, thread_name_prefix="alphasel-fit") as pool:
-        # Work is queued at most `workers + 1` matrices ahead of the row being collected, so
-        # matrices never pile up in memory behind a slow one.
+        # Work is queued a few matrices ahead of the row being collected, so one slow matrix
+        # (an embedding) does not idle the other workers; memory stays bounded by the budget,
+        # which a matrix must acquire before it is read.
         pending: dict[int, Future] = {}
         upcoming = iter(enumerate(refs))
         for index, ref in enumerate(refs):
-            while len(pending) < workers + 1:
+            while len(pending) < _QUEUE_PER_WORKER * workers:
                 item = next(upcoming, None)
                 if item is None:
                     break
