@@ -59,11 +59,12 @@ def metadata(table: pd.DataFrame) -> dict:
     return dict(table.attrs.get(META_KEY, {}))
 
 
-def _check_suffix(path: Path) -> str:
+def table_format(path: Path) -> str:
+    """The table format of ``path`` by its extension; raises TableError if unsupported."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise TableError(
-            f"cannot tell the table format of '{path}': use a file ending in "
+            f"cannot tell the table format of '{path}' from its extension: use a file ending in "
             f"{', '.join(SUPPORTED_SUFFIXES)}"
         )
     return suffix
@@ -75,7 +76,7 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     The file is written to a temporary name and renamed, so a failure leaves no partial file.
     """
     path = Path(path)
-    suffix = _check_suffix(path)
+    suffix = table_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     frame = pd.DataFrame(table)  # drops nothing; attrs are handled per format below
@@ -107,7 +108,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise TableError(f"alpha table '{path}' does not exist: run `alphasel analyze MODEL` "
                          "or pass the path of an existing table")
-    suffix = _check_suffix(path)
+    suffix = table_format(path)
     meta: dict = {}
     try:
         if suffix == ".csv":

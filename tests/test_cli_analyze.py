@@ -44,7 +44,7 @@ def test_default_output_goes_to_runs_and_becomes_latest(checkpoint, runs, capsys
     (["./no/such/dir/"], "does not exist"),
     (["nobody/not-cached-model"], "not in the cache"),
     (["{ckpt}", "--estimator", "mle"], "unknown estimator 'mle': choose one of ks, median, peak"),
-    (["{ckpt}", "--out", "{tmp}/alpha.xlsx"], "no supported extension"),
+    (["{ckpt}", "--out", "{tmp}/alpha.xlsx"], "cannot tell the table format"),
     (["{empty}"], "no weights in"),
     (["{corrupt}"], "not a valid safetensors file"),
 ])

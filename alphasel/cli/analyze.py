@@ -9,10 +9,16 @@ import pandas as pd
 
 from alphasel.analyzer import analyze
 from alphasel.downsample import MODES
-from alphasel.errors import TableError
 from alphasel.powerlaw import ESTIMATORS
 from alphasel.spectra import DEVICES
-from alphasel.table import KINDS, STATUS_OK, SUPPORTED_SUFFIXES, save_analysis, write_table
+from alphasel.table import (
+    KINDS,
+    STATUS_OK,
+    SUPPORTED_SUFFIXES,
+    save_analysis,
+    table_format,
+    write_table,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,9 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.out is not None and args.out.suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise TableError(f"--out '{args.out}' has no supported extension: use "
-                         f"{', '.join(SUPPORTED_SUFFIXES)}")
+    if args.out is not None:
+        table_format(args.out)  # before the analysis, which may take minutes
     table = analyze(
         args.model, args.estimator, revision=args.revision, include=args.include,
         exclude=args.exclude, min_evals=args.min_evals, device=args.device,
