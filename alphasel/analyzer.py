@@ -40,8 +40,6 @@ from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
 
 # Matrices (as float32) worked on at once; see _MemoryBudget.
 _MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
-# Matrices queued per worker ahead of the row being collected.
-_QUEUE_PER_WORKER = 4
 
 
 def _compile(patterns: list[str] | str | None, flag: str) -> list[re.Pattern[str]]:
@@ -265,30 +263,31 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     with threadpool_limits(limits=1), \
             ThreadPoolExecutor(1, thread_name_prefix="alphasel-read") as reader, \
             ThreadPoolExecutor(workers, thread_name_prefix="alphasel-fit") as pool:
-        # Work is queued a few matrices ahead of the row being collected, so one slow matrix
-        # (an embedding) does not idle the other workers; memory stays bounded by the budget,
-        # which a matrix must acquire before it is read.
-        pending: dict[int, Future] = {}
-        upcoming = iter(enumerate(refs))
-        for index, ref in enumerate(refs):
-            while len(pending) < _QUEUE_PER_WORKER * workers:
-                item = next(upcoming, None)
-                if item is None:
-                    break
-                position, waiting = item
-                if min(waiting.shape) >= min_evals:
-                    pending[position] = pool.submit(compute, waiting,
-                                                    reader.submit(read, waiting))
-            rows_count, cols_count = ref.shape
-            row = {"name": ref.name, "block": block_of(ref.name), "kind": kind_of(ref.name),
-                   "rows": rows_count, "cols": cols_count, "num_evals": min(ref.shape)}
-            if index in pending:
-                row.update(pending.pop(index).result())
-            else:
-                row["status"] = f"too few eigenvalues ({min(ref.shape)} < min_evals {min_evals})"
-            rows.append(row)
-            bar.update(1)
-            bar.set_postfix_str(ref.name[-40:], refresh=False)
+        # Everything is queued at once, so a slow matrix (an embedding) never idles the other
+        # workers; memory stays bounded by the budget, which a matrix acquires before its read.
+        # No deadlock: reads run in queue order, so the matrices holding the budget are always
+        # ahead of the waiting read in the workers' queue too.
+        pending = {index: pool.submit(compute, ref, reader.submit(read, ref))
+                   for index, ref in enumerate(refs) if min(ref.shape) >= min_evals}
+        try:
+            for index, ref in enumerate(refs):
+                rows_count, cols_count = ref.shape
+                row = {"name": ref.name, "block": block_of(ref.name),
+                       "kind": kind_of(ref.name), "rows": rows_count, "cols": cols_count,
+                       "num_evals": min(ref.shape)}
+                if index in pending:
+                    row.update(pending.pop(index).result())
+                else:
+                    row["status"] = (f"too few eigenvalues ({min(ref.shape)} < min_evals "
+                                     f"{min_evals})")
+                rows.append(row)
+                bar.update(1)
+                bar.set_postfix_str(ref.name[-40:], refresh=False)
+        except BaseException:
+            # Stop at the first error (a corrupt tensor, Ctrl-C) instead of analysing the rest.
+            reader.shutdown(cancel_futures=True)
+            pool.shutdown(cancel_futures=True)
+            raise
     bar.close()
     return rows
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import scipy.linalg
-import scipy.linalg.blas
 import torch
 
 from alphasel.errors import AnalysisOptionError
@@ -19,9 +17,6 @@ from alphasel.errors import AnalysisOptionError
 DEVICES = ("cpu", "cuda")
 # Elements converted to float64 at a time when forming a Gram matrix (64 MB).
 _GRAM_CHUNK_ELEMENTS = 8 * 1024 * 1024
-_syrk = scipy.linalg.blas.dsyrk
-# Gram matrices at least this wide are formed with syrk (see gram_matrix).
-_SYRK_MIN_SIDE = 1024
 
 
 class NonFiniteError(ArithmeticError):
@@ -38,28 +33,25 @@ def check_device(device: str) -> str:
 
 
 def gram_matrix(matrix: np.ndarray) -> np.ndarray:
-    """The smaller Gram matrix (WᵀW or WWᵀ) in float64, Fortran-ordered; its lower triangle
-    (what the eigensolver reads) is always filled.
+    """The smaller Gram matrix (WᵀW or WWᵀ) in float64.
 
     Accumulated over float64 slices of the longer side, so no float64 copy of a large matrix is
-    made. Large Gram matrices use BLAS syrk, which does half the flops and updates in place
-    (measured 26% faster at 4096 and no product temporary); small ones use a plain product,
-    which OpenBLAS runs faster there when two threads compute side by side.
+    made. numpy's matmul releases the GIL, so workers form Gram matrices side by side (scipy's
+    BLAS syrk, half the flops, holds the GIL and ran no faster with two threads than one).
     """
     tall = matrix.shape[0] >= matrix.shape[1]
     side, length = min(matrix.shape), max(matrix.shape)
-    gram = np.zeros((side, side), dtype=np.float64, order="F")
     step = max(1, _GRAM_CHUNK_ELEMENTS // side)
+    if length <= step:  # one slice: no accumulation needed
+        part = np.asarray(matrix, dtype=np.float64)
+        return part.T @ part if tall else part @ part.T
+    gram = np.zeros((side, side), dtype=np.float64)
+    product = np.empty_like(gram)
     for first in range(0, length, step):
         part = matrix[first:first + step] if tall else matrix[:, first:first + step]
-        part = np.ascontiguousarray(part, dtype=np.float64)
-        if side < _SYRK_MIN_SIDE:
-            gram += part.T @ part if tall else part @ part.T
-            continue
-        # A C-ordered array is its own transpose in Fortran order, so BLAS reads it without a
-        # copy: for a tall slice P syrk gets Pᵀ and forms PᵀP; for a wide slice it gets Pᵀ with
-        # trans=1 and forms PPᵀ.
-        _syrk(1.0, part.T, beta=1.0, c=gram, trans=0 if tall else 1, lower=1, overwrite_c=1)
+        part = np.asarray(part, dtype=np.float64)
+        np.matmul(part.T, part, out=product) if tall else np.matmul(part, part.T, out=product)
+        gram += product
     return gram
 
 
@@ -83,10 +75,9 @@ def eigenvalues(matrix: torch.Tensor | np.ndarray, device: str = "cpu") -> np.nd
     # replaces a pass over the whole weight matrix.
     if not np.isfinite(gram).all():
         raise NonFiniteError
-    # LAPACK's divide-and-conquer driver is the fastest for eigenvalues only at these sizes;
-    # overwrite_a spares a copy of the Gram matrix.
-    return scipy.linalg.eigvalsh(gram, lower=True, driver="evd", overwrite_a=True,
-                                 check_finite=False)
+    # numpy's eigvalsh (LAPACK syevd) releases the GIL, so workers' eigensolves run in
+    # parallel; scipy.linalg.eigvalsh holds it (measured: two threads no faster than one).
+    return np.linalg.eigvalsh(gram)
 
 
 def sample_generator(seed: int, name: str, draw: int) -> np.random.Generator:
