@@ -102,3 +102,18 @@ def test_half_precision_checkpoint_matches_its_float32_twin(tmp_path):
 def test_bad_options_are_named(option, value, message):
     with pytest.raises(AnalysisOptionError, match=message):
         analyze(tiny_llama(layers=1), progress=False, **{option: value})
+
+
+def test_gpt2_conv1d_and_fused_attention():
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=80, n_positions=40))
+    table = analyze(model, progress=False).set_index("name")
+    # Conv1D stores weights as in × out; the table keeps the stored shape.
+    assert (table.loc["h.1.attn.c_attn", ["block", "kind", "rows", "cols"]].tolist()
+            == [1, "qkv", 32, 96])
+    assert table.loc["h.0.mlp.c_proj", "kind"] == "down"
+    assert table.loc["h.0.attn.c_proj", "kind"] == "o"
+    assert table.loc["wte", "kind"] == "embed"
+    assert (table["status"] == STATUS_OK).all()
