@@ -73,21 +73,27 @@ def _max_relative(ours, reference, prefix: str, column: str) -> float:
 def _write_checkpoint(folder: Path, gigabytes: float) -> Path:
     """A float32 safetensors checkpoint of about ``gigabytes`` (random weights), written shard
     by shard so the writer's memory stays small: a Llama-7B-sized embedding (32000×4096,
-    512 MB) and blocks of 11008×1024 / 1024×11008 matrices, wide so the eigensolves stay cheap
-    while the bytes read are those of a multi-GB model."""
+    512 MB), one full Llama-7B block (4096-wide Gram matrices, the costliest to hold), and
+    filler blocks of 11008×1024 / 1024×11008 matrices, wide so the eigensolves stay cheap while
+    the bytes read are those of a multi-GB model."""
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(0)
-    save_file({"model.embed_tokens.weight": torch.randn(32000, 4096, generator=generator)},
-              folder / "model-embed.safetensors")
-    shapes = {"mlp.up_proj": (11008, 1024), "mlp.down_proj": (1024, 11008)}
-    per_block = sum(r * c for r, c in shapes.values()) * 4
-    blocks = max(1, int((gigabytes * 1e9 - 32000 * 4096 * 4) // per_block))
-    for block in range(blocks):
-        tensors = {f"model.layers.{block}.{name}.weight":
-                   torch.randn(shape, generator=generator) for name, shape in shapes.items()}
-        save_file(tensors, folder / f"model-{block:05d}.safetensors")
-        del tensors
+    llama_block = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 4096),
+                   "self_attn.v_proj": (4096, 4096), "self_attn.o_proj": (4096, 4096),
+                   "mlp.gate_proj": (11008, 4096), "mlp.up_proj": (11008, 4096),
+                   "mlp.down_proj": (4096, 11008)}
+    filler = {"mlp.up_proj": (11008, 1024), "mlp.down_proj": (1024, 11008)}
+    shards = {"embed": {"model.embed_tokens": (32000, 4096)},
+              "block-0": {f"model.layers.0.{name}": shape for name, shape in llama_block.items()}}
+    written = sum(r * c for shard in shards.values() for r, c in shard.values()) * 4
+    per_filler = sum(r * c for r, c in filler.values()) * 4
+    for block in range(1, 1 + max(0, int((gigabytes * 1e9 - written) // per_filler))):
+        shards[f"block-{block}"] = {f"model.layers.{block}.{name}": shape
+                                    for name, shape in filler.items()}
+    for shard, shapes in shards.items():
+        save_file({f"{name}.weight": torch.randn(shape, generator=generator)
+                   for name, shape in shapes.items()}, folder / f"model-{shard}.safetensors")
     return folder
 
 
@@ -123,7 +129,7 @@ def main() -> None:
             size = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
             peak_mb, elapsed = _peak_rss_of_analysis(folder)
         print(f"peak RSS analysing a {size:.2f} GB checkpoint   {peak_mb:7.0f} MB "
-              f"({elapsed:.1f} s; the largest matrix, 32000x4096 float32, is 524 MB)")
+              f"({elapsed:.1f} s; largest matrix 32000x4096 float32 = 524 MB, Gram up to 4096²)")
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     import weightwatcher
 
