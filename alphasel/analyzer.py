@@ -7,7 +7,7 @@ import platform
 import re
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -73,7 +73,8 @@ def _spectrum_metrics(evals: np.ndarray, estimator: str) -> dict:
            "stable_rank": norm / spectral}
     fit = fit_power_law(evals, estimator)
     if fit is None:
-        row["status"] = f"fewer than 2 eigenvalues above {EVALS_THRESHOLD:g} (rank too low)"
+        row["status"] = (f"no power-law tail (fewer than 2 distinct eigenvalues above "
+                         f"{EVALS_THRESHOLD:g})")
         return row
     row.update(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, sigma=fit.sigma,
                num_pl_spikes=int(np.sum(evals >= fit.xmin)),
@@ -215,13 +216,23 @@ class _MemoryBudget:
     budget still runs, but alone, so peak memory follows the largest matrix, not the model."""
 
     def __init__(self, limit: int) -> None:
-        self._limit, self._used = limit, 0
+        self._limit, self._used, self._closed = limit, 0, False
         self._changed = threading.Condition()
 
     def acquire(self, cost: int) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self._used == 0 or self._used + cost <= self._limit)
+            self._changed.wait_for(lambda: self._closed or self._used == 0
+                                   or self._used + cost <= self._limit)
+            if self._closed:
+                raise CancelledError("the analysis stopped")
             self._used += cost
+
+    def close(self) -> None:
+        """Wake and refuse every waiting read: after an error, the fits that would have freed
+        the budget may have been cancelled."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
 
     def release(self, cost: int) -> None:
         with self._changed:
@@ -285,6 +296,7 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
                 bar.set_postfix_str(ref.name[-40:], refresh=False)
         except BaseException:
             # Stop at the first error (a corrupt tensor, Ctrl-C) instead of analysing the rest.
+            budget.close()
             reader.shutdown(cancel_futures=True)
             pool.shutdown(cancel_futures=True)
             raise

@@ -24,6 +24,8 @@ _SMALL_N_MIN_TAIL = 8
 _CHUNK_ELEMENTS = 8_000_000
 # Rows per chunk of the KS scan: small enough that a chunk wastes little of the j < i triangle.
 _ROWS_PER_CHUNK = 64
+# Mean log-excess below which a tail counts as equal eigenvalues (see _tail_alphas).
+_FLAT_TAIL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,19 @@ def check_estimator(estimator: str) -> str:
 
 
 def _tail_alphas(log_data: np.ndarray, starts: np.ndarray, bias_corrected: bool) -> np.ndarray:
-    """MLE alpha for each tail data[i:], i in starts: 1 + n / Σ ln(λ/λ_i)."""
+    """MLE alpha for each tail data[i:], i in starts: 1 + n / Σ ln(λ/λ_i).
+
+    A tail whose mean ln(λ/λ_i) is below 1e-12 holds equal eigenvalues up to rounding: its
+    alpha is infinite (no power law), not the 1e15 that rounding noise would give.
+    """
     suffix_log_sums = np.cumsum(log_data[::-1])[::-1]
     n = (len(log_data) - starts).astype(np.float64)
     spread = suffix_log_sums[starts] - n * log_data[starts]
+    flat = spread <= _FLAT_TAIL * n
     with np.errstate(divide="ignore", invalid="ignore"):
-        return 1.0 + ((n - 1.0) if bias_corrected else n) / spread
+        alphas = 1.0 + ((n - 1.0) if bias_corrected else n) / spread
+    alphas[flat] = np.inf
+    return alphas
 
 
 def _ks_distances(log_data: np.ndarray, starts: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -68,7 +77,10 @@ def _ks_distances(log_data: np.ndarray, starts: np.ndarray, alphas: np.ndarray) 
     """
     size = len(log_data)
     distances = np.ones(len(starts))
-    valid = np.flatnonzero(alphas > 1.0)  # WeightWatcher leaves D = 1 where alpha ≤ 1
+    # WeightWatcher leaves D = 1 where alpha ≤ 1. An infinite alpha (a tail of equal
+    # eigenvalues) is no fit either; WeightWatcher would give it D = (n−1)/n, which never wins
+    # against a real fit of the same spectrum.
+    valid = np.flatnonzero((alphas > 1.0) & np.isfinite(alphas))
     valid = valid[np.argsort(starts[valid], kind="stable")]
     rows_per_chunk = int(np.clip(_CHUNK_ELEMENTS // size, 1, _ROWS_PER_CHUNK))
     for first in range(0, len(valid), rows_per_chunk):
@@ -78,7 +90,8 @@ def _ks_distances(log_data: np.ndarray, starts: np.ndarray, alphas: np.ndarray) 
         positions = np.arange(lowest, size)[None, :]
         n = (size - start).astype(np.float64)
         exponent = (1.0 - alphas[rows][:, None]) * (log_data[None, lowest:] - log_data[start])
-        gap = np.abs(np.expm1(exponent) + (positions - start) / n)
+        with np.errstate(over="ignore"):  # only masked entries (j < i) can overflow
+            gap = np.abs(np.expm1(exponent) + (positions - start) / n)
         gap[positions < start] = 0.0  # |gap| ≥ 0, so masked entries never win
         distances[rows] = gap.max(axis=1)
     return distances
@@ -148,7 +161,7 @@ def _fit_peak(data: np.ndarray, log_data: np.ndarray) -> PowerLawFit:
 
 def fit_power_law(eigenvalues: np.ndarray, estimator: str = "ks") -> PowerLawFit | None:
     """Fit a power law to the tail of ``eigenvalues`` (any order); None if fewer than two
-    eigenvalues lie above :data:`EVALS_THRESHOLD`."""
+    eigenvalues lie above :data:`EVALS_THRESHOLD` or no tail has two distinct values."""
     check_estimator(estimator)
     data = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     data = data[data > EVALS_THRESHOLD]
@@ -156,9 +169,12 @@ def fit_power_law(eigenvalues: np.ndarray, estimator: str = "ks") -> PowerLawFit
         return None
     log_data = np.log(data)
     if estimator == "median":
-        return _fit_median(data, log_data)
-    if estimator == "peak":
-        return _fit_peak(data, log_data)
-    if len(data) < SMALL_N_CUTOFF:
-        return _fit_ks_small(data, log_data)
-    return _fit_ks(data, log_data)
+        fit = _fit_median(data, log_data)
+    elif estimator == "peak":
+        fit = _fit_peak(data, log_data)
+    elif len(data) < SMALL_N_CUTOFF:
+        fit = _fit_ks_small(data, log_data)
+    else:
+        fit = _fit_ks(data, log_data)
+    # A tail of equal eigenvalues (an orthogonal matrix, say) has infinite alpha: no power law.
+    return fit if fit is not None and np.isfinite(fit.alpha) and fit.alpha > 1.0 else None

@@ -50,17 +50,20 @@ def test_bad_matrices_get_a_status_row_not_a_crash():
         "nan": torch.nn.Linear(64, 64, bias=False),
         "zero": torch.nn.Linear(64, 64, bias=False),
         "tiny": torch.nn.Linear(5, 64, bias=False),
+        "identity": torch.nn.Linear(64, 64, bias=False),
     })
     with torch.no_grad():
         model["nan"].weight[3, 3] = float("nan")
         model["nan"].weight[4, 4] = float("inf")
         model["zero"].weight.zero_()
+        model["identity"].weight.copy_(2.0 * torch.eye(64))  # 64 equal eigenvalues: no tail
     table = analyze(model, progress=False).set_index("name")
     assert table.loc["good", "status"] == STATUS_OK
     assert table.loc["nan", "status"] == "non-finite weights (2 NaN/inf entries)"
     assert table.loc["zero", "status"].startswith("all-zero spectrum")
     assert table.loc["tiny", "status"] == "too few eigenvalues (5 < min_evals 10)"
-    assert table.loc[["nan", "zero", "tiny"], "alpha"].isna().all()
+    assert table.loc["identity", "status"].startswith("no power-law tail")
+    assert table.loc[["nan", "zero", "tiny", "identity"], "alpha"].isna().all()
 
 
 def test_include_exclude_and_their_errors():
@@ -117,3 +120,47 @@ def test_gpt2_conv1d_and_fused_attention():
     assert table.loc["h.0.attn.c_proj", "kind"] == "o"
     assert table.loc["wte", "kind"] == "embed"
     assert (table["status"] == STATUS_OK).all()
+
+
+def test_a_failing_read_stops_the_analysis_promptly(monkeypatch):
+    """With the read budget full of matrices whose fits were cancelled, the reader must not
+    wait forever: the error reaches the caller and the workers shut down."""
+    import threading
+    import time
+
+    from alphasel import analyzer
+    from alphasel.errors import SourceError
+    from alphasel.sources.module import ModuleSource
+
+    model = torch.nn.ModuleDict({f"m{i}": torch.nn.Linear(64, 64, bias=False)
+                                 for i in range(12)})
+    original = ModuleSource.load
+
+    def load(self, ref):
+        if ref.name == "m3":
+            raise SourceError("tensor m3 is corrupt")
+        return original(self, ref)
+
+    monkeypatch.setattr(ModuleSource, "load", load)
+    slow_fit = analyzer._analyze_matrix
+
+    def fit(*args, **kwargs):
+        time.sleep(0.05)  # the reader runs ahead and fills the budget before m3 is reached
+        return slow_fit(*args, **kwargs)
+
+    monkeypatch.setattr(analyzer, "_analyze_matrix", fit)
+    # Room for two matrices: the reader blocks behind loaded, not yet fitted ones.
+    monkeypatch.setattr(analyzer, "_MEMORY_BUDGET_BYTES", 2 * 4 * 64 * 64)
+    outcome = []
+
+    def run():
+        try:
+            analyze(model, progress=False, workers=1)
+        except SourceError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "analysis hung after a read failed"
+    assert len(outcome) == 1 and "m3" in str(outcome[0])

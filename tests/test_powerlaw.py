@@ -81,8 +81,11 @@ def test_estimators_differ_on_the_same_spectrum():
     assert len(set(np.round(list(alphas.values()), 6))) == 3
 
 
-def test_too_few_eigenvalues_gives_no_fit():
+def test_too_few_or_equal_eigenvalues_give_no_fit():
     assert fit_power_law(np.array([0.0, 0.0, 3.0])) is None
+    with np.errstate(all="raise"):  # and no floating-point warning on the way
+        for estimator in ESTIMATORS:
+            assert fit_power_law(np.full(64, 2.5), estimator) is None
 
 
 def test_unknown_estimator_names_the_valid_ones():
