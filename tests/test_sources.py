@@ -209,3 +209,16 @@ def test_packaged_aliases_resolve():
     assert smol.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     minilm = open_source("minilm")
     assert minilm.format == "safetensors" and len(minilm.matrices()) == 40
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_1, Q.F16, Q.F32])
+def test_dequantization_equals_gguf_bit_for_bit(qtype):
+    """Q4_0/Q4_1/Q8_0 have their own fast path; the rest go through gguf."""
+    from alphasel.sources.gguf_file import dequantize
+
+    matrix = (np.random.default_rng(1).standard_normal((48, 128)) * 3).astype(np.float32)
+    packed = gguf.quants.quantize(matrix, qtype)
+    expected = np.asarray(gguf.quants.dequantize(packed, qtype), dtype=np.float32)
+    ours = dequantize(packed.tobytes(), qtype, matrix.shape)
+    assert ours.dtype == np.float32 and ours.shape == matrix.shape
+    np.testing.assert_array_equal(ours, expected.reshape(matrix.shape))

@@ -40,6 +40,7 @@ _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
             12: "d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 _DEFAULT_ALIGNMENT = 32
 
 
@@ -75,18 +76,29 @@ class _HeaderReader:
         self._handle, self._path = handle, path
         self._buffer, self._start, self.position = b"", 0, 0
 
-    def take(self, size: int) -> bytes:
-        end = self.position + size
-        if end > self._start + len(self._buffer):
+    def _ensure(self, size: int) -> None:
+        """Make the buffer hold the next ``size`` bytes."""
+        if self.position + size > self._start + len(self._buffer):
             self._handle.seek(self.position)
             self._buffer = self._handle.read(max(size, 8 << 20))
             self._start = self.position
             if len(self._buffer) < size:
                 raise SourceError(f"'{self._path}' is truncated inside its GGUF header: "
                                   "re-download it")
-        chunk = self._buffer[self.position - self._start:end - self._start]
-        self.position = end
-        return chunk
+
+    def take(self, size: int) -> bytes:
+        self._ensure(size)
+        offset = self.position - self._start
+        self.position += size
+        return self._buffer[offset:offset + size]
+
+    def skip_strings(self, count: int) -> None:
+        """Skip ``count`` length-prefixed strings (a tokenizer's ~100k tokens and merges)
+        without slicing or decoding them: the hot loop of reading a GGUF header."""
+        read_length = _U64.unpack_from
+        for _ in range(count):
+            self._ensure(8)
+            self.position += 8 + read_length(self._buffer, self.position - self._start)[0]
 
     def unpack(self, fmt: str):
         return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
@@ -107,6 +119,9 @@ class _HeaderReader:
             item_type, count = self.unpack("I"), self.unpack("Q")
             if item_type in _SCALARS and not keep:  # skip fixed-size arrays in one step
                 self.take(count * struct.calcsize(_SCALARS[item_type]))
+                return None
+            if item_type == _STRING and not keep:
+                self.skip_strings(count)
                 return None
             items = [self.value(item_type, keep) for _ in range(count)]
             return items if keep else None
@@ -157,6 +172,64 @@ def read_gguf_header(path: Path) -> tuple[dict, list[GGUFTensor]]:
     return fields, tensors
 
 
+# The common llama.cpp block formats, dequantized with a few whole-array numpy passes instead
+# of gguf's per-row-group loop (3.7x faster on a 1536x576 Q4_1 matrix, 4.7 → 1.3 ms). Results
+# equal gguf.quants.dequantize bit for bit (tests/test_sources.py): the same float32
+# operations in the same order. Block layout: float16 scale d (and min m for Q4_1), then the
+# quants; 4-bit quants hold values 0..15 as low nibbles (block elements 0-15) and high
+# nibbles (16-31).
+def _block_scales(blocks: np.ndarray, count: int) -> np.ndarray:
+    return blocks[:, :2 * count].copy().view(np.float16).astype(np.float32)
+
+
+def _nibbles(quants: np.ndarray) -> np.ndarray:
+    values = np.empty((quants.shape[0], 2, quants.shape[1]), dtype=np.uint8)
+    np.bitwise_and(quants, 0x0F, out=values[:, 0])
+    np.right_shift(quants, 4, out=values[:, 1])
+    return values.reshape(quants.shape[0], -1)
+
+
+def _dequantize_q4_0(blocks: np.ndarray) -> np.ndarray:
+    values = (_nibbles(blocks[:, 2:]).astype(np.int8) - np.int8(8)).astype(np.float32)
+    values *= _block_scales(blocks, 1)  # in place: no second matrix-sized allocation
+    return values
+
+
+def _dequantize_q4_1(blocks: np.ndarray) -> np.ndarray:
+    scales = _block_scales(blocks, 2)
+    values = _nibbles(blocks[:, 4:]).astype(np.float32)
+    values *= scales[:, :1]
+    values += scales[:, 1:]
+    return values
+
+
+def _dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
+    values = blocks[:, 2:].view(np.int8).astype(np.float32)
+    values *= _block_scales(blocks, 1)
+    return values
+
+
+def _fast_dequantizers() -> dict:
+    from gguf import GGMLQuantizationType as Q
+
+    return {Q.Q4_0: (18, _dequantize_q4_0), Q.Q4_1: (20, _dequantize_q4_1),
+            Q.Q8_0: (34, _dequantize_q8_0)}
+
+
+def dequantize(raw: bytes, qtype: int, shape: tuple[int, int]) -> np.ndarray:
+    """A tensor's bytes as a float32 rows × cols matrix."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    packed = np.frombuffer(raw, dtype=np.uint8)
+    fast = _fast_dequantizers().get(qtype)
+    if fast is not None:
+        block_bytes, function = fast
+        return function(packed.reshape(-1, block_bytes)).reshape(shape)
+    matrix = gguf_dequantize(packed.reshape(shape[0], -1), GGMLQuantizationType(qtype))
+    return np.asarray(matrix, dtype=np.float32).reshape(shape)
+
+
 def _dequantizable(qtype: int) -> bool:
     import gguf
     from gguf import GGMLQuantizationType as Q
@@ -201,21 +274,15 @@ class GGUFSource(WeightSource):
         return list(self._refs)
 
     def load(self, ref: MatrixRef) -> np.ndarray:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
-
         tensor = self._tensors[ref.key]
         raw = os.pread(self._fd, tensor.nbytes, tensor.offset)
         if len(raw) != tensor.nbytes:
             raise SourceError(f"'{self._path}' is truncated at tensor '{ref.key}': re-download it")
-        rows = ref.shape[0]
-        packed = np.frombuffer(raw, dtype=np.uint8).reshape(rows, -1)
         try:
-            matrix = dequantize(packed, GGMLQuantizationType(tensor.qtype))
+            return dequantize(raw, tensor.qtype, ref.shape)
         except (ValueError, NotImplementedError) as err:
             raise SourceError(f"cannot dequantize GGUF tensor '{ref.key}' ({err}): re-export "
                               "the file or upgrade gguf") from err
-        return np.asarray(matrix, dtype=np.float32).reshape(ref.shape)
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:
