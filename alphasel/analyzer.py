@@ -7,7 +7,7 @@ import platform
 import re
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -228,8 +228,7 @@ class _MemoryBudget:
             self._used += cost
 
     def close(self) -> None:
-        """Wake and refuse every waiting read: after an error, the fits that would have freed
-        the budget may have been cancelled."""
+        """Wake and refuse every waiting read, so an error stops the remaining work at once."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -245,40 +244,31 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
                     workers: int) -> list[dict]:
     """One row per ref, in order.
 
-    One thread reads (and dequantizes) matrices in order while ``workers`` threads compute
-    spectra and fits, each with single-threaded BLAS: at these sizes LAPACK's eigensolvers
-    scale poorly across BLAS threads (2 OpenBLAS threads on 2 cores were 2x slower than one
-    thread per matrix), while reads, dequantization and LAPACK all release the GIL.
+    ``workers`` threads each read (and dequantize) a matrix and fit it, with single-threaded
+    BLAS: at these sizes LAPACK's eigensolvers scale poorly across BLAS threads (2 OpenBLAS
+    threads on 2 cores were 2x slower than one thread per matrix), while reads, numpy's
+    dequantization, matmul and eigvalsh all release the GIL. (A separate reader thread, tried
+    too, only added handoffs: SmolLM2 2.6 s against 2.4 s this way.)
     """
     budget = _MemoryBudget(_MEMORY_BUDGET_BYTES)
 
-    def read(ref: MatrixRef) -> np.ndarray:
+    def run(ref: MatrixRef) -> dict:
         budget.acquire(_matrix_bytes(ref))
         try:
-            return source.load(ref)
-        except BaseException:
-            budget.release(_matrix_bytes(ref))
-            raise
-
-    def compute(ref: MatrixRef, loading: Future) -> dict:
-        matrix = loading.result()
-        try:
+            matrix = source.load(ref)
             return _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
         finally:
-            del matrix
             budget.release(_matrix_bytes(ref))
 
     rows = []
     bar = tqdm(total=len(refs), desc=f"alpha {source.model_id}", unit="matrix",
                disable=not progress, dynamic_ncols=True)
     with threadpool_limits(limits=1), \
-            ThreadPoolExecutor(1, thread_name_prefix="alphasel-read") as reader, \
-            ThreadPoolExecutor(workers, thread_name_prefix="alphasel-fit") as pool:
+            ThreadPoolExecutor(workers, thread_name_prefix="alphasel") as pool:
         # Everything is queued at once, so a slow matrix (an embedding) never idles the other
-        # workers; memory stays bounded by the budget, which a matrix acquires before its read.
-        # No deadlock: reads run in queue order, so the matrices holding the budget are always
-        # ahead of the waiting read in the workers' queue too.
-        pending = {index: pool.submit(compute, ref, reader.submit(read, ref))
+        # workers; memory stays bounded by the budget, which a matrix acquires before its read
+        # and releases after its fit, in the same task.
+        pending = {index: pool.submit(run, ref)
                    for index, ref in enumerate(refs) if min(ref.shape) >= min_evals}
         try:
             for index, ref in enumerate(refs):
@@ -297,7 +287,6 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
         except BaseException:
             # Stop at the first error (a corrupt tensor, Ctrl-C) instead of analysing the rest.
             budget.close()
-            reader.shutdown(cancel_futures=True)
             pool.shutdown(cancel_futures=True)
             raise
     bar.close()
