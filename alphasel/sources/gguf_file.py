@@ -3,7 +3,8 @@
 The header is parsed here rather than with gguf.GGUFReader: the reader decodes every metadata
 value (a Llama tokenizer is ~100k strings, seconds of Python) and memory-maps the file, whose
 touched pages then count toward resident memory. Only tensor names, shapes, types and offsets
-are needed; each tensor's bytes are read with a positioned read and dequantized by `gguf`.
+are needed; each tensor's bytes are read with a positioned read and dequantized, by our own
+whole-array code for Q4_0/Q4_1/Q8_0 and by `gguf` for every other type.
 
 llama.cpp stores Llama-family q/k weights with their rows permuted for its rotary layout; a
 row permutation leaves singular values unchanged, so the spectra equal the HF checkpoint's.
@@ -11,6 +12,7 @@ row permutation leaves singular values unchanged, so the spectra equal the HF ch
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -209,11 +211,15 @@ def _dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
     return values
 
 
+@functools.cache
 def _fast_dequantizers() -> dict:
+    """quant type → (bytes per block, dequantizer); built once, block sizes from gguf."""
     from gguf import GGMLQuantizationType as Q
+    from gguf.constants import GGML_QUANT_SIZES
 
-    return {Q.Q4_0: (18, _dequantize_q4_0), Q.Q4_1: (20, _dequantize_q4_1),
-            Q.Q8_0: (34, _dequantize_q8_0)}
+    functions = {Q.Q4_0: _dequantize_q4_0, Q.Q4_1: _dequantize_q4_1, Q.Q8_0: _dequantize_q8_0}
+    return {qtype: (GGML_QUANT_SIZES[qtype][1], function)
+            for qtype, function in functions.items()}
 
 
 def dequantize(raw: bytes, qtype: int, shape: tuple[int, int]) -> np.ndarray:
