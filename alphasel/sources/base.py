@@ -54,10 +54,12 @@ class WeightSource(ABC):
     """Where the weights were read from."""
     format: str = ""
     """safetensors, pytorch-bin, gguf or module."""
+    _refs: list[MatrixRef]
+    """Set by each source's constructor, in reading order (see :func:`reading_order`)."""
 
-    @abstractmethod
     def matrices(self) -> list[MatrixRef]:
         """Every 2-D floating-point weight, in reading order."""
+        return list(self._refs)
 
     @abstractmethod
     def load(self, ref: MatrixRef) -> np.ndarray:

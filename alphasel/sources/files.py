@@ -92,9 +92,6 @@ class SafetensorsSource(WeightSource):
                                          f"shape {shape} {dtype}")
         return header, data_start
 
-    def matrices(self) -> list[MatrixRef]:
-        return list(self._refs)
-
     def load(self, ref: MatrixRef) -> np.ndarray:
         path, entry, data_start = self._entries[ref.key]
         begin, end = entry["data_offsets"]
@@ -148,9 +145,6 @@ class TorchBinSource(WeightSource):
             raise SourceError(f"'{path}' holds a {type(state).__name__}, not a state dict: "
                               "save the model's state_dict() instead")
         return state
-
-    def matrices(self) -> list[MatrixRef]:
-        return list(self._refs)
 
     def load(self, ref: MatrixRef) -> np.ndarray:
         path = self._shard_of[ref.key]

@@ -276,9 +276,6 @@ class GGUFSource(WeightSource):
         self._refs = reading_order(refs)
         self._fd = os.open(path, os.O_RDONLY)
 
-    def matrices(self) -> list[MatrixRef]:
-        return list(self._refs)
-
     def load(self, ref: MatrixRef) -> np.ndarray:
         tensor = self._tensors[ref.key]
         raw = os.pread(self._fd, tensor.nbytes, tensor.offset)

@@ -29,9 +29,6 @@ class ModuleSource(WeightSource):
             refs.append(MatrixRef(name, tuple(weight.shape), name))
         self._refs = reading_order(refs)
 
-    def matrices(self) -> list[MatrixRef]:
-        return list(self._refs)
-
     def load(self, ref: MatrixRef) -> np.ndarray:
         weight = self._weights[ref.key].detach()
         if weight.dtype not in (torch.float32, torch.float64):
