@@ -3,6 +3,7 @@
     table = alphasel.analyze("smollm2")              # the alpha table (pandas DataFrame)
     plan = alphasel.make_plan(table, scheme="blora", k=8)
     model = plan.apply(model)                          # PEFT model, adapted exactly as planned
+    record = alphasel.train("smollm2", plan, "stdlib-code", alphasel.TrainConfig(epochs=1))
 
 Public names are imported on first use, so `import alphasel` stays cheap (no torch/peft load).
 """
@@ -34,6 +35,10 @@ _EXPORTS = {
     "kinds_figure": "alphasel.plots",
     "difference_figure": "alphasel.plots",
     "save_figure": "alphasel.plots",
+    "train": "alphasel.train.trainer",
+    "TrainConfig": "alphasel.train.config",
+    "RunRecord": "alphasel.train.record",
+    "list_runs": "alphasel.train.record",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

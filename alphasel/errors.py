@@ -23,3 +23,15 @@ class PlanError(AlphaselError):
 
 class PlotError(AlphaselError):
     """A figure cannot be drawn from the given table(s) or options."""
+
+
+class DataError(AlphaselError):
+    """Training data cannot be found, read, parsed or split (names the file and line)."""
+
+
+class TrainConfigError(AlphaselError):
+    """Training options are invalid or contradict each other (all problems at once)."""
+
+
+class RunError(AlphaselError):
+    """A run directory cannot be written, resumed or read (holds a run, incomplete, corrupt)."""

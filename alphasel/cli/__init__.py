@@ -17,6 +17,8 @@ COMMANDS = {
     "analyze": "alphasel.cli.analyze",
     "plan": "alphasel.cli.plan",
     "plot": "alphasel.cli.plot",
+    "train": "alphasel.cli.train",
+    "runs": "alphasel.cli.runs",
 }
 
 

@@ -29,7 +29,7 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+def snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -70,9 +70,9 @@ def resolve_hub_model(repo_id: str, revision: str | None = None) -> tuple[Path, 
 
     Safetensors are preferred; a repository with none falls back to pytorch_model*.bin.
     """
-    folder = _snapshot(repo_id, revision, _SAFETENSORS_FILES)
+    folder = snapshot(repo_id, revision, _SAFETENSORS_FILES)
     if not any(folder.glob("*.safetensors")):
-        folder = _snapshot(repo_id, revision, _BIN_FILES)
+        folder = snapshot(repo_id, revision, _BIN_FILES)
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         raise SourceError(f"hub model '{repo_id}' has no safetensors or pytorch_model*.bin "
                           "weights: pass a local checkpoint or a GGUF file instead")

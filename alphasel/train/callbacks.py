@@ -1,0 +1,90 @@
+"""Trainer callbacks and profiling: metrics.jsonl lines, tokens/s, peak memory.
+
+The Trainer does the loop, logging, evaluation and checkpoints; these only observe it and write
+what the run record needs. Only the main process writes (``state.is_world_process_zero``).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from alphasel.train.record import RunWriter
+
+#: Trainer log keys → metrics.jsonl keys.
+_TRAIN_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
+_EVAL_PREFIX = "eval_"
+#: Eval keys the Trainer adds that say how long evaluation took, not how the model does.
+_EVAL_TIMING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+
+
+class MetricsCallback(TrainerCallback):
+    """One metrics.jsonl line per logged step (loss, lr, grad_norm, tokens_per_s) and per
+    evaluation (eval_loss, eval_accuracy, …), each with its step and epoch."""
+
+    def __init__(self, writer: RunWriter | None) -> None:
+        self.writer = writer
+        self._last_time = 0.0
+        self._last_tokens = 0
+        self.train_seconds = 0.0
+        self._started = 0.0
+        self._start_tokens = 0
+        self.tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._started = self._last_time = time.perf_counter()
+        # A resumed run starts from its checkpoint's count; count this session's tokens only.
+        self._start_tokens = self._last_tokens = state.num_input_tokens_seen
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.train_seconds = time.perf_counter() - self._started
+        self.tokens = state.num_input_tokens_seen - self._start_tokens
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
+               **kwargs: Any) -> None:
+        if not logs or self.writer is None or not state.is_world_process_zero:
+            return
+        row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch}
+        if any(key.startswith(_EVAL_PREFIX) for key in logs):
+            row.update({key: value for key, value in logs.items()
+                        if key.startswith(_EVAL_PREFIX) and key not in _EVAL_TIMING})
+            self.writer.log_metrics(row)
+            return
+        if "loss" not in logs:  # the Trainer's closing train_runtime/train_loss summary
+            return
+        row.update({ours: logs[theirs] for theirs, ours in _TRAIN_KEYS.items() if theirs in logs})
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        elapsed = now - self._last_time
+        row["tokens"] = tokens
+        row["tokens_per_s"] = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
+        self._last_time, self._last_tokens = now, tokens
+        self.writer.log_metrics(row)
+
+
+def start_memory_tracking() -> None:
+    """Reset CUDA's peak counters so the peak is the training's, not an earlier job's."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak memory in MB: ``rss_mb`` (this process's peak resident set, from the kernel), and on
+    CUDA ``cuda_allocated_mb`` / ``cuda_reserved_mb`` (the caching allocator's peaks).
+    ``peak_memory_mb`` is the figure that matters on the device that trained: reserved on CUDA
+    (what the GPU actually gave up), RSS on CPU."""
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    memory = {"rss_mb": round(rss_mb, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        memory["cuda_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        memory["cuda_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        memory["peak_memory_mb"] = memory["cuda_reserved_mb"]
+    else:
+        memory["peak_memory_mb"] = memory["rss_mb"]
+    return memory

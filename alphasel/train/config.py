@@ -1,0 +1,198 @@
+"""TrainConfig: every training option, validated all at once.
+
+    config = TrainConfig(method="dora", epochs=3, lr=1e-4, max_seq_len=256)
+
+Each field's docstring says what it does and which ``alphasel train`` flag sets it; a bad value
+or a contradiction raises one :class:`TrainConfigError` that lists every problem, each naming
+its flag.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from alphasel.errors import TrainConfigError
+
+TASKS = ("causal", "classification")
+METHODS = ("lora", "dora", "rslora", "full")
+ADAPTER_METHODS = ("lora", "dora", "rslora")
+QUANTIZE = ("4bit",)
+TEMPLATES = ("alpaca", "chat")
+#: transformers' scheduler names (SchedulerType) offered by --scheduler.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+#: transformers' logging integrations offered by --report-to.
+REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "all")
+#: PEFT's init_lora_weights values offered by --lora-init (``default`` is PEFT's True:
+#: Kaiming-uniform A, zero B, so the adapted model starts equal to the base model).
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva", "corda")
+_PISSA_NITER = re.compile(r"^pissa_niter_\d+$")
+#: Default learning rates: adapters tolerate (and need) a larger step than full fine-tuning.
+DEFAULT_ADAPTER_LR = 2e-4
+DEFAULT_FULL_LR = 2e-5
+
+
+@dataclass
+class TrainConfig:
+    """How to train: method, schedule, batch, precision, data handling and record options."""
+
+    task: str = "causal"
+    """``causal`` (language modelling, instruction tuning) or ``classification`` (--task)."""
+    method: str = "lora"
+    """``lora``, ``dora``, ``rslora`` (PEFT adapters on the plan's modules) or ``full``
+    (every weight trains; no plan) (--method)."""
+    quantize: str | None = None
+    """``4bit``: load the base model in 4-bit NF4 through bitsandbytes (QLoRA) (--quantize)."""
+    epochs: float = 1.0
+    """Passes over the training split; ignored when ``max_steps`` is set (--epochs)."""
+    max_steps: int | None = None
+    """Optimizer steps to train, overriding ``epochs`` (--max-steps)."""
+    max_samples: int | None = None
+    """Cap on training examples (the eval split is capped in proportion) (--max-samples)."""
+    lr: float | None = None
+    """Peak learning rate; None → 2e-4 for adapters, 2e-5 for full fine-tuning (--lr)."""
+    scheduler: str = "linear"
+    """Learning-rate schedule, transformers' names (--scheduler)."""
+    warmup: float = 0.0
+    """Warm-up: a whole number of steps, or a fraction in [0, 1) of all steps (--warmup)."""
+    batch_size: int = 4
+    """Examples per device per forward pass (--batch-size)."""
+    grad_accum: int = 1
+    """Forward passes accumulated per optimizer step (--grad-accum)."""
+    bf16: bool = False
+    """bfloat16 mixed precision (--bf16)."""
+    fp16: bool = False
+    """float16 mixed precision; CUDA only (--fp16)."""
+    grad_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more time (--grad-checkpointing)."""
+    max_seq_len: int = 512
+    """Longest sequence in tokens: code is chunked to it, longer examples are truncated
+    (--max-seq-len)."""
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; None → after every epoch (and always at the end)
+    (--eval-every)."""
+    log_every: int = 1
+    """Write a metrics.jsonl line every N optimizer steps (--log-every)."""
+    save_every: int | None = None
+    """Keep a resumable Trainer checkpoint every N steps (--save-every)."""
+    seed: int = 0
+    """Seed of initialisation, data order and dropout (--seed)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter input (--lora-dropout)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (--weight-decay)."""
+    lora_init: str = "default"
+    """PEFT's init_lora_weights: default, gaussian, pissa, pissa_niter_N, olora, orthogonal,
+    loftq, eva, corda (--lora-init)."""
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    """transformers' logging integrations: tensorboard, wandb, mlflow, all or none
+    (--report-to)."""
+    template: str = "alpaca"
+    """How instruction data becomes text: ``alpaca`` or ``chat`` (the tokenizer's chat
+    template) (--template)."""
+    eval_fraction: float = 0.1
+    """Share of files (or records) held out for evaluation (--eval-fraction)."""
+    max_new_tokens: int = 48
+    """Length of the greedy completions in generations.jsonl (--max-new-tokens)."""
+    generate: bool = True
+    """Write generations.jsonl (before/after completions) for language models (--no-generate)."""
+    save_adapter: bool = True
+    """Save the trained adapter (or full weights) under adapter/ (--no-save)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):
+            self.report_to = [item.strip() for item in self.report_to.split(",") if item.strip()]
+        problems = self.problems()
+        if problems:
+            raise TrainConfigError("; ".join(problems))
+        if self.lr is None:
+            self.lr = DEFAULT_FULL_LR if self.method == "full" else DEFAULT_ADAPTER_LR
+
+    def problems(self) -> list[str]:
+        """Every invalid value and contradiction, each naming its flag."""
+        problems: list[str] = []
+
+        def one_of(value: Any, allowed: tuple, flag: str) -> None:
+            if value not in allowed:
+                problems.append(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+
+        def whole(value: Any, flag: str, least: int, optional: bool = False) -> None:
+            if value is None and optional:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                problems.append(f"{flag} {value!r} must be a whole number ≥ {least}")
+
+        def number(value: Any, flag: str, low: float, high: float | None = None,
+                   open_low: bool = False, open_high: bool = False) -> None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                problems.append(f"{flag} {value!r} must be a number")
+                return
+            if value < low or (open_low and value == low) or (
+                    high is not None and (value > high or (open_high and value == high))):
+                span = (f"{'(' if open_low else '['}{low:g}, "
+                        f"{'∞' if high is None else format(high, 'g')}"
+                        f"{')' if open_high or high is None else ']'}")
+                problems.append(f"{flag} {value!r} must lie in {span}")
+
+        one_of(self.task, TASKS, "--task")
+        one_of(self.method, METHODS, "--method")
+        if self.quantize is not None:
+            one_of(self.quantize, QUANTIZE, "--quantize")
+            if self.method == "full":
+                problems.append("--quantize 4bit trains adapters on a frozen 4-bit model; it "
+                                "cannot be combined with --method full")
+        one_of(self.template, TEMPLATES, "--template")
+        one_of(self.scheduler, SCHEDULERS, "--scheduler")
+        if not (self.lora_init in LORA_INITS or _PISSA_NITER.match(str(self.lora_init))):
+            problems.append(f"--lora-init {self.lora_init!r} is not one of "
+                            f"{', '.join(LORA_INITS)} or pissa_niter_N")
+        elif self.lora_init != "default" and self.method == "full":
+            problems.append("--lora-init applies to adapters, not --method full")
+        unknown = [item for item in self.report_to if item not in REPORTERS]
+        if unknown or not self.report_to:
+            problems.append(f"--report-to {','.join(self.report_to) or '(empty)'} is not a "
+                            f"comma list of {', '.join(REPORTERS)}")
+        elif "none" in self.report_to and len(self.report_to) > 1:
+            problems.append("--report-to none cannot be combined with an integration")
+        number(self.epochs, "--epochs", 0, open_low=True)
+        whole(self.max_steps, "--max-steps", 1, optional=True)
+        whole(self.max_samples, "--max-samples", 1, optional=True)
+        if self.lr is not None:
+            number(self.lr, "--lr", 0, open_low=True)
+        number(self.warmup, "--warmup", 0)
+        if isinstance(self.warmup, float) and self.warmup >= 1 and not self.warmup.is_integer():
+            problems.append(f"--warmup {self.warmup} must be a whole number of steps or a "
+                            "fraction below 1")
+        whole(self.batch_size, "--batch-size", 1)
+        whole(self.grad_accum, "--grad-accum", 1)
+        if self.bf16 and self.fp16:
+            problems.append("--bf16 and --fp16 exclude each other: choose one")
+        whole(self.max_seq_len, "--max-seq-len", 8)
+        whole(self.eval_every, "--eval-every", 1, optional=True)
+        whole(self.log_every, "--log-every", 1)
+        whole(self.save_every, "--save-every", 1, optional=True)
+        whole(self.seed, "--seed", 0)
+        number(self.lora_dropout, "--lora-dropout", 0, 1, open_high=True)
+        number(self.weight_decay, "--weight-decay", 0)
+        number(self.eval_fraction, "--eval-fraction", 0, 0.5, open_low=True)
+        whole(self.max_new_tokens, "--max-new-tokens", 1)
+        return problems
+
+    @property
+    def warmup_steps(self) -> float | int:
+        """The value transformers' ``warmup_steps`` takes: steps, or a ratio below 1."""
+        return int(self.warmup) if self.warmup >= 1 else float(self.warmup)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainConfigError(f"unknown training option(s) {', '.join(unknown)}: this "
+                                   "alphasel reads " + ", ".join(sorted(known)))
+        return cls(**data)

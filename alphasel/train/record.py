@@ -1,0 +1,274 @@
+"""The run record: one directory per training run, the contract between TRAIN and STUDY/PLOTS.
+
+    runs/train/<run-id>/
+      config.json        resolved TrainConfig, model, data fingerprint, versions, command line
+      plan.json          the InjectionPlan trained (absent for full fine-tuning)
+      analysis.csv       the alpha table an inline plan came from (with --scheme, no --plan)
+      metrics.jsonl      one object per logged step and per evaluation
+      generations.jsonl  greedy completions before and after training (language models)
+      summary.json       written last; status "complete" marks a finished run
+      adapter/           the PEFT adapter, or the full weights for full fine-tuning
+      checkpoints/       Trainer checkpoints (--save-every), for --resume
+
+Every JSON file is written to a temporary name and renamed, so no reader sees half a file; a
+directory without a complete summary.json is not a finished run, whatever else it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alphasel.errors import RunError
+from alphasel.plan import InjectionPlan
+from alphasel.table import model_slug, runs_dir
+
+STATUS_COMPLETE = "complete"
+CONFIG_FILE = "config.json"
+PLAN_FILE = "plan.json"
+ANALYSIS_FILE = "analysis.csv"
+METRICS_FILE = "metrics.jsonl"
+GENERATIONS_FILE = "generations.jsonl"
+SUMMARY_FILE = "summary.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+#: What makes a directory hold a run (and what --overwrite removes).
+RUN_FILES = (CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, METRICS_FILE, GENERATIONS_FILE,
+             SUMMARY_FILE)
+RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR)
+
+
+def train_runs_dir() -> Path:
+    """Where runs go by default: ``runs/train`` (``$ALPHASEL_RUNS/train``)."""
+    return runs_dir() / "train"
+
+
+def make_run_id(model_id: str, label: str) -> str:
+    """``<UTC time>-<model>-<label>``: sortable by time, readable, unique per call."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}-{model_slug(model_id)}-{label}"
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: such floats (a diverged loss) are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(item) for item in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON through a temporary file renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(finite_or_none(data), indent=1, allow_nan=False,
+                                  default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of a JSON-lines file; a torn last line (a killed writer) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise RunError(f"'{path}' line {number} is not JSON ({err}): the run record is "
+                           "corrupt; start the run again with --overwrite") from err
+    return rows
+
+
+def holds_run(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
+def is_complete(path: Path) -> bool:
+    summary = Path(path) / SUMMARY_FILE
+    if not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("status") == STATUS_COMPLETE
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+class RunWriter:
+    """Writes one run directory. Only the main process of a distributed run makes one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: Path, overwrite: bool = False) -> RunWriter:
+        """A fresh run directory at ``path``; one that holds a run is refused unless
+        ``overwrite``, which removes the old run's files (and nothing else)."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out '{path}' is a file: pass a directory for the run record")
+        if holds_run(path):
+            if not overwrite:
+                state = "a complete run" if is_complete(path) else "an unfinished run"
+                raise RunError(f"--out '{path}' already holds {state}: pass --overwrite to "
+                               "replace it, --resume to continue it, or another --out")
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+            for name in RUN_DIRS:
+                shutil.rmtree(path / name, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def reopen(cls, path: Path) -> RunWriter:
+        """The directory of an interrupted run, to continue it."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise RunError(f"--resume '{path}' holds no run record ({CONFIG_FILE} is missing): "
+                           "pass the directory of a run started by `alphasel train`")
+        if is_complete(path):
+            raise RunError(f"--resume '{path}' is already complete: nothing to continue; start "
+                           "a new run instead")
+        return cls(path)
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path / CONFIG_FILE, config)
+
+    def write_plan(self, plan: InjectionPlan) -> None:
+        plan.save(self.path / PLAN_FILE)
+
+    def write_analysis(self, table: pd.DataFrame) -> None:
+        from alphasel.table import write_table
+
+        write_table(table, self.path / ANALYSIS_FILE)
+
+    def append(self, name: str, row: dict) -> None:
+        """Append one JSON line, flushed and synced, so a killed run keeps every line written."""
+        line = json.dumps(finite_or_none(row), allow_nan=False, default=str)
+        with open(self.path / name, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def log_metrics(self, row: dict) -> None:
+        self.append(METRICS_FILE, row)
+
+    def keep_metrics_through(self, step: int) -> None:
+        """Drop metrics logged after ``step`` (a resumed run repeats them from its checkpoint),
+        so the finished file has each step once."""
+        path = self.path / METRICS_FILE
+        kept = [row for row in read_jsonl(path) if row.get("step", 0) <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(row, allow_nan=False) + "\n" for row in kept))
+        os.replace(tmp, path)
+
+    def write_summary(self, summary: dict) -> None:
+        """Write summary.json; call it last, after everything else is on disk."""
+        write_json(self.path / SUMMARY_FILE, {"status": STATUS_COMPLETE, **summary})
+
+
+@dataclass
+class RunRecord:
+    """A run directory read back: what ``alphasel.train`` returns and studies read."""
+
+    path: Path
+    config: dict
+    summary: dict | None
+    plan: InjectionPlan | None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunRecord:
+        path = Path(path)
+        config_path = path / CONFIG_FILE
+        if not config_path.is_file():
+            raise RunError(f"'{path}' holds no run record ({CONFIG_FILE} is missing): pass a "
+                           "directory written by `alphasel train`")
+        try:
+            config = json.loads(config_path.read_text())
+            summary = (json.loads((path / SUMMARY_FILE).read_text())
+                       if (path / SUMMARY_FILE).is_file() else None)
+        except json.JSONDecodeError as err:
+            raise RunError(f"the run record in '{path}' is corrupt ({err}): run it again with "
+                           "--overwrite") from err
+        plan = InjectionPlan.load(path / PLAN_FILE) if (path / PLAN_FILE).is_file() else None
+        return cls(path, config, summary, plan)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.summary) and self.summary.get("status") == STATUS_COMPLETE
+
+    def metrics(self) -> pd.DataFrame:
+        """metrics.jsonl as a table: one row per logged step or evaluation."""
+        return pd.DataFrame(read_jsonl(self.path / METRICS_FILE))
+
+    def generations(self) -> list[dict]:
+        return read_jsonl(self.path / GENERATIONS_FILE)
+
+
+#: Columns of :func:`list_runs`, in order.
+RUN_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_params",
+               "best_eval_loss", "wall_s", "peak_memory_mb", "status"]
+
+
+def list_runs(root: str | Path | None = None) -> pd.DataFrame:
+    """One row per run directory under ``root`` (default ``runs/train``), oldest first.
+
+    ``root`` may itself be a run directory. A run without a complete summary reads
+    ``incomplete``; a directory whose config cannot be read reads ``corrupt``.
+    """
+    root = Path(root) if root is not None else train_runs_dir()
+    if not root.is_dir():
+        raise RunError(f"'{root}' is not a directory: pass a directory of runs (default "
+                       f"{train_runs_dir()})")
+    folders = [root] if (root / CONFIG_FILE).is_file() else sorted(
+        path.parent for path in root.rglob(CONFIG_FILE))
+    rows = []
+    for folder in folders:
+        try:
+            record = RunRecord.load(folder)
+        except (RunError, ValueError):
+            rows.append({"run_id": folder.name, "status": "corrupt"})
+            continue
+        config, summary = record.config, record.summary or {}
+        rows.append({
+            "run_id": str(folder.relative_to(root)) if folder != root else folder.name,
+            "model": config.get("model_id"), "data": config.get("data"),
+            "method": config.get("method"), "scheme": config.get("scheme"),
+            "k": config.get("k"), "trainable_params": summary.get("trainable_params"),
+            "best_eval_loss": summary.get("best_eval_loss"), "wall_s": summary.get("wall_s"),
+            "peak_memory_mb": summary.get("peak_memory_mb"),
+            "status": STATUS_COMPLETE if record.complete else "incomplete",
+        })
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)

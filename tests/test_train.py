@@ -1,0 +1,342 @@
+"""The trainer end to end on tiny in-memory models: the run record, methods, labels, resume,
+and the refusals. Each test runs the real ``train()`` for a few steps."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+import torch
+from plan_helpers import alpha_table
+from train_helpers import byte_tokenizer, tiny_bert, tiny_causal_lm
+from transformers import TrainerCallback
+
+import alphasel
+from alphasel.errors import DataError, PlanError, RunError, TrainConfigError
+from alphasel.planner import make_plan
+from alphasel.train import RunRecord, TrainConfig, list_runs, resume, train
+from alphasel.train.data import TrainData
+from alphasel.train.record import is_complete
+from alphasel.train.trainer import build_trainer, prepare_model
+
+FAST = dict(batch_size=4, max_new_tokens=4, log_every=1)
+
+
+def code_data(tokenizer, documents: int = 30, length: int = 40) -> TrainData:
+    """Pre-tokenized chunks, as load_data gives text data: one EOS-terminated chunk per doc."""
+    texts = [f"def add_{i}(x):\n    return x + {i}\n" * 2 for i in range(documents)]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:length - 1]
+           + [tokenizer.eos_token_id] for text in texts]
+    return TrainData("toy-code", "text", datasets.Dataset.from_dict({"input_ids": ids[:-6]}),
+                     datasets.Dataset.from_dict({"input_ids": ids[-6:]}), None, "f-code",
+                     "toy code", ["def add_1(x):"], {})
+
+
+def instruction_data(prompt_words: int = 3) -> TrainData:
+    prompts = [f"### Instruction:\nadd {' '.join(['one'] * prompt_words)} {i}\n\n### Response:\n"
+               for i in range(16)]
+    completions = [f"x + {i}" for i in range(16)]
+    split = {"prompt": prompts[:12], "completion": completions[:12]}
+    held = {"prompt": prompts[12:], "completion": completions[12:]}
+    return TrainData("toy-instruct", "instruction", datasets.Dataset.from_dict(split),
+                     datasets.Dataset.from_dict(held), None, "f-instr", "toy instructions",
+                     ["add 3"], {})
+
+
+def topic_data(tokenizer) -> TrainData:
+    texts = [("fine " if i % 2 else "awful ") * 2 + str(i) for i in range(24)]
+    encoded = tokenizer(texts, truncation=True, max_length=32)
+    full = datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],
+                                       "attention_mask": encoded["attention_mask"],
+                                       "labels": [i % 2 for i in range(24)]})
+    return TrainData("toy-topics", "classification", full.select(range(18)),
+                     full.select(range(18, 24)), ["awful", "fine"], "f-cls", "toy topics", [], {})
+
+
+@pytest.fixture
+def tokenizer():
+    return byte_tokenizer(pad_is_eos=True)
+
+
+@pytest.fixture
+def blora_plan():
+    return make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+
+
+def test_lora_run_writes_the_record_design_lays_out(tmp_path, tokenizer, blora_plan):
+    out = tmp_path / "run"
+    record = train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+                   TrainConfig(max_steps=6, eval_every=3, **FAST), tokenizer=tokenizer, out=out,
+                   progress=False)
+    assert record.complete and is_complete(out)
+    files = {path.name for path in out.iterdir()}
+    assert {"config.json", "plan.json", "metrics.jsonl", "generations.jsonl", "summary.json",
+            "adapter"} <= files
+    assert "checkpoints" not in files  # no --save-every: nothing to keep
+
+    metrics = record.metrics()
+    train_rows = metrics[metrics["loss"].notna()]
+    assert train_rows["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert (train_rows["tokens_per_s"] > 0).all() and (train_rows["lr"] > 0).all()
+    assert metrics.loc[metrics["eval_loss"].notna(), "step"].tolist() == [3, 6]
+
+    summary = record.summary
+    assert summary["eval_loss"] == metrics["eval_loss"].dropna().iloc[-1]
+    assert summary["best_eval_loss"] == metrics["eval_loss"].min()
+    assert summary["trainable_params"] == blora_plan.trainable_params  # LoRA A and B only
+    assert summary["total_params"] == sum(p.numel() for p in tiny_causal_lm().parameters()) \
+        + blora_plan.trainable_params
+    assert summary["train_tokens"] == 6 * 4 * 40  # batches of 4 unpadded 40-token chunks
+    assert summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["global_step"] == 6 and summary["world_size"] == 1
+
+    assert record.plan.module_names == blora_plan.module_names
+    assert record.plan.total_params == summary["total_params"]
+    config = record.config
+    assert config["data"] == "toy-code" and config["data_fingerprint"] == "f-code"
+    assert config["method"] == "lora" and config["scheme"] == "blora" and config["k"] == 1
+    assert config["config"]["max_steps"] == 6 and "transformers" in config["versions"]
+
+    generations = record.generations()
+    assert [row["when"] for row in generations] == ["before", "after"]
+    assert generations[0]["prompt"] == "def add_1(x):"
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == sorted(blora_plan.module_names)
+
+
+def test_adapters_train_and_the_base_stays_frozen(tmp_path, tokenizer, blora_plan):
+    model = tiny_causal_lm()
+    base_before = model.model.layers[1].self_attn.q_proj.weight.detach().clone()
+    record = train(model, blora_plan, code_data(tokenizer),
+                   TrainConfig(max_steps=3, lr=1e-2, generate=False, **FAST),
+                   tokenizer=tokenizer, out=tmp_path / "run", progress=False)
+    layer = model.model.layers[1].self_attn.q_proj  # PEFT wrapped it in place
+    assert torch.equal(layer.base_layer.weight, base_before)
+    assert layer.lora_B["default"].weight.abs().sum() > 0  # B starts at zero, so it learned
+    assert record.summary["global_step"] == 3
+
+
+@pytest.mark.parametrize("method, extra", [("dora", "magnitude"), ("rslora", None),
+                                           ("full", None)])
+def test_methods(tmp_path, tokenizer, blora_plan, method, extra):
+    plan = None if method == "full" else blora_plan
+    model = tiny_causal_lm()
+    total = sum(p.numel() for p in model.parameters())
+    record = train(model, plan, code_data(tokenizer),
+                   TrainConfig(method=method, max_steps=2, generate=False, **FAST),
+                   tokenizer=tokenizer, out=tmp_path / method, progress=False)
+    trainable = record.summary["trainable_params"]
+    if method == "full":
+        assert trainable == total and record.plan is None
+        assert (tmp_path / method / "adapter" / "model.safetensors").is_file()
+    elif method == "dora":  # plus one magnitude per output row of each adapted module
+        assert trainable == blora_plan.trainable_params + sum(m.rows for m in blora_plan.modules)
+    else:
+        assert trainable == blora_plan.trainable_params
+        adapter = json.loads((tmp_path / method / "adapter" / "adapter_config.json").read_text())
+        assert adapter["use_rslora"] is True
+    assert record.summary["eval_loss"] > 0
+
+
+def test_lora_init_reaches_peft(tokenizer, blora_plan):
+    model = prepare_model(tiny_causal_lm(), blora_plan,
+                          TrainConfig(lora_init="gaussian", lora_dropout=0.1))
+    config = model.peft_config["default"]
+    assert config.init_lora_weights == "gaussian" and config.lora_dropout == 0.1
+
+
+def test_instruction_labels_mask_the_prompt_and_learn_eos_when_pad_is_eos(tmp_path, tokenizer):
+    """One example's labels, token by token, as the Trainer's collator hands them to the loss."""
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    data = instruction_data()
+    plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    config = TrainConfig(max_steps=1, max_seq_len=128, **FAST)
+    model = prepare_model(tiny_causal_lm(), plan, config)
+    trainer = build_trainer(model, tokenizer, data, config, tmp_path, [], progress=False)
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    prompt = tokenizer(data.train[0]["prompt"], add_special_tokens=False)["input_ids"]
+    completion = tokenizer(data.train[0]["completion"], add_special_tokens=False)["input_ids"]
+    expected = prompt + completion + [tokenizer.eos_token_id]
+    assert ids[:len(expected)] == expected
+    assert labels[:len(prompt)] == [-100] * len(prompt)
+    assert labels[len(prompt):len(expected)] == completion + [tokenizer.eos_token_id]
+    # Pad the pair to different lengths: the padding (EOS ids too) is never a label, while
+    # each example's own final EOS is.
+    short = dict(trainer.train_dataset[0])
+    short = {"input_ids": short["input_ids"][:-4] + [tokenizer.eos_token_id],
+             "labels": short["labels"][:-4] + [tokenizer.eos_token_id]}
+    batch = trainer.data_collator([short, trainer.train_dataset[1]])
+    padded_ids, padded_labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    length = len(short["input_ids"])
+    assert padded_ids[length:] == [tokenizer.eos_token_id] * (len(padded_ids) - length)
+    assert padded_labels[length:] == [-100] * (len(padded_ids) - length)
+    assert padded_labels[length - 1] == tokenizer.eos_token_id
+
+
+def test_too_short_sequences_leave_no_response_tokens(tmp_path, tokenizer, blora_plan):
+    data = instruction_data(prompt_words=20)  # prompts of ~120 tokens
+    with pytest.raises(DataError, match="--max-seq-len 16 leaves no response tokens"):
+        train(tiny_causal_lm(), blora_plan, data,
+              TrainConfig(max_steps=1, max_seq_len=16, generate=False, **FAST),
+              tokenizer=tokenizer, out=tmp_path / "run", progress=False)
+    assert not is_complete(tmp_path / "run")
+
+
+def test_classification_on_tiny_bert(tmp_path):
+    tokenizer = byte_tokenizer()
+    model = tiny_bert(num_labels=2)
+    plan = make_plan(alphasel.analyze(model, progress=False), "blora", 1)
+    record = train(model, plan, topic_data(tokenizer),
+                   TrainConfig(task="classification", max_steps=3, **FAST),
+                   tokenizer=tokenizer, out=tmp_path / "run", progress=False)
+    summary = record.summary
+    assert 0.0 <= summary["eval_accuracy"] <= 1.0
+    assert summary["eval_accuracy"] in {i / 6 for i in range(7)}  # 6 eval examples
+    # The new classifier head trains beside the adapters (PEFT's modules_to_save).
+    head = sum(p.numel() for p in tiny_bert(2).classifier.parameters())
+    assert summary["trainable_params"] == plan.trainable_params + head
+    assert not (tmp_path / "run" / "generations.jsonl").exists()
+    assert record.config["labels"] == ["awful", "fine"]
+
+
+class _Crash(TrainerCallback):
+    """Dies right after a step's metrics line is written: the resumed run must drop that line
+    (it repeats the step from the checkpoint before it) rather than log the step twice."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_to_the_same_record(tmp_path, tokenizer, blora_plan):
+    data = code_data(tokenizer)
+    config = TrainConfig(max_steps=8, save_every=2, eval_every=4, lr=5e-3, generate=False,
+                         **FAST)
+    whole = train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+                  out=tmp_path / "whole", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+              out=tmp_path / "cut", progress=False, callbacks=[_Crash(5)])
+    cut = RunRecord.load(tmp_path / "cut")
+    assert not cut.complete and cut.metrics()["step"].max() == 5
+    assert list_runs(tmp_path).set_index("run_id").loc["cut", "status"] == "incomplete"
+
+    resumed = resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data,
+                     progress=False)
+    assert resumed.complete and resumed.summary["resumed_from_step"] == 4
+    steps = resumed.metrics()
+    train_steps = steps.loc[steps["loss"].notna(), "step"].tolist()
+    assert train_steps == list(range(1, 9))  # none missing, none repeated
+    assert steps.loc[steps["eval_loss"].notna(), "step"].tolist() == [4, 8]
+    assert abs(resumed.summary["eval_loss"] - whole.summary["eval_loss"]) < 1e-3
+    with pytest.raises(RunError, match="already complete"):
+        resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data)
+
+
+def test_output_directory_holding_a_run_is_refused(tmp_path, tokenizer, blora_plan):
+    config = TrainConfig(max_steps=1, generate=False, **FAST)
+    data = code_data(tokenizer)
+    train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer, out=tmp_path / "run",
+          progress=False)
+    before = (tmp_path / "run" / "summary.json").read_text()
+    with pytest.raises(RunError, match="already holds a complete run: pass --overwrite"):
+        train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+              out=tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "summary.json").read_text() == before
+    again = train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+                  out=tmp_path / "run", overwrite=True, progress=False)
+    assert again.complete and again.summary["finished"] >= json.loads(before)["finished"]
+
+
+def test_plan_for_another_model_is_refused_before_training(tmp_path, tokenizer):
+    plan = make_plan(alpha_table(tiny_causal_lm(layers=4)), "last", 1)  # block 3
+    with pytest.raises(PlanError, match="model.layers.3.self_attn.q_proj"):
+        train(tiny_causal_lm(layers=2), plan, code_data(tokenizer), TrainConfig(**FAST),
+              tokenizer=tokenizer, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_method_and_plan_must_agree(tmp_path, tokenizer, blora_plan):
+    with pytest.raises(TrainConfigError, match="--method full trains every weight"):
+        train(tiny_causal_lm(), blora_plan, code_data(tokenizer), TrainConfig(method="full"),
+              tokenizer=tokenizer, out=tmp_path / "a")
+    with pytest.raises(TrainConfigError, match="--method dora needs a plan"):
+        train(tiny_causal_lm(), None, code_data(tokenizer), TrainConfig(method="dora"),
+              tokenizer=tokenizer, out=tmp_path / "b")
+    with pytest.raises(TrainConfigError, match="data 'toy-topics' is classification data"):
+        train(tiny_causal_lm(), blora_plan, topic_data(tokenizer), TrainConfig(),
+              tokenizer=tokenizer, out=tmp_path / "c")
+
+
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(TrainConfigError) as caught:
+        TrainConfig(method="qlora", batch_size=0, bf16=True, fp16=True, lora_init="kaiming",
+                    report_to="tensorboard,slack", eval_fraction=0.9, warmup=-1)
+    message = str(caught.value)
+    for flag in ("--method 'qlora'", "--batch-size 0", "--bf16 and --fp16", "--lora-init",
+                 "--report-to", "--eval-fraction", "--warmup"):
+        assert flag in message
+    assert TrainConfig().lr == 2e-4 and TrainConfig(method="full").lr == 2e-5
+    assert TrainConfig(warmup=0.1).warmup_steps == 0.1 and TrainConfig(warmup=5).warmup_steps == 5
+    assert TrainConfig(report_to="tensorboard,wandb").report_to == ["tensorboard", "wandb"]
+    with pytest.raises(TrainConfigError, match="cannot be combined with --method full"):
+        TrainConfig(method="full", quantize="4bit")
+
+
+def test_4bit_error_is_one_line_when_bitsandbytes_is_missing(monkeypatch):
+    import sys
+
+    from alphasel.train.models import check_4bit_supported
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
+    with pytest.raises(TrainConfigError, match="--quantize 4bit needs bitsandbytes"):
+        check_4bit_supported()
+
+
+def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer, blora_plan):
+    from alphasel.train.models import check_4bit_supported
+
+    try:
+        check_4bit_supported()
+    except TrainConfigError as err:
+        pytest.skip(str(err))
+    folder = tmp_path / "tiny"
+    tiny_causal_lm().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    record = train(str(folder), blora_plan, code_data(tokenizer),
+                   TrainConfig(quantize="4bit", max_steps=2, generate=False, **FAST),
+                   out=tmp_path / "run", progress=False)
+    assert record.complete and record.config["model_format"] == "directory"
+    assert record.summary["trainable_params"] == blora_plan.trainable_params
+    assert record.config["config"]["quantize"] == "4bit"
+
+
+class _KeepModel(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+def test_qlora_base_layers_are_4bit(tmp_path, tokenizer, blora_plan):
+    from alphasel.train.models import check_4bit_supported
+
+    try:
+        check_4bit_supported()
+    except TrainConfigError as err:
+        pytest.skip(str(err))
+    import bitsandbytes
+
+    folder = tmp_path / "tiny"
+    tiny_causal_lm().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    keep = _KeepModel()
+    train(str(folder), blora_plan, code_data(tokenizer),
+          TrainConfig(quantize="4bit", max_steps=1, generate=False, save_adapter=False, **FAST),
+          out=tmp_path / "run", progress=False, callbacks=[keep])
+    adapted = keep.model.get_submodule("base_model.model.model.layers.1.self_attn.q_proj")
+    assert isinstance(adapted.base_layer, bitsandbytes.nn.Linear4bit)
