@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -174,7 +175,8 @@ def run(args: argparse.Namespace) -> None:
         record = train(args.model, plan, args.data, config, revision=args.revision,
                        out=args.out, overwrite=args.overwrite, analysis=table,
                        prompts=args.prompts, progress=not args.quiet, command=sys.argv)
-    print(describe(record))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary from a torchrun launch
+        print(describe(record))
 
 
 def describe(record) -> str:

@@ -58,12 +58,20 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _cpu_launch() -> bool:
+    """A multi-process launch (torchrun, accelerate launch) on a machine without CUDA.
+
+    accelerate treats such a launch as distributed only when told to use the CPU; otherwise
+    every process would train alone and all of them would write the same record."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def _distributed() -> Any:
     """accelerate's process state: starts the process group under torchrun/accelerate launch
     (gloo on CPU, NCCL on GPUs) and is a single process otherwise."""
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=_cpu_launch())
 
 
 def _agree(state: Any, make: Any) -> Any:
@@ -148,7 +156,8 @@ def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress:
         report_to=config.report_to, include_num_input_tokens_seen="non_padding",
         disable_tqdm=not progress, ddp_find_unused_parameters=False,
         # Trainer defaults to adamw_torch_fused, which has no CPU kernel for every dtype.
-        optim="adamw_torch", dataloader_pin_memory=torch.cuda.is_available())
+        optim="adamw_torch", dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=_cpu_launch())
     if data.kind == "classification":
         return TrainingArguments(**fields)
     from trl import SFTConfig
@@ -232,6 +241,8 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
 
         check_4bit_supported()
     prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
+    if not progress:
+        _quiet_libraries()
     state = _distributed()
 
     # Tokenizer → data (its labels size a classifier head) → model → adapters.
@@ -331,6 +342,15 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         writer.write_summary(summary)
     state.wait_for_everyone()
     return RunRecord.load(writer.path)
+
+
+def _quiet_libraries() -> None:
+    """No progress bars from transformers (weight loading) or datasets (tokenizing maps)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 def _open_run(out: str | Path | None, resume: str | Path | None, overwrite: bool,
