@@ -340,3 +340,23 @@ def test_qlora_base_layers_are_4bit(tmp_path, tokenizer, blora_plan):
           out=tmp_path / "run", progress=False, callbacks=[keep])
     adapted = keep.model.get_submodule("base_model.model.model.layers.1.self_attn.q_proj")
     assert isinstance(adapted.base_layer, bitsandbytes.nn.Linear4bit)
+
+
+def test_hub_id_trains_from_the_cache_offline(tmp_path, offline_hub, tokenizer, blora_plan):
+    """A hub id resolves through huggingface_hub's cache (refs/main → snapshots/<commit>),
+    tokenizer included, with HF_HUB_OFFLINE=1; the record keeps the commit."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = offline_hub / "models--tiny-org--tiny-llama"
+    snapshot = repo / "snapshots" / commit
+    tiny_causal_lm().save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    record = train("tiny-org/tiny-llama", blora_plan, code_data(tokenizer),
+                   TrainConfig(max_steps=1, generate=False, **FAST), out=tmp_path / "run",
+                   progress=False)
+    assert record.config["model_id"] == "tiny-org/tiny-llama"
+    assert record.config["revision"] == commit and record.config["model_format"] == "hub"
+    with pytest.raises(alphasel.AlphaselError, match="not in the cache"):
+        train("tiny-org/absent", blora_plan, code_data(tokenizer), TrainConfig(**FAST),
+              out=tmp_path / "absent")

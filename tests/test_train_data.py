@@ -19,6 +19,7 @@ from train_helpers import byte_tokenizer
 from alphasel.errors import DataError
 from alphasel.train import stdlib_data
 from alphasel.train.data import BUILTIN, alpaca_prompt, load_data
+from alphasel.train.splits import NUM_PROMPTS
 
 EOS = 1  # the byte tokenizer's <eos>
 
@@ -79,7 +80,7 @@ def test_stdlib_code_chunks_cap_and_eos(code):
     # EOS closes a document, and a chunk never spans two: it can only be a chunk's last token.
     assert all(EOS not in ids[:-1] for ids in chunks)
     assert any(ids[-1] == EOS for ids in chunks)
-    assert 3 <= len(code.prompts) <= 5 and all(prompt.strip() for prompt in code.prompts)
+    assert len(code.prompts) == NUM_PROMPTS
     assert code.description.startswith("stdlib-code: 60 train / 7 eval chunks of ≤128 tokens")
     json.dumps(code.details)  # the run record stores it
 
@@ -97,9 +98,48 @@ def test_stdlib_code_splits_by_file_without_leaks(code, tokenizer):
                    for text in eval_text)
 
 
+def test_stdlib_code_prompts_are_function_heads_from_eval_files(code):
+    root = stdlib_data.stdlib_root()
+    files = code.details["prompt_files"]
+    assert len(files) == len(code.prompts) == NUM_PROMPTS == len(set(files))
+    # Held-out files only: the eval split's first (in its order), then other eval-side files.
+    assert all(hash_value(name) < 0.1 for name in files)
+    with_head = [name for name in code.details["eval_files"]
+                 if stdlib_data.function_head(*stdlib_data.read_module(name, root))]
+    assert with_head and set(files[:len(with_head)]) == set(with_head)
+    for name, prompt in zip(files, code.prompts, strict=True):
+        assert prompt.startswith(("def ", "async def ")) and prompt in (root / name).read_text()
+        # def line(s) and docstring, then the body's indentation: `pass` completes a function.
+        function = ast.parse(prompt + "pass\n").body[0]
+        assert isinstance(function.body[0].value, ast.Constant) and len(function.body) == 2
+        assert len(ast.get_docstring(function)) >= stdlib_data.MIN_DOCSTRING
+        assert ast.get_docstring(function).splitlines()[0].strip() in prompt
+        assert prompt.endswith("\n" + " " * function.body[1].col_offset)
+
+
+def test_function_head_takes_the_first_fit_function():
+    source = (
+        "@cache\n"
+        "def short(x):\n    \"\"\"Too short.\"\"\"\n    a = 1\n    b = 2\n    return a\n"
+        "def tiny(x):\n    \"\"\"A docstring that is long enough.\"\"\"\n    return x\n"
+        "def spaced(x):\n    \"\"\"A docstring that is long enough.\"\"\"\n\n    a = 1\n"
+        "    b = 2\n    return a\n"
+        "class Thing:\n    def method(self):\n        \"\"\"A method that would qualify.\"\"\"\n"
+        "        a = 1\n        b = 2\n        return a\n"
+        "async def fetch(url,\n                timeout=3):\n"
+        "    \"\"\"Fetch ‘url’ — its bytes,\n    or None — never ‘raise’.\"\"\"\n"
+        "    a = 1\n    b = 2\n    return a\n")
+    head = stdlib_data.function_head(source, ast.parse(source))
+    # Not a short docstring, a short body, a blank line before the body or a method; the
+    # closing line's non-ASCII text is cut by characters, not by ast's byte columns.
+    assert head == ("async def fetch(url,\n                timeout=3):\n"
+                    "    \"\"\"Fetch ‘url’ — its bytes,\n    or None — never ‘raise’.\"\"\"\n    ")
+    assert stdlib_data.function_head("x = 1\n", ast.parse("x = 1\n")) is None
+
+
 def test_builtin_is_deterministic_and_the_seed_orders(code, tokenizer):
     again = load_data("stdlib-code", tokenizer, max_samples=60, max_seq_len=128)
-    assert again.fingerprint == code.fingerprint
+    assert again.fingerprint == code.fingerprint and again.prompts == code.prompts
     assert list(again.train["input_ids"]) == list(code.train["input_ids"])
     other = load_data("stdlib-code", tokenizer, max_samples=60, max_seq_len=128, seed=1)
     assert other.fingerprint != code.fingerprint
@@ -395,7 +435,9 @@ def test_text_directory_split_by_file_many_files(tmp_path, tokenizer):
     assert eval_docs and train_docs and not eval_docs & train_docs
     expected = {name for name in (f"doc{i:02d}.md" for i in range(30)) if hash_value(name) < 0.2}
     assert set(data.details["eval_files"]) == expected
-    assert all(prompt.startswith("<doc") for prompt in data.prompts)
+    # Plain text keeps the eval files' openings as prompts.
+    assert data.prompts and all(prompt.split(">")[0] in eval_docs for prompt in data.prompts)
+    assert "prompt_files" not in data.details
 
 
 def test_single_text_file_splits_by_position(tmp_path, tokenizer):

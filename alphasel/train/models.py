@@ -148,7 +148,17 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
     text = str(model)
     folder, gguf_file, info = _locate(text, revision)
     tokenizer = tokenizer or _tokenizer(folder, gguf_file, text)
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    kwargs: dict[str, Any] = {}
+    if gguf_file:
+        if quantize:
+            raise TrainConfigError(f"--quantize 4bit needs a float checkpoint, but '{text}' is "
+                                   "a GGUF file: pass a safetensors checkpoint or hub id, or "
+                                   "drop --quantize")
+        from transformers import GgufConfig
+
+        # Dense float32 weights: packed GGUF blocks (kept when the `kernels` package offers a
+        # matmul kernel) cannot train.
+        kwargs.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
     if quantize == "4bit":
         kwargs["quantization_config"] = _quantization_config()
     if task == "classification":
@@ -171,6 +181,10 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
                           f" ({err}): check that it is a {task} model checkpoint") from err
     finally:
         logging.getLogger("transformers.modeling_utils").setLevel(previous)
+    if gguf_file and getattr(loaded, "hf_quantizer", None) is not None:
+        # The weights are dense now, but the model still says "quantized with GGUF", which the
+        # Trainer refuses to train; drop that marker.
+        loaded.hf_quantizer.remove_quantization_config(loaded)
     if loaded.config.pad_token_id is None:
         loaded.config.pad_token_id = tokenizer.pad_token_id
     return loaded, tokenizer, info

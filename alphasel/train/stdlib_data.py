@@ -2,10 +2,10 @@
 
 The standard library is a real corpus that is always on disk, so the built-in sets work offline
 and in CI. This module finds the files and pulls text out of them (source, functions with
-docstrings, docstrings by package); the split, format and tokenizing steps are
-`alphasel.train.data`'s, shared with every other source. Files are keyed by their path relative
-to the stdlib root (posix form), which is what the split hashes: the same file lands on the same
-side on every machine with that Python.
+docstrings, docstrings by package); the split, format and tokenizing steps, shared with every
+other source, are in `alphasel.train.splits`. Files are keyed by their path relative to the
+stdlib root (posix form), which is what the split hashes: the same file lands on the same side
+on every machine with that Python.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alphasel.errors import DataError
-from alphasel.train.data import (
+from alphasel.train.splits import (
+    NUM_PROMPTS,
+    SplitOptions,
     TrainData,
-    _assign_sides,
-    _classification_data,
-    _hash_value,
-    _instruction_data,
-    _Options,
-    _text_data,
+    assign_sides,
+    classification_data,
+    hash_value,
+    instruction_data,
+    text_data,
 )
 
 #: Directories that are not library code (tests, IDLE, demos, third-party installs, caches).
@@ -43,6 +44,13 @@ MIN_DOCSTRING = 20
 #: Function sources kept for stdlib-instruct, in lines: one-liners teach nothing and very long
 #: functions do not fit a small model's context.
 FUNCTION_LINES = (3, 60)
+
+#: A stdlib-code generation prompt is a function's head; its body must have this many lines
+#: for the completion before and after training to show something.
+PROMPT_BODY_LINES = 3
+
+#: Longer heads (a docstring that is a manual page) bury the completion in the prompt.
+PROMPT_MAX_LINES = 15
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,35 @@ def function_examples(source: str, tree: ast.Module) -> list[FunctionExample]:
     return examples
 
 
+def function_head(source: str, tree: ast.Module) -> str | None:
+    """The head of the module's first function fit to prompt with, as written in `source`: its
+    `def` line(s) and docstring, a newline and the body's indentation, so that a greedy
+    completion of it is the body. None when no module-level function has a docstring of at
+    least MIN_DOCSTRING characters, PROMPT_BODY_LINES lines of body after it, a head of at most
+    PROMPT_MAX_LINES lines and its body on the line right after the docstring."""
+    lines = source.splitlines(keepends=True)
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or len(node.body) < 2:
+            continue
+        docstring = ast.get_docstring(node)
+        first, body = node.body[0], node.body[1]
+        if (not docstring or len(docstring) < MIN_DOCSTRING
+                or node.end_lineno - body.lineno + 1 < PROMPT_BODY_LINES
+                or first.end_lineno - node.lineno + 1 > PROMPT_MAX_LINES):
+            continue
+        closing, after = lines[first.end_lineno - 1], lines[first.end_lineno]
+        # ast columns count UTF-8 bytes, and a docstring may hold other characters.
+        end = len(closing.encode()[:first.end_col_offset].decode())
+        indent = after[:body.col_offset]  # whitespace: as many characters as bytes
+        # Only a head followed verbatim by its body's indented code (no blank line, nothing
+        # after the docstring on its line): the prompt is then text the model could have seen.
+        if (closing[end:] != "\n" or not indent or indent.strip(" \t")
+                or not after[len(indent):len(indent) + 1].strip()):
+            continue
+        return "".join(lines[node.lineno - 1:first.end_lineno - 1]) + closing[:end] + "\n" + indent
+    return None
+
+
 def docstrings(tree: ast.Module) -> list[str]:
     """The docstrings of a module, its classes and its functions (at any depth), in source order,
     each at least MIN_DOCSTRING characters."""
@@ -138,7 +175,7 @@ def topic_of(relative: str) -> str | None:
     return top if "/" in relative and top in TOPIC_PACKAGES else None
 
 
-def load_builtin(name: str, options: _Options) -> TrainData:
+def load_builtin(name: str, options: SplitOptions) -> TrainData:
     """One of the built-in sets, split by file (see `alphasel.train.data.load_data`)."""
     root = stdlib_root()
     files = stdlib_files(root)
@@ -150,7 +187,21 @@ def load_builtin(name: str, options: _Options) -> TrainData:
             module = read_module(relative, root)
             return module[0] if module else None
 
-        return _text_data(name, files, read, options, "files", details)
+        def prompts_of(held_out: list[str]) -> list[str]:
+            # A function's head, whose completion is its body, shows more than a file's first
+            # lines (a shebang, imports, a licence) of what training changed.
+            heads: dict[str, str] = {}
+            for relative in held_out:
+                module = read_module(relative, root)
+                head = function_head(*module) if module else None
+                if head:
+                    heads[relative] = head
+                if len(heads) == NUM_PROMPTS:
+                    break
+            details["prompt_files"] = list(heads)
+            return list(heads.values())
+
+        return text_data(name, files, read, options, "files", details, prompts_of)
     if name == "stdlib-instruct":
         _needs_task(name, "causal", options, "instruction data for causal language models")
         details["split"] = "by file"
@@ -168,19 +219,19 @@ def load_builtin(name: str, options: _Options) -> TrainData:
                     f"Its docstring:\n{function.docstring}", "", function.source))
             return records
 
-        return _instruction_data(name, files, _assign_sides(files, options.eval_fraction),
-                                 records_of, options, "files", details)
+        return instruction_data(name, files, assign_sides(files, options.eval_fraction),
+                                records_of, options, "files", details)
     _needs_task(name, "classification", options, "classification data")
     return _topics(name, root, files, options, details)
 
 
-def _needs_task(name: str, task: str, options: _Options, what: str) -> None:
+def _needs_task(name: str, task: str, options: SplitOptions, what: str) -> None:
     if options.task != task:
         hint = "add --task classification" if task == "classification" else "use --task causal"
         raise DataError(f"{name} is {what}: {hint}")
 
 
-def _topics(name: str, root: Path, files: list[str], options: _Options,
+def _topics(name: str, root: Path, files: list[str], options: SplitOptions,
             details: dict) -> TrainData:
     """stdlib-topics: docstring → package. Split by file within each package, so every class
     has eval files; a text found under two packages, or twice, is kept once or dropped."""
@@ -214,22 +265,22 @@ def _topics(name: str, root: Path, files: list[str], options: _Options,
                                                          "label": labels.index(topic)}))
     details.update(split="by file within each package", packages=labels,
                    ambiguous_texts_dropped=sum(len(t) > 1 for t in topics_of_text.values()))
-    return _classification_data(name, rows, labels, options, "files", details, balance=True)
+    return classification_data(name, rows, labels, options, "files", details, balance=True)
 
 
 def _sides_by_weight(weights: dict[str, int], eval_fraction: float) -> dict[str, str]:
     """One class's files → sides: in hash order, a file goes to eval while the eval share of
     the class's examples stays within eval_fraction; with two or more files at least one (the
-    smallest) goes to eval. Stable and by file like `_assign_sides`, but a class made of a few
+    smallest) goes to eval. Stable and by file like `assign_sides`, but a class made of a few
     big files (logging has three) still gets an eval share near eval_fraction."""
-    order = sorted((key for key in weights if weights[key]), key=_hash_value)
+    order = sorted((key for key in weights if weights[key]), key=hash_value)
     budget = eval_fraction * sum(weights.values())
     sides, taken = dict.fromkeys(weights, "train"), 0
     for key in order:
         if taken + weights[key] <= budget:
             sides[key], taken = "eval", taken + weights[key]
     if taken == 0 and len(order) >= 2:
-        sides[min(order, key=lambda key: (weights[key], _hash_value(key)))] = "eval"
+        sides[min(order, key=lambda key: (weights[key], hash_value(key)))] = "eval"
     return sides
 
 
