@@ -51,7 +51,13 @@ def run_bare(args: argparse.Namespace) -> dict:
     the data loader (so the examples are identical) and the plan's module list."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        GgufConfig,
+        Trainer,
+        TrainingArguments,
+    )
 
     from alphasel.plan import InjectionPlan
     from alphasel.sources import packaged_model
@@ -59,7 +65,8 @@ def run_bare(args: argparse.Namespace) -> dict:
 
     path, _ = packaged_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True))
     data = load_data("stdlib-code", tokenizer, max_seq_len=args.max_seq_len,
                      max_samples=args.max_samples, seed=0)
     torch.manual_seed(0)

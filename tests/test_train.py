@@ -79,7 +79,7 @@ def test_lora_run_writes_the_record_design_lays_out(tmp_path, tokenizer, blora_p
     train_rows = metrics[metrics["loss"].notna()]
     assert train_rows["step"].tolist() == [1, 2, 3, 4, 5, 6]
     assert (train_rows["tokens_per_s"] > 0).all() and (train_rows["lr"] > 0).all()
-    assert metrics.loc[metrics["eval_loss"].notna(), "step"].tolist() == [3, 6]
+    assert metrics.loc[metrics["eval_loss"].notna(), "step"].tolist() == [0, 3, 6]
 
     summary = record.summary
     assert summary["eval_loss"] == metrics["eval_loss"].dropna().iloc[-1]
@@ -89,6 +89,11 @@ def test_lora_run_writes_the_record_design_lays_out(tmp_path, tokenizer, blora_p
         + blora_plan.trainable_params
     assert summary["train_tokens"] == 6 * 4 * 40  # batches of 4 unpadded 40-token chunks
     assert summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
+    # Evaluations inside the loop are timed apart: tokens/s counts training time only.
+    assert 0 < summary["eval_in_train_s"] < summary["train_wall_s"]
+    assert summary["tokens_per_s"] == pytest.approx(
+        summary["train_tokens"] / (summary["train_wall_s"] - summary["eval_in_train_s"]),
+        rel=0.02)  # the summary rounds seconds to 3 decimals
     assert summary["global_step"] == 6 and summary["world_size"] == 1
 
     assert record.plan.module_names == blora_plan.module_names
@@ -232,7 +237,7 @@ def test_resume_continues_to_the_same_record(tmp_path, tokenizer, blora_plan):
     steps = resumed.metrics()
     train_steps = steps.loc[steps["loss"].notna(), "step"].tolist()
     assert train_steps == list(range(1, 9))  # none missing, none repeated
-    assert steps.loc[steps["eval_loss"].notna(), "step"].tolist() == [4, 8]
+    assert steps.loc[steps["eval_loss"].notna(), "step"].tolist() == [0, 4, 8]
     assert abs(resumed.summary["eval_loss"] - whole.summary["eval_loss"]) < 1e-3
     with pytest.raises(RunError, match="already complete"):
         resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data)

@@ -25,13 +25,18 @@ _EVAL_TIMING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_secon
 
 class MetricsCallback(TrainerCallback):
     """One metrics.jsonl line per logged step (loss, lr, grad_norm, tokens_per_s) and per
-    evaluation (eval_loss, eval_accuracy, …), each with its step and epoch."""
+    evaluation (eval_loss, eval_accuracy, …), each with its step and epoch.
+
+    Evaluations inside the loop (at the start, every N steps, per epoch) are timed by the
+    Trainer (``eval_runtime``); that time is left out of tokens/s, which measures training."""
 
     def __init__(self, writer: RunWriter | None) -> None:
         self.writer = writer
         self._last_time = 0.0
         self._last_tokens = 0
+        self._eval_since_log = 0.0
         self.train_seconds = 0.0
+        self.eval_seconds = 0.0
         self._started = 0.0
         self._start_tokens = 0
         self.tokens = 0
@@ -47,7 +52,12 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
                **kwargs: Any) -> None:
-        if not logs or self.writer is None or not state.is_world_process_zero:
+        if not logs or not state.is_world_process_zero:
+            return
+        if "eval_runtime" in logs and self._started and not self.train_seconds:
+            self._eval_since_log += logs["eval_runtime"]
+            self.eval_seconds += logs["eval_runtime"]
+        if self.writer is None:
             return
         row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch}
         if any(key.startswith(_EVAL_PREFIX) for key in logs):
@@ -59,10 +69,10 @@ class MetricsCallback(TrainerCallback):
             return
         row.update({ours: logs[theirs] for theirs, ours in _TRAIN_KEYS.items() if theirs in logs})
         now, tokens = time.perf_counter(), state.num_input_tokens_seen
-        elapsed = now - self._last_time
+        elapsed = now - self._last_time - self._eval_since_log
         row["tokens"] = tokens
         row["tokens_per_s"] = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
-        self._last_time, self._last_tokens = now, tokens
+        self._last_time, self._last_tokens, self._eval_since_log = now, tokens, 0.0
         self.writer.log_metrics(row)
 
 
