@@ -35,13 +35,24 @@ _EXPORTS = {
     "kinds_figure": "alphasel.plots",
     "difference_figure": "alphasel.plots",
     "save_figure": "alphasel.plots",
-    "train": "alphasel.train.trainer",
     "TrainConfig": "alphasel.train.config",
     "RunRecord": "alphasel.train.record",
     "list_runs": "alphasel.train.record",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted([*_EXPORTS, "train"]) + ["__version__"]
+
+# `alphasel.train` is both the TRAIN subpackage and its entry function. Importing the (light,
+# lazy) subpackage now and then binding the function keeps `alphasel.train(...)` a function:
+# later imports of alphasel.train.* find the package in sys.modules and leave this name alone.
+from alphasel import train as _train_package  # noqa: E402, F401
+
+
+def train(*args, **kwargs):
+    """Fine-tune a plan and record the run: :func:`alphasel.train.trainer.train`."""
+    from alphasel.train.trainer import train as run_training
+
+    return run_training(*args, **kwargs)
 
 
 def __getattr__(name: str):

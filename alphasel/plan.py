@@ -272,7 +272,7 @@ class InjectionPlan:
         config = self.to_lora_config(**overrides)
         try:
             peft_model = get_peft_model(model, config, adapter_name=adapter_name)
-        except ValueError as err:
+        except (ValueError, TypeError) as err:  # PEFT raises TypeError for some inits
             raise PlanError(f"PEFT could not inject the plan's adapters: {err}") from err
         check_adapted(self, peft_model, adapter_name)
         return peft_model

@@ -57,7 +57,9 @@ def test_inline_plan_trains_and_stores_analysis_and_plan(checkpoint, code, tmp_p
     assert plan["scheme"] == "blora" and plan["k"] == 1
     assert f"record: {run}" in out and "2 steps" in out
     config = json.loads((run / "config.json").read_text())
-    assert config["command"][:1] != [] and config["model"] == str(checkpoint)
+    assert config["command"] == ["alphasel", "train", "--model", str(checkpoint), "--data",
+                                 str(code), "--scheme", "blora", "--k", "1", *FAST]
+    assert config["model"] == str(checkpoint.resolve())
 
     status, out, _ = run_cli(["runs"], capsys)
     assert status == 0
@@ -112,7 +114,7 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, code, tmp_path, capsys, ru
     csv = tmp_path / "one-label.csv"
     csv.write_text("text,label\nhello there,a\ngeneral kenobi,a\nyou are bold,a\n")
     _one_line_error(capsys, [*base, "--data", str(csv), "--task", "classification",
-                             "--method", "full"], "label")
+                             "--method", "full"], "needs at least 2 classes")
     other = tmp_path / "other-plan.json"
     four = tmp_path / "four"
     tiny_causal_lm(layers=4).save_pretrained(four)
@@ -123,15 +125,62 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, code, tmp_path, capsys, ru
                     str(tmp_path / "f.csv"), "--out", str(other)], capsys)[0] == 0
     _one_line_error(capsys, [*base, "--data", str(code), "--plan", str(other)],
                     "model.layers.3")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")  # e.g. a model checkpoint
+    _one_line_error(capsys, [*base, "--data", str(code), "--method", "full", "--out",
+                             str(foreign)], "holds no alphasel run")
+    assert (foreign / "config.json").read_text() == "{}"
+    _one_line_error(capsys, ["train", "--resume", str(foreign), "--max-steps", "3"],
+                    "drop --max-steps")
+    _one_line_error(capsys, [*base, "--data", str(code), "--plan", str(other), "--estimator",
+                             "median"], "--estimator shape an inline plan")
+    # Every command above was refused: none left a run directory, complete or not.
+    assert not (runs / "train").exists() or not any((runs / "train").iterdir())
+
     out_dir = tmp_path / "taken"
     assert run_cli([*base, "--data", str(code), "--method", "full", "--out", str(out_dir),
                     "--no-generate"], capsys)[0] == 0
+    before = (out_dir / "summary.json").read_text()
     _one_line_error(capsys, [*base, "--data", str(code), "--method", "full", "--out",
                              str(out_dir)], "--overwrite")
-    # No refused command left a record that reads complete, except the one that trained.
-    complete = [p for p in (runs / "train").glob("*") if is_complete(p)] if (
-        runs / "train").exists() else []
-    assert complete == []
+    assert (out_dir / "summary.json").read_text() == before
+
+
+def test_resume_from_the_command_line(checkpoint, code, tmp_path, capsys, runs):
+    """A run killed after step 3 of 4 resumes with `alphasel train --resume DIR`; a checkpoint
+    cut short by the kill (no trainer_state.json) is passed over for the last whole one."""
+    from transformers import TrainerCallback
+
+    from alphasel.plan import InjectionPlan
+    from alphasel.train import TrainConfig, train
+
+    class Crash(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.global_step == 3 and "loss" in (logs or {}):
+                raise KeyboardInterrupt
+
+    assert run_cli(["analyze", str(checkpoint), "--quiet", "--out", str(tmp_path / "a.csv")],
+                   capsys)[0] == 0
+    assert run_cli(["plan", "--scheme", "first", "--k", "1", "--analysis",
+                    str(tmp_path / "a.csv"), "--out", str(tmp_path / "p.json")], capsys)[0] == 0
+    out = tmp_path / "cut"
+    config = TrainConfig(max_steps=4, save_every=2, max_seq_len=64, batch_size=2,
+                         max_new_tokens=4)
+    with pytest.raises(KeyboardInterrupt):
+        train(str(checkpoint), InjectionPlan.load(tmp_path / "p.json"), str(code), config,
+              out=out, progress=False, callbacks=[Crash()])
+    (out / "checkpoints" / "checkpoint-3").mkdir()  # a save the kill cut short
+    status, stdout, err = run_cli(["train", "--resume", str(out), "--quiet"], capsys)
+    assert status == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from_step"] == 2
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == [1, 2, 3, 4]
+    generations = [json.loads(line)["when"] for line in
+                   (out / "generations.jsonl").read_text().splitlines()]
+    assert generations.count("before") == generations.count("after") > 0
 
 
 @pytest.mark.integration

@@ -135,6 +135,8 @@ def test_methods(tmp_path, tokenizer, blora_plan, method, extra):
     if method == "full":
         assert trainable == total and record.plan is None
         assert (tmp_path / method / "adapter" / "model.safetensors").is_file()
+        # The saved model's config.json in adapter/ is not a run of its own.
+        assert list_runs(tmp_path)["run_id"].tolist() == ["full"]
     elif method == "dora":  # plus one magnitude per output row of each adapted module
         assert trainable == blora_plan.trainable_params + sum(m.rows for m in blora_plan.modules)
     else:
@@ -142,6 +144,13 @@ def test_methods(tmp_path, tokenizer, blora_plan, method, extra):
         adapter = json.loads((tmp_path / method / "adapter" / "adapter_config.json").read_text())
         assert adapter["use_rslora"] is True
     assert record.summary["eval_loss"] > 0
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path, tokenizer, blora_plan):
+    record = train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+                   TrainConfig(max_steps=1, bf16=True, generate=False, **FAST),
+                   tokenizer=tokenizer, out=tmp_path / "run", progress=False)
+    assert record.complete and record.config["config"]["bf16"] is True
 
 
 def test_lora_init_reaches_peft(tokenizer, blora_plan):
@@ -186,7 +195,7 @@ def test_too_short_sequences_leave_no_response_tokens(tmp_path, tokenizer, blora
         train(tiny_causal_lm(), blora_plan, data,
               TrainConfig(max_steps=1, max_seq_len=16, generate=False, **FAST),
               tokenizer=tokenizer, out=tmp_path / "run", progress=False)
-    assert not is_complete(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_classification_on_tiny_bert(tmp_path):
@@ -253,9 +262,11 @@ def test_output_directory_holding_a_run_is_refused(tmp_path, tokenizer, blora_pl
         train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
               out=tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "summary.json").read_text() == before
-    again = train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+    again = train(tiny_causal_lm(), blora_plan, data,
+                  TrainConfig(max_steps=2, generate=False, **FAST), tokenizer=tokenizer,
                   out=tmp_path / "run", overwrite=True, progress=False)
-    assert again.complete and again.summary["finished"] >= json.loads(before)["finished"]
+    assert json.loads(before)["global_step"] == 1 and again.summary["global_step"] == 2
+    assert again.metrics()["step"].max() == 2
 
 
 def test_plan_for_another_model_is_refused_before_training(tmp_path, tokenizer):
@@ -276,6 +287,38 @@ def test_method_and_plan_must_agree(tmp_path, tokenizer, blora_plan):
     with pytest.raises(TrainConfigError, match="data 'toy-topics' is classification data"):
         train(tiny_causal_lm(), blora_plan, topic_data(tokenizer), TrainConfig(),
               tokenizer=tokenizer, out=tmp_path / "c")
+
+
+def test_alphasel_train_stays_callable_after_its_package_is_imported(tokenizer):
+    import alphasel.train.data  # noqa: F401  (binds the subpackage's modules)
+
+    config = alphasel.TrainConfig(method="full")
+    plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    assert callable(alphasel.train)
+    with pytest.raises(TrainConfigError, match="takes no plan"):  # the real entry ran
+        alphasel.train(tiny_causal_lm(), plan, "stdlib-code", config, tokenizer=tokenizer)
+
+
+def test_report_to_tensorboard_writes_into_the_run(tmp_path, tokenizer, blora_plan):
+    record = train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+                   TrainConfig(max_steps=2, report_to="tensorboard", generate=False, **FAST),
+                   tokenizer=tokenizer, out=tmp_path / "run", progress=False)
+    assert list((record.path / "tensorboard").glob("events.out.tfevents.*"))
+    import os
+
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ  # the next run logs to its own dir
+
+
+def test_report_to_a_missing_integration_is_refused(tmp_path, tokenizer, blora_plan):
+    from transformers.integrations import get_available_reporting_integrations
+
+    if "wandb" in get_available_reporting_integrations():
+        pytest.skip("wandb is installed here")
+    with pytest.raises(TrainConfigError, match="pip install wandb"):
+        train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+              TrainConfig(report_to="wandb", **FAST), tokenizer=tokenizer,
+              out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_reports_every_problem_at_once():

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What ran, for records: the words given, whether from a shell or from Python.
+    args.argv = ["alphasel", *(sys.argv[1:] if argv is None else argv)]
     try:
         args.func(args)
     except AlphaselError as err:

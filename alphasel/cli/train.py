@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alphasel.errors import TrainConfigError
 from alphasel.train.config import (
@@ -25,6 +25,12 @@ from alphasel.train.config import (
     TEMPLATES,
     TrainConfig,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from alphasel.plan import InjectionPlan
+    from alphasel.train.record import RunRecord
 
 #: Options that shape an inline plan (--scheme without --plan); dest → make_plan keyword.
 PLAN_OPTIONS = {"k": "k", "order": "order", "kinds": "kinds", "unit": "unit",
@@ -104,7 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     record.add_argument("--no-generate", action="store_true", help="skip generations.jsonl")
     record.add_argument("--no-save", action="store_true", help="do not save the adapter")
     record.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    # Every option's default, to tell which flags a command line actually gave.
+    parser.set_defaults(func=run, defaults={action.dest: action.default
+                                            for action in parser._actions})
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -121,17 +129,22 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         generate=not args.no_generate, save_adapter=not args.no_save)
 
 
-def _check(args: argparse.Namespace, parser_defaults: dict) -> None:
+def _given(args: argparse.Namespace, dests) -> list[str]:
+    """The flags among ``dests`` that the command line set to something else than default."""
+    return [f"--{dest.replace('_', '-')}" for dest in dests
+            if getattr(args, dest) != args.defaults.get(dest)]
+
+
+def _check(args: argparse.Namespace) -> None:
     """Contradictions between flags, all at once, before anything loads."""
     problems = []
-    plan_flags = [f"--{dest.replace('_', '-')}" for dest in PLAN_OPTIONS
-                  if getattr(args, dest) != parser_defaults.get(dest)]
+    plan_flags = _given(args, [*PLAN_OPTIONS, "estimator", "downsample"])
     if args.resume is not None:
-        given = [flag for flag in ("model", "data", "plan", "scheme", "out")
-                 if getattr(args, flag) is not None]
+        given = _given(args, [dest for dest in args.defaults
+                              if dest not in ("resume", "quiet", "help", "func", "defaults")])
         if given:
             problems.append("--resume continues a run with the options it started with: drop "
-                            + ", ".join(f"--{flag}" for flag in given))
+                            + ", ".join(given))
     else:
         if args.model is None:
             problems.append("--model is required (hub id, checkpoint dir, .gguf, smollm2, "
@@ -147,9 +160,13 @@ def _check(args: argparse.Namespace, parser_defaults: dict) -> None:
             problems.append("--method full trains every weight; it takes no --plan/--scheme")
     if problems:
         raise TrainConfigError("; ".join(problems))
+    if args.out is not None:  # before minutes of analysis and loading
+        from alphasel.train.record import RunWriter
+
+        RunWriter.check_target(args.out, args.overwrite)
 
 
-def inline_plan(args: argparse.Namespace):
+def inline_plan(args: argparse.Namespace) -> tuple[pd.DataFrame, InjectionPlan]:
     """Analyse the model and make the plan --scheme asks for: (table, plan)."""
     from alphasel.analyzer import analyze
     from alphasel.planner import make_plan
@@ -165,8 +182,7 @@ def inline_plan(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> None:
     from alphasel.train.trainer import resume, train
 
-    defaults = {"rank_alloc": "uniform"}
-    _check(args, defaults)
+    _check(args)
     if args.resume is not None:
         record = resume(args.resume, progress=not args.quiet)
     else:
@@ -174,19 +190,23 @@ def run(args: argparse.Namespace) -> None:
         table, plan = inline_plan(args) if args.scheme else (None, args.plan)
         record = train(args.model, plan, args.data, config, revision=args.revision,
                        out=args.out, overwrite=args.overwrite, analysis=table,
-                       prompts=args.prompts, progress=not args.quiet, command=sys.argv)
+                       prompts=args.prompts, progress=not args.quiet, command=args.argv)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary from a torchrun launch
         print(describe(record))
 
 
-def describe(record) -> str:
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"  # a diverged (NaN) loss is recorded as null
+
+
+def describe(record: RunRecord) -> str:
     summary = record.summary or {}
     config = record.config
     what = (f"{config.get('scheme')} k={config.get('k')} {config.get('method')}"
             if config.get("scheme") else config.get("method"))
     lines = [f"run {record.run_id}: {config.get('model_id')} on {config.get('data')} ({what})",
-             f"  {summary.get('global_step')} steps, eval loss {summary.get('eval_loss'):.4f} "
-             f"(best {summary.get('best_eval_loss'):.4f})"
+             f"  {summary.get('global_step')} steps, eval loss {_loss(summary.get('eval_loss'))}"
+             f" (best {_loss(summary.get('best_eval_loss'))})"
              + (f", accuracy {summary['eval_accuracy']:.3f}" if "eval_accuracy" in summary
                 else ""),
              f"  {summary.get('trainable_params'):,} trainable of {summary.get('total_params'):,}"

@@ -1,16 +1,34 @@
 """TRAIN: fine-tune an injection plan with PEFT (or every weight) and record the run.
 
-    record = alphasel.train("smollm2", plan, "stdlib-code", TrainConfig(epochs=3))
+    from alphasel.train import TrainConfig, train
+    record = train("smollm2", plan, "stdlib-code", TrainConfig(epochs=3))
     record.summary["best_eval_loss"], record.metrics()
 
-Modules: ``config`` (TrainConfig), ``data`` (data sets → tokenized splits), ``models`` (models
-and tokenizers), ``trainer`` (the entry :func:`train`, on transformers' Trainer / TRL's
-SFTTrainer), ``callbacks`` (metrics and profiling), ``generations`` (before/after completions),
-``record`` (the run directory).
+Modules: ``config`` (TrainConfig), ``data`` (data sets → tokenized splits; ``splits`` and
+``stdlib_data`` behind it), ``models`` (models and tokenizers), ``trainer`` (the entry
+:func:`train`, on transformers' Trainer / TRL's SFTTrainer), ``callbacks`` (metrics and
+profiling), ``generations`` (before/after completions), ``record`` (the run directory).
+Names are imported on first use, so importing this package loads neither torch nor TRL.
 """
 
-from alphasel.train.config import TrainConfig
-from alphasel.train.record import RunRecord, list_runs
-from alphasel.train.trainer import resume, train
+from __future__ import annotations
 
-__all__ = ["TrainConfig", "RunRecord", "list_runs", "resume", "train"]
+import importlib
+
+_EXPORTS = {
+    "TrainConfig": "alphasel.train.config",
+    "RunRecord": "alphasel.train.record",
+    "list_runs": "alphasel.train.record",
+    "resume": "alphasel.train.trainer",
+    "train": "alphasel.train.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'alphasel.train' has no attribute '{name}'")

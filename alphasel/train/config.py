@@ -20,14 +20,18 @@ METHODS = ("lora", "dora", "rslora", "full")
 ADAPTER_METHODS = ("lora", "dora", "rslora")
 QUANTIZE = ("4bit",)
 TEMPLATES = ("alpaca", "chat")
-#: transformers' scheduler names (SchedulerType) offered by --scheduler.
+#: transformers' scheduler names (SchedulerType) offered by --scheduler: those that need no
+#: extra arguments (cosine_with_min_lr and warmup_stable_decay do).
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-              "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+              "constant_with_warmup", "inverse_sqrt")
 #: transformers' logging integrations offered by --report-to.
 REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "all")
 #: PEFT's init_lora_weights values offered by --lora-init (``default`` is PEFT's True:
-#: Kaiming-uniform A, zero B, so the adapted model starts equal to the base model).
-LORA_INITS = ("default", "gaussian", "pissa", "olora", "orthogonal", "loftq", "eva", "corda")
+#: Kaiming-uniform A, zero B, so the adapted model starts equal to the base model). loftq,
+#: eva and corda are left out: each needs a data-driven step of its own before training.
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "orthogonal")
+#: Inits that decompose the base weight, which a 4-bit base cannot give them.
+WEIGHT_INITS = ("pissa", "olora")
 _PISSA_NITER = re.compile(r"^pissa_niter_\d+$")
 #: Default learning rates: adapters tolerate (and need) a larger step than full fine-tuning.
 DEFAULT_ADAPTER_LR = 2e-4
@@ -64,7 +68,7 @@ class TrainConfig:
     bf16: bool = False
     """bfloat16 mixed precision (--bf16)."""
     fp16: bool = False
-    """float16 mixed precision; CUDA only (--fp16)."""
+    """float16 mixed precision (--fp16)."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time (--grad-checkpointing)."""
     max_seq_len: int = 512
@@ -150,12 +154,15 @@ class TrainConfig:
                             f"{', '.join(LORA_INITS)} or pissa_niter_N")
         elif self.lora_init != "default" and self.method == "full":
             problems.append("--lora-init applies to adapters, not --method full")
+        elif self.quantize and str(self.lora_init).startswith(WEIGHT_INITS):
+            problems.append(f"--lora-init {self.lora_init} decomposes the base weights, which "
+                            "--quantize 4bit leaves packed: use default or gaussian")
         unknown = [item for item in self.report_to if item not in REPORTERS]
         if unknown or not self.report_to:
             problems.append(f"--report-to {','.join(self.report_to) or '(empty)'} is not a "
                             f"comma list of {', '.join(REPORTERS)}")
-        elif "none" in self.report_to and len(self.report_to) > 1:
-            problems.append("--report-to none cannot be combined with an integration")
+        elif len(self.report_to) > 1 and ({"none", "all"} & set(self.report_to)):
+            problems.append("--report-to none and all stand alone: drop the other names")
         number(self.epochs, "--epochs", 0, open_low=True)
         whole(self.max_steps, "--max-steps", 1, optional=True)
         whole(self.max_samples, "--max-samples", 1, optional=True)

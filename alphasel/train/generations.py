@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from alphasel.errors import DataError
+from alphasel.train.record import GENERATIONS_FILE, RunWriter
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -67,16 +68,18 @@ def format_prompt(prompt: str, kind: str, template: str, tokenizer: Any) -> str:
 
 
 @torch.no_grad()
-def complete(model: torch.nn.Module, tokenizer: Any, prompts: list[str],
-             max_new_tokens: int) -> list[str]:
-    """Greedy completions (the new text only), one prompt at a time: no padding to get wrong."""
+def complete(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int,
+             add_special_tokens: bool = False) -> list[str]:
+    """Greedy completions (the new text only), one prompt at a time: no padding to get wrong.
+    ``add_special_tokens`` as the prompts were tokenized in training (BOS for Alpaca text)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     completions = []
     try:
         for prompt in prompts:
-            encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+            encoded = tokenizer(prompt, return_tensors="pt",
+                                add_special_tokens=add_special_tokens).to(device)
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new = output[0, encoded["input_ids"].shape[1]:]
@@ -84,3 +87,11 @@ def complete(model: torch.nn.Module, tokenizer: Any, prompts: list[str],
     finally:
         model.train(was_training)
     return completions
+
+
+def record_generations(writer: RunWriter, when: str, model: torch.nn.Module, tokenizer: Any,
+                       prompts: list[str], max_new_tokens: int, add_special_tokens: bool) -> None:
+    """Append one generations.jsonl line per prompt: ``when`` (before/after), prompt, completion."""
+    completions = complete(model, tokenizer, prompts, max_new_tokens, add_special_tokens)
+    for prompt, text in zip(prompts, completions, strict=True):
+        writer.append(GENERATIONS_FILE, {"when": when, "prompt": prompt, "completion": text})

@@ -32,6 +32,10 @@ from alphasel.plan import InjectionPlan
 from alphasel.table import model_slug, runs_dir
 
 STATUS_COMPLETE = "complete"
+#: Marks config.json and summary.json as an alphasel run record (a model checkpoint's
+#: config.json in adapter/ or checkpoints/ is not one), with the layout's version.
+RECORD_KIND = "alphasel-train-run"
+SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
 PLAN_FILE = "plan.json"
 ANALYSIS_FILE = "analysis.csv"
@@ -40,10 +44,11 @@ GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
-#: What makes a directory hold a run (and what --overwrite removes).
+TENSORBOARD_DIR = "tensorboard"
+#: A run's own files and directories (what --overwrite removes).
 RUN_FILES = (CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, METRICS_FILE, GENERATIONS_FILE,
              SUMMARY_FILE)
-RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR)
+RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR)
 
 
 def train_runs_dir() -> Path:
@@ -73,8 +78,11 @@ def write_json(path: Path, data: Any) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(finite_or_none(data), indent=1, allow_nan=False,
-                                  default=str) + "\n")
+        with open(tmp, "w") as handle:
+            handle.write(json.dumps(finite_or_none(data), indent=1, allow_nan=False,
+                                    default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -100,8 +108,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _is_record_file(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("record") == RECORD_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def holds_run(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+    """Whether ``path`` is an alphasel run directory (finished or not)."""
+    path = Path(path)
+    return path.is_dir() and (_is_record_file(path / CONFIG_FILE)
+                              or _is_record_file(path / SUMMARY_FILE))
 
 
 def is_complete(path: Path) -> bool:
@@ -114,16 +132,32 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def last_checkpoint(checkpoints: Path) -> tuple[str | None, int]:
+    """The newest complete Trainer checkpoint and its step, or (None, 0).
+
+    transformers writes trainer_state.json last; a checkpoint without it was cut short by
+    the interruption and would restart training from step 0."""
+    if not checkpoints.is_dir():
+        return None, 0
+    complete = [path for path in checkpoints.glob("checkpoint-*")
+                if (path / "trainer_state.json").is_file()]
+    if not complete:
+        return None, 0
+    newest = max(complete, key=lambda path: int(path.name.rsplit("-", 1)[1]))
+    step = json.loads((newest / "trainer_state.json").read_text())["global_step"]
+    return str(newest), int(step)
+
+
 class RunWriter:
     """Writes one run directory. Only the main process of a distributed run makes one."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    @classmethod
-    def create(cls, path: Path, overwrite: bool = False) -> RunWriter:
-        """A fresh run directory at ``path``; one that holds a run is refused unless
-        ``overwrite``, which removes the old run's files (and nothing else)."""
+    @staticmethod
+    def check_target(path: Path, overwrite: bool = False) -> None:
+        """Refuse ``path`` as a new run's directory, writing nothing: a file, a directory that
+        holds a run (unless ``overwrite``), or one that holds another tool's files."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunError(f"--out '{path}' is a file: pass a directory for the run record")
@@ -132,20 +166,36 @@ class RunWriter:
                 state = "a complete run" if is_complete(path) else "an unfinished run"
                 raise RunError(f"--out '{path}' already holds {state}: pass --overwrite to "
                                "replace it, --resume to continue it, or another --out")
+        elif path.is_dir() and any(item.is_file() for item in path.rglob("*")):
+            raise RunError(f"--out '{path}' is a non-empty directory that holds no alphasel "
+                           "run: pass a new or empty directory (a run never writes into "
+                           "another tool's files)")
+
+    @classmethod
+    def create(cls, path: Path, overwrite: bool = False) -> RunWriter:
+        """A fresh run directory at ``path`` (see :meth:`check_target`); ``overwrite`` removes
+        an old run's files (and nothing else)."""
+        path = Path(path)
+        cls.check_target(path, overwrite)
+        if holds_run(path):
             for name in RUN_FILES:
                 (path / name).unlink(missing_ok=True)
             for name in RUN_DIRS:
                 shutil.rmtree(path / name, ignore_errors=True)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot create the run directory --out '{path}' ({err}): pass a "
+                           "writable directory") from err
         return cls(path)
 
     @classmethod
     def reopen(cls, path: Path) -> RunWriter:
         """The directory of an interrupted run, to continue it."""
         path = Path(path)
-        if not (path / CONFIG_FILE).is_file():
-            raise RunError(f"--resume '{path}' holds no run record ({CONFIG_FILE} is missing): "
-                           "pass the directory of a run started by `alphasel train`")
+        if not _is_record_file(path / CONFIG_FILE):
+            raise RunError(f"--resume '{path}' holds no run record (no alphasel {CONFIG_FILE}):"
+                           " pass the directory of a run started by `alphasel train`")
         if is_complete(path):
             raise RunError(f"--resume '{path}' is already complete: nothing to continue; start "
                            "a new run instead")
@@ -160,7 +210,8 @@ class RunWriter:
         return self.path / ADAPTER_DIR
 
     def write_config(self, config: dict) -> None:
-        write_json(self.path / CONFIG_FILE, config)
+        write_json(self.path / CONFIG_FILE, {"record": RECORD_KIND,
+                                             "schema_version": SCHEMA_VERSION, **config})
 
     def write_plan(self, plan: InjectionPlan) -> None:
         plan.save(self.path / PLAN_FILE)
@@ -192,7 +243,8 @@ class RunWriter:
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json; call it last, after everything else is on disk."""
-        write_json(self.path / SUMMARY_FILE, {"status": STATUS_COMPLETE, **summary})
+        write_json(self.path / SUMMARY_FILE, {"record": RECORD_KIND, "status": STATUS_COMPLETE,
+                                              **summary})
 
 
 @dataclass
@@ -242,24 +294,39 @@ RUN_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_pa
                "best_eval_loss", "wall_s", "peak_memory_mb", "status"]
 
 
+def run_directories(root: Path) -> list[Path]:
+    """Run directories at or below ``root``, in path order (run ids begin with their UTC start
+    time, so runs under one parent sort oldest first). A run's own subdirectories (adapter/,
+    checkpoints/, whose model config.json files are not run records) are not searched."""
+    if holds_run(root):
+        return [root]
+    found = []
+    for child in sorted(path for path in root.iterdir() if path.is_dir()):
+        found.extend(run_directories(child))
+    return found
+
+
 def list_runs(root: str | Path | None = None) -> pd.DataFrame:
-    """One row per run directory under ``root`` (default ``runs/train``), oldest first.
+    """One row per run directory under ``root`` (default ``runs/train``).
 
     ``root`` may itself be a run directory. A run without a complete summary reads
-    ``incomplete``; a directory whose config cannot be read reads ``corrupt``.
+    ``incomplete``; one whose record cannot be read reads ``corrupt``.
     """
+    default = root is None
     root = Path(root) if root is not None else train_runs_dir()
+    if default and not root.exists():
+        return pd.DataFrame(columns=RUN_COLUMNS)  # no run recorded yet
     if not root.is_dir():
         raise RunError(f"'{root}' is not a directory: pass a directory of runs (default "
                        f"{train_runs_dir()})")
-    folders = [root] if (root / CONFIG_FILE).is_file() else sorted(
-        path.parent for path in root.rglob(CONFIG_FILE))
+    folders = run_directories(root)
     rows = []
     for folder in folders:
         try:
             record = RunRecord.load(folder)
         except (RunError, ValueError):
-            rows.append({"run_id": folder.name, "status": "corrupt"})
+            rows.append({"run_id": str(folder.relative_to(root)) if folder != root
+                         else folder.name, "status": "corrupt"})
             continue
         config, summary = record.config, record.summary or {}
         rows.append({

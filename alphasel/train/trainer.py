@@ -14,27 +14,32 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from alphasel.errors import DataError, PlanError, RunError, TrainConfigError
+from alphasel.errors import PlanError, RunError, TrainConfigError
 from alphasel.plan import InjectionPlan
+from alphasel.train.builder import build_trainer, cpu_only
 from alphasel.train.callbacks import MetricsCallback, peak_memory, start_memory_tracking
 from alphasel.train.config import ADAPTER_METHODS, TrainConfig
 from alphasel.train.data import TrainData, load_data
-from alphasel.train.generations import complete, format_prompt, read_prompts
-from alphasel.train.models import ModelInfo, load_model, load_tokenizer
+from alphasel.train.generations import format_prompt, read_prompts, record_generations
+from alphasel.train.models import ModelInfo, check_4bit_supported, load_model, load_tokenizer
 from alphasel.train.record import (
+    CHECKPOINTS_DIR,
     GENERATIONS_FILE,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
     RunRecord,
     RunWriter,
+    last_checkpoint,
     make_run_id,
     read_jsonl,
     train_runs_dir,
@@ -58,20 +63,12 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _cpu_launch() -> bool:
-    """A multi-process launch (torchrun, accelerate launch) on a machine without CUDA.
-
-    accelerate treats such a launch as distributed only when told to use the CPU; otherwise
-    every process would train alone and all of them would write the same record."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-
-
 def _distributed() -> Any:
     """accelerate's process state: starts the process group under torchrun/accelerate launch
     (gloo on CPU, NCCL on GPUs) and is a single process otherwise."""
     from accelerate import PartialState
 
-    return PartialState(cpu=_cpu_launch())
+    return PartialState(cpu=cpu_only())
 
 
 def _agree(state: Any, make: Any) -> Any:
@@ -119,7 +116,8 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.grad_checkpointing)
-    assert plan is not None  # checked in train()
+    if plan is None:
+        raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
     return plan.apply(model, **_adapter_overrides(config, config.task))
 
 
@@ -133,102 +131,26 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
             sum(p.numel() for p in parameters))
 
 
-def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress: bool,
-               resuming: bool) -> Any:
-    """TrainingArguments (SFTConfig for language models) with every field alphasel decides set
-    explicitly: SFTConfig's own defaults (lr 2e-5, gradient checkpointing on, bf16 on where
-    supported) would otherwise differ from plain Trainer's."""
-    from transformers import TrainingArguments
+def _check_reporters(config: TrainConfig) -> None:
+    """--report-to names integrations whose packages are installed (transformers would fail
+    deep inside the Trainer's construction otherwise)."""
+    if config.report_to in (["none"], ["all"]):
+        return
+    from transformers.integrations import get_available_reporting_integrations
 
-    fields: dict[str, Any] = dict(
-        output_dir=str(output_dir), num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
-        lr_scheduler_type=config.scheduler, warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay, bf16=config.bf16, fp16=config.fp16,
-        gradient_checkpointing=config.grad_checkpointing,
-        # Non-reentrant checkpointing works with frozen inputs (LoRA) and with DDP.
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        seed=config.seed, data_seed=config.seed, logging_steps=config.log_every,
-        eval_strategy="steps" if config.eval_every else "epoch",
-        # The untrained model's eval loss, at step 0 (a resumed run has it already).
-        eval_steps=config.eval_every, eval_on_start=not resuming,
-        save_strategy="steps" if config.save_every else "no", save_steps=config.save_every,
-        report_to=config.report_to, include_num_input_tokens_seen="non_padding",
-        disable_tqdm=not progress, ddp_find_unused_parameters=False,
-        # Trainer defaults to adamw_torch_fused, which has no CPU kernel for every dtype.
-        optim="adamw_torch", dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=_cpu_launch())
-    if data.kind == "classification":
-        return TrainingArguments(**fields)
-    from trl import SFTConfig
-
-    return SFTConfig(**fields, max_length=config.max_seq_len, packing=False,
-                     completion_only_loss=None, dataset_num_proc=None)
+    available = set(get_available_reporting_integrations())
+    missing = [name for name in config.report_to if name not in available]
+    if missing:
+        raise TrainConfigError(f"--report-to {','.join(missing)}: the package is not installed "
+                               f"(`pip install {' '.join(missing)}`), or drop it from --report-to")
 
 
-def _accuracy(prediction: Any) -> dict[str, float]:
-    logits, labels = prediction
-    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
-
-
-def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: TrainConfig,
-                  output_dir: Path, callbacks: list, progress: bool = True,
-                  resuming: bool = False) -> Any:
-    """The transformers Trainer (SFTTrainer for language models) for this run."""
-    args = _arguments(config, output_dir, data, progress, resuming)
-    if data.kind == "classification":
-        from transformers import DataCollatorWithPadding, Trainer
-
-        return Trainer(model=model, args=args, train_dataset=data.train,
-                       eval_dataset=data.eval, processing_class=tokenizer,
-                       data_collator=DataCollatorWithPadding(tokenizer),
-                       compute_metrics=_accuracy, callbacks=callbacks)
-    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
-                                   eval_dataset=data.eval, processing_class=tokenizer,
-                                   callbacks=callbacks)
-    _drop_unlearnable(trainer, config)
-    return trainer
-
-
-def _sft_trainer_class() -> type:
-    from transformers import Trainer
-    from trl import SFTTrainer
-
-    class SFTDataTrainer(SFTTrainer):
-        """TRL's SFTTrainer for the data (prompt-completion tokenizing, EOS, completion mask,
-        truncation, collator) with transformers' own loss: the model's mean cross-entropy over
-        the label tokens, as a plain Trainer computes it.
-
-        TRL 1.x computes the loss through a fused LM head that also yields entropy and top-1
-        accuracy; on CPU that made each SmolLM2 step ~35% slower (4.5-5.5 s against 3.2-3.6 s
-        for batch 4 x 128, measured here), and the loss it reports is the same quantity."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False  # no KV cache while training
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-
-    return SFTDataTrainer
-
-
-def _drop_unlearnable(trainer: Any, config: TrainConfig) -> None:
-    """TRL drops examples whose labels are all masked after truncation (they teach nothing);
-    refuse data where that leaves a split empty, instead of failing deep inside the loop."""
-    for split in ("train", "eval"):
-        if len(getattr(trainer, f"{split}_dataset")) == 0:
-            raise DataError(f"--max-seq-len {config.max_seq_len} leaves no response tokens in "
-                            f"any {split} example: raise --max-seq-len")
-
-
-def _last_checkpoint(writer: RunWriter) -> tuple[str | None, int]:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not writer.checkpoints_dir.is_dir():
-        return None, 0
-    last = get_last_checkpoint(str(writer.checkpoints_dir))
-    return (last, int(last.rsplit("-", 1)[1])) if last else (None, 0)
+def _resolved(spec: Any) -> Any:
+    """An existing local path as an absolute path (so --resume works from any directory);
+    anything else (hub id, alias, built-in name, module) unchanged."""
+    if isinstance(spec, str | Path) and Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser().resolve())
+    return spec
 
 
 def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path | None = None,
@@ -246,7 +168,8 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     file, directory or hub dataset id (see :func:`alphasel.train.data.load_data`). The record
     goes to ``out`` (default ``runs/train/<run-id>/``); ``resume`` continues an interrupted
     run in place from its last checkpoint. ``analysis`` is stored beside an inline plan;
-    ``callbacks`` are extra transformers ``TrainerCallback``s.
+    ``callbacks`` are extra transformers ``TrainerCallback``s. Nothing is written until the
+    model, plan and data have been checked and the trainer is built.
     """
     started = time.perf_counter()
     config = config or TrainConfig()
@@ -258,9 +181,8 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     if config.method in ADAPTER_METHODS and plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan FILE or "
                                "--scheme/--k to plan inline (or --method full)")
+    _check_reporters(config)
     if config.quantize:
-        from alphasel.train.models import check_4bit_supported
-
         check_4bit_supported()
     prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
     if not progress:
@@ -294,77 +216,99 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     if plan is not None and plan.total_params is None:
         plan = dataclasses.replace(plan, total_params=total)
 
-    writer = _agree(state, lambda: _open_run(out, resume, overwrite, info, plan, config))
+    path = _agree(state, lambda: _run_path(out, resume, overwrite, info, plan, config,
+                                           data, state.num_processes))
+    existed = path.exists()
+    checkpoint, resumed_step = last_checkpoint(path / CHECKPOINTS_DIR) if resume else (None, 0)
+    recorded = [row for row in read_jsonl(path / METRICS_FILE)
+                if row.get("step", 0) <= resumed_step] if resume else []
+    metrics = MetricsCallback(None)
+    try:
+        trainer = _with_tensorboard_dir(path, lambda: build_trainer(
+            prepared, tokenizer, data, config, path / CHECKPOINTS_DIR,
+            [metrics, *(callbacks or [])], progress,
+            evaluate_first=not any(row.get("step") == 0 and "eval_loss" in row
+                                   for row in recorded)))
+    except BaseException:
+        if state.is_main_process and not existed:
+            _remove_if_empty(path)  # the Trainer made empty folders; leave nothing behind
+        raise
+    writer = _agree(state, lambda: _open_run(path, resume, overwrite))
     main = state.is_main_process
-    checkpoint, resumed_step = _last_checkpoint(writer) if resume else (None, 0)
     if main:
+        metrics.writer = writer
         if resume:
-            _check_same_data(writer, data)
             writer.keep_metrics_through(resumed_step)
         else:
             writer.write_config(_config_record(model, revision, info, data, plan, config,
-                                               command, state.num_processes))
+                                               command, state.num_processes, prompt_list))
             if plan is not None:
                 writer.write_plan(plan)
             if analysis is not None:
                 writer.write_analysis(analysis)
-    state.wait_for_everyone()
 
     language_model = data.kind != "classification"
     prompt_texts = [format_prompt(p, data.kind, config.template, tokenizer)
                     for p in (prompt_list or data.prompts)] if language_model else []
     generate = config.generate and language_model and bool(prompt_texts)
+    # TRL tokenizes Alpaca prompts with the tokenizer's special tokens (BOS); chat templates
+    # and code chunks carry their own.
+    special = data.kind == "instruction" and config.template == "alpaca"
     if generate and main and not any(row.get("when") == "before" for row in
                                      read_jsonl(writer.path / GENERATIONS_FILE)):
-        for prompt, text in zip(prompt_texts, complete(prepared, tokenizer, prompt_texts,
-                                                       config.max_new_tokens), strict=True):
-            writer.append(GENERATIONS_FILE, {"when": "before", "prompt": prompt,
-                                             "completion": text})
+        record_generations(writer, "before", trainer.model, tokenizer, prompt_texts,
+                           config.max_new_tokens, special)
+    state.wait_for_everyone()
 
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(writer.path / "tensorboard"))
-    metrics = MetricsCallback(writer if main else None)
-    trainer = build_trainer(prepared, tokenizer, data, config, writer.checkpoints_dir,
-                            [metrics, *(callbacks or [])], progress, resuming=bool(resume))
     start_memory_tracking()
     trainer.train(resume_from_checkpoint=checkpoint)
-    evals = [row for row in read_jsonl(writer.path / "metrics.jsonl") if "eval_loss" in row]
-    if not evals or evals[-1]["step"] != trainer.state.global_step:
+    step = trainer.state.global_step
+    if not any("eval_loss" in entry and entry.get("step") == step
+               for entry in trainer.state.log_history):  # the same answer on every rank
         trainer.evaluate()  # the final eval loss belongs to the final weights
     state.wait_for_everyone()
     memory = peak_memory()
     if config.save_adapter:
         trainer.save_model(str(writer.adapter_dir))
-    if main and writer.checkpoints_dir.is_dir() and not any(writer.checkpoints_dir.iterdir()):
-        writer.checkpoints_dir.rmdir()  # the Trainer makes it even when nothing is saved
     if generate and main:
-        for prompt, text in zip(prompt_texts, complete(trainer.model, tokenizer, prompt_texts,
-                                                       config.max_new_tokens), strict=True):
-            writer.append(GENERATIONS_FILE, {"when": "after", "prompt": prompt,
-                                             "completion": text})
+        record_generations(writer, "after", trainer.model, tokenizer, prompt_texts,
+                           config.max_new_tokens, special)
     if main:
-        evals = [row for row in read_jsonl(writer.path / "metrics.jsonl") if "eval_loss" in row]
-        training = metrics.train_seconds - metrics.eval_seconds
-        summary = {
-            "eval_loss": evals[-1]["eval_loss"],
-            "best_eval_loss": min(row["eval_loss"] for row in evals),
-            "wall_s": round(time.perf_counter() - started, 3),
-            "train_wall_s": round(metrics.train_seconds, 3),
-            "eval_in_train_s": round(metrics.eval_seconds, 3),
-            "train_tokens": metrics.tokens,
-            "tokens_per_s": (round(metrics.tokens / training, 2) if training > 0 else None),
-            "peak_memory_mb": memory["peak_memory_mb"], "peak_memory": memory,
-            "trainable_params": trainable, "total_params": total,
-            "global_step": trainer.state.global_step, "epochs": trainer.state.epoch,
-            "resumed_from_step": resumed_step if resume else None,
-            "world_size": state.num_processes,
-            "device": str(trainer.args.device),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        if "eval_accuracy" in evals[-1]:
-            summary["eval_accuracy"] = evals[-1]["eval_accuracy"]
-        writer.write_summary(summary)
+        if writer.checkpoints_dir.is_dir() and not any(writer.checkpoints_dir.iterdir()):
+            writer.checkpoints_dir.rmdir()  # the Trainer makes it even when nothing is saved
+        writer.write_summary(_summary(writer, metrics, memory, trainer, trainable, total,
+                                      started, resumed_step if resume else None,
+                                      state.num_processes))
     state.wait_for_everyone()
     return RunRecord.load(writer.path)
+
+
+def _summary(writer: RunWriter, metrics: MetricsCallback, memory: dict, trainer: Any,
+             trainable: int, total: int, started: float, resumed_step: int | None,
+             world_size: int) -> dict[str, Any]:
+    """summary.json's fields. A resumed run's time and token figures cover its last session
+    (the one that finished); ``resumed_from_step`` says where that session began."""
+    evals = [row for row in read_jsonl(writer.path / METRICS_FILE) if "eval_loss" in row]
+    losses = [row["eval_loss"] for row in evals if row["eval_loss"] is not None]  # NaN → null
+    training = metrics.train_seconds - metrics.eval_seconds
+    summary = {
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_eval_loss": min(losses) if losses else None,
+        "wall_s": round(time.perf_counter() - started, 3),
+        "train_wall_s": round(metrics.train_seconds, 3),
+        "eval_in_train_s": round(metrics.eval_seconds, 3),
+        "train_tokens": metrics.tokens,
+        "tokens_per_s": round(metrics.tokens / training, 2) if training > 0 else None,
+        "peak_memory_mb": memory["peak_memory_mb"], "peak_memory": memory,
+        "trainable_params": trainable, "total_params": total,
+        "global_step": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "resumed_from_step": resumed_step, "world_size": world_size,
+        "device": str(trainer.args.device),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if evals and "eval_accuracy" in evals[-1]:
+        summary["eval_accuracy"] = evals[-1]["eval_accuracy"]
+    return summary
 
 
 def _quiet_libraries() -> None:
@@ -376,39 +320,73 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _open_run(out: str | Path | None, resume: str | Path | None, overwrite: bool,
-              info: ModelInfo, plan: InjectionPlan | None, config: TrainConfig) -> RunWriter:
+def _with_tensorboard_dir(path: Path, build: Any) -> Any:
+    """Build the Trainer with TensorBoard logging into ``<run>/tensorboard`` (transformers
+    reads the directory from the environment when it builds its callbacks), then restore the
+    environment so the next run in this process logs into its own directory."""
+    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = previous or str(path / TENSORBOARD_DIR)
+    try:
+        return build()
+    finally:
+        if previous is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
+
+def _remove_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(item.is_file() for item in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_path(out: str | Path | None, resume: str | Path | None, overwrite: bool,
+              info: ModelInfo, plan: InjectionPlan | None, config: TrainConfig,
+              data: TrainData, world_size: int) -> Path:
+    """Where the record goes, checked before anything is written there."""
     if resume is not None:
-        return RunWriter.reopen(Path(resume))
+        writer = RunWriter.reopen(Path(resume))
+        _check_same_run(writer, data, world_size)
+        return writer.path
     path = Path(out) if out is not None else train_runs_dir() / make_run_id(
         info.model_id, _label(plan, config))
+    RunWriter.check_target(path, overwrite)
+    return path
+
+
+def _open_run(path: Path, resume: str | Path | None, overwrite: bool) -> RunWriter:
+    if resume is not None:
+        return RunWriter.reopen(path)
     return RunWriter.create(path, overwrite=overwrite)
 
 
 def _config_record(model: Any, revision: str | None, info: ModelInfo, data: TrainData,
                    plan: InjectionPlan | None, config: TrainConfig, command: list[str] | None,
-                   world_size: int) -> dict[str, Any]:
+                   world_size: int, prompts: list[str] | None) -> dict[str, Any]:
     """config.json: enough to know what ran and to run it again (``--resume`` reads it)."""
     return {
-        "model": model if isinstance(model, str) else str(model) if isinstance(model, Path)
-        else None,
+        "model": None if isinstance(model, torch.nn.Module) else _resolved(model),
         "model_id": info.model_id, "revision": info.revision, "model_location": info.location,
-        "model_format": info.format, "data": data.name, "data_kind": data.kind,
-        "data_fingerprint": data.fingerprint, "data_description": data.description,
-        "data_details": data.details, "labels": data.labels, "method": config.method,
+        "model_format": info.format, "data": data.name, "data_source": _resolved(data.name),
+        "data_kind": data.kind, "data_fingerprint": data.fingerprint,
+        "data_description": data.description, "data_details": data.details,
+        "labels": data.labels, "method": config.method,
         "scheme": plan.scheme if plan else None, "k": plan.k if plan else None,
-        "config": config.to_dict(), "world_size": world_size, "versions": _versions(),
-        "command": command if command is not None else sys.argv,
+        "config": config.to_dict(), "prompts": prompts, "world_size": world_size,
+        "versions": _versions(), "command": command if command is not None else sys.argv,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
-def _check_same_data(writer: RunWriter, data: TrainData) -> None:
-    recorded = RunRecord.load(writer.path).config.get("data_fingerprint")
-    if recorded != data.fingerprint:
+def _check_same_run(writer: RunWriter, data: TrainData, world_size: int) -> None:
+    recorded = RunRecord.load(writer.path).config
+    if recorded.get("data_fingerprint") != data.fingerprint:
         raise RunError(f"--resume '{writer.path}': the data '{data.name}' differs from what the "
                        "run started with (fingerprint changed): resume with the same data and "
                        "options, or start a new run")
+    if recorded.get("world_size") != world_size:
+        raise RunError(f"--resume '{writer.path}': the run started with "
+                       f"{recorded.get('world_size')} process(es), this launch has {world_size}"
+                       f" (the global batch would change mid-run): launch "
+                       f"{recorded.get('world_size')} process(es)")
 
 
 def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokenizer: Any = None,
@@ -426,6 +404,8 @@ def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokeniz
         raise RunError(f"--resume '{run_dir}' trained an in-memory model: resume it from Python "
                        "with alphasel.train.resume(run_dir, model=..., tokenizer=...)")
     config = TrainConfig.from_dict(recorded.config["config"])
-    return train(source, recorded.plan, data if data is not None else recorded.config["data"],
-                 config, tokenizer=tokenizer, revision=recorded.config.get("revision"),
-                 resume=writer.path, callbacks=callbacks, progress=progress)
+    spec = recorded.config.get("data_source") or recorded.config["data"]
+    return train(source, recorded.plan, data if data is not None else spec, config,
+                 tokenizer=tokenizer, revision=recorded.config.get("revision"),
+                 resume=writer.path, prompts=recorded.config.get("prompts"),
+                 callbacks=callbacks, progress=progress)
