@@ -215,6 +215,22 @@ def test_classification_on_tiny_bert(tmp_path):
     assert record.config["labels"] == ["awful", "fine"]
 
 
+def test_plan_from_a_base_checkpoint_aligns_to_the_task_model():
+    """A plan from the bare encoder's checkpoint (`encoder.layer.0...`) fits the classifier,
+    which holds the same modules under `bert.`; unrelated names are left to fail."""
+    from alphasel.train.trainer import align_plan
+
+    model = tiny_bert(num_labels=2)
+    plan = make_plan(alphasel.analyze(model.bert, progress=False), "blora", 1)
+    assert plan.modules[0].name.startswith("encoder.layer.")
+    aligned = align_plan(plan, model)
+    assert [m.name for m in aligned.modules] == [f"bert.{m.name}" for m in plan.modules]
+    assert "base model prefix 'bert'" in aligned.notes[-1]
+    assert align_plan(aligned, model) is aligned  # already aligned: unchanged
+    llama_plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    assert align_plan(llama_plan, model) is llama_plan
+
+
 class _Crash(TrainerCallback):
     """Dies right after a step's metrics line is written: the resumed run must drop that line
     (it repeats the step from the checkpoint before it) rather than log the step twice."""

@@ -104,6 +104,30 @@ def _adapter_overrides(config: TrainConfig, task: str) -> dict[str, Any]:
             "task_type": "SEQ_CLS" if task == "classification" else "CAUSAL_LM"}
 
 
+def align_plan(plan: InjectionPlan, model: torch.nn.Module) -> InjectionPlan:
+    """The plan with module names as ``model`` holds them.
+
+    A checkpoint's names and a task model's differ by the base model's prefix: MiniLM's
+    safetensors say ``encoder.layer.0...`` while ``BertForSequenceClassification`` holds
+    ``bert.encoder.layer.0...``. When adding or removing that prefix makes every planned
+    module exist, the plan is renamed (and says so); otherwise it is returned as it is, and
+    applying it names the missing modules."""
+    present = {name for name, _ in model.named_modules()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if all(module.name in present for module in plan.modules) or not prefix:
+        return plan
+    for rename in (lambda name: f"{prefix}.{name}",
+                   lambda name: name.removeprefix(f"{prefix}.")):
+        names = [rename(module.name) for module in plan.modules]
+        if all(name in present for name in names):
+            modules = [dataclasses.replace(module, name=name)
+                       for module, name in zip(plan.modules, names, strict=True)]
+            note = (f"module names aligned to the trained model ({plan.modules[0].name} → "
+                    f"{names[0]}, base model prefix '{prefix}')")
+            return dataclasses.replace(plan, modules=modules, notes=[*plan.notes, note])
+    return plan
+
+
 def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
                   config: TrainConfig) -> torch.nn.Module:
     """The model with the plan's adapters (all weights trainable for full fine-tuning)."""
@@ -208,6 +232,8 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     from transformers import set_seed
 
     set_seed(config.seed)  # adapter initialisation is part of the paired design
+    if plan is not None:
+        plan = align_plan(plan, loaded)
     try:
         prepared = prepare_model(loaded, plan, config)
     except PlanError as err:
