@@ -264,6 +264,9 @@ def test_resume_continues_to_the_same_record(tmp_path, tokenizer, blora_plan):
     assert train_steps == list(range(1, 9))  # none missing, none repeated
     assert steps.loc[steps["eval_loss"].notna(), "step"].tolist() == [0, 4, 8]
     assert abs(resumed.summary["eval_loss"] - whole.summary["eval_loss"]) < 1e-3
+    # Alpha of the 7 adapted modules: before training, after epoch 1 (step 6), at the end.
+    alpha = __import__("pandas").read_csv(tmp_path / "cut" / "alpha_history.csv")
+    assert alpha.groupby("step")["name"].count().to_dict() == {0: 7, 6: 7, 8: 7}
     with pytest.raises(RunError, match="already complete"):
         resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data)
 
@@ -379,6 +382,10 @@ def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer, blora_plan):
     assert record.complete and record.config["model_format"] == "directory"
     assert record.summary["trainable_params"] == blora_plan.trainable_params
     assert record.config["config"]["quantize"] == "4bit"
+    # Alpha of the dequantized 4-bit base + ΔW: one row per adapted module, at steps 0 and 2.
+    alpha = __import__("pandas").read_csv(record.path / "alpha_history.csv")
+    assert alpha.groupby("step")["name"].count().to_dict() == {0: 7, 2: 7}
+    assert alpha["alpha"].notna().all()
 
 
 class _KeepModel(TrainerCallback):

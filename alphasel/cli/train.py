@@ -100,6 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     knobs.add_argument("--report-to", default="none", help=f"comma list: {', '.join(REPORTERS)}")
     knobs.add_argument("--eval-fraction", type=float, default=0.1,
                        help="share of files/records held out")
+    knobs.add_argument("--remeasure", default="adapted",
+                       help="alpha after each epoch of: adapted, candidates or none")
+    knobs.add_argument("--alpha-every", type=int, help="also measure alpha every N steps")
     record = parser.add_argument_group("record")
     record.add_argument("--out", type=Path, help="run directory (default runs/train/<run-id>)")
     record.add_argument("--overwrite", action="store_true", help="replace a run in --out")
@@ -126,7 +129,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, lora_dropout=args.lora_dropout, weight_decay=args.weight_decay,
         lora_init=args.lora_init, report_to=args.report_to, template=args.template,
         eval_fraction=args.eval_fraction, max_new_tokens=args.max_new_tokens,
-        generate=not args.no_generate, save_adapter=not args.no_save)
+        generate=not args.no_generate, save_adapter=not args.no_save,
+        remeasure=args.remeasure, alpha_every=args.alpha_every)
 
 
 def _given(args: argparse.Namespace, dests) -> list[str]:

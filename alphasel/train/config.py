@@ -104,6 +104,11 @@ class TrainConfig:
     """Write generations.jsonl (before/after completions) for language models (--no-generate)."""
     save_adapter: bool = True
     """Save the trained adapter (or full weights) under adapter/ (--no-save)."""
+    remeasure: str = "adapted"
+    """Alpha after every epoch of: ``adapted`` modules, every ``candidates`` matrix of the
+    plan's kinds, or ``none`` (--remeasure)."""
+    alpha_every: int | None = None
+    """Also measure alpha every N optimizer steps (--alpha-every)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.report_to, str):
@@ -185,6 +190,10 @@ class TrainConfig:
         number(self.weight_decay, "--weight-decay", 0)
         number(self.eval_fraction, "--eval-fraction", 0, 0.5, open_low=True)
         whole(self.max_new_tokens, "--max-new-tokens", 1)
+        one_of(self.remeasure, ("adapted", "candidates", "none"), "--remeasure")
+        whole(self.alpha_every, "--alpha-every", 1, optional=True)
+        if self.alpha_every and self.remeasure == "none":
+            problems.append("--alpha-every measures alpha; it contradicts --remeasure none")
         return problems
 
     @property

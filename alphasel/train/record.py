@@ -4,7 +4,8 @@
       config.json        resolved TrainConfig, model, data fingerprint, versions, command line
       plan.json          the InjectionPlan trained (absent for full fine-tuning)
       analysis.csv       the alpha table an inline plan came from (with --scheme, no --plan)
-      metrics.jsonl      one object per logged step and per evaluation
+      metrics.jsonl      one object per logged step, per evaluation, per alpha measurement
+      alpha_history.csv  alpha of the adapted modules' effective weights, epoch 0 and after each
       generations.jsonl  greedy completions before and after training (language models)
       summary.json       written last; status "complete" marks a finished run
       adapter/           the PEFT adapter, or the full weights for full fine-tuning
@@ -42,12 +43,13 @@ ANALYSIS_FILE = "analysis.csv"
 METRICS_FILE = "metrics.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
+ALPHA_FILE = "alpha_history.csv"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 #: A run's own files and directories (what --overwrite removes).
 RUN_FILES = (CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, METRICS_FILE, GENERATIONS_FILE,
-             SUMMARY_FILE)
+             ALPHA_FILE, SUMMARY_FILE)
 RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR)
 
 

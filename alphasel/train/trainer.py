@@ -26,6 +26,12 @@ import torch
 
 from alphasel.errors import PlanError, RunError, TrainConfigError
 from alphasel.plan import InjectionPlan
+from alphasel.train.alpha import (
+    AlphaCallback,
+    alpha_options,
+    keep_alpha_through,
+    measured_modules,
+)
 from alphasel.train.builder import build_trainer, cpu_only
 from alphasel.train.callbacks import MetricsCallback, peak_memory, start_memory_tracking
 from alphasel.train.config import ADAPTER_METHODS, TrainConfig
@@ -249,10 +255,12 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     recorded = [row for row in read_jsonl(path / METRICS_FILE)
                 if row.get("step", 0) <= resumed_step] if resume else []
     metrics = MetricsCallback(None)
+    names, adapted = measured_modules(prepared, plan, config.remeasure)
+    alpha = AlphaCallback(names, adapted, alpha_options(plan, analysis), config.alpha_every)
     try:
         trainer = _with_tensorboard_dir(path, lambda: build_trainer(
             prepared, tokenizer, data, config, path / CHECKPOINTS_DIR,
-            [metrics, *(callbacks or [])], progress,
+            [metrics, alpha, *(callbacks or [])], progress,
             evaluate_first=not any(row.get("step") == 0 and "eval_loss" in row
                                    for row in recorded)))
     except BaseException:
@@ -262,9 +270,10 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     writer = _agree(state, lambda: _open_run(path, resume, overwrite))
     main = state.is_main_process
     if main:
-        metrics.writer = writer
+        metrics.writer = alpha.writer = writer
         if resume:
             writer.keep_metrics_through(resumed_step)
+            keep_alpha_through(writer.path, resumed_step)
         else:
             writer.write_config(_config_record(model, revision, info, data, plan, config,
                                                command, state.num_processes, prompt_list))
@@ -302,9 +311,9 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     if main:
         if writer.checkpoints_dir.is_dir() and not any(writer.checkpoints_dir.iterdir()):
             writer.checkpoints_dir.rmdir()  # the Trainer makes it even when nothing is saved
-        writer.write_summary(_summary(writer, metrics, memory, trainer, trainable, total,
-                                      started, resumed_step if resume else None,
-                                      state.num_processes))
+        summary = _summary(writer, metrics, memory, trainer, trainable, total, started,
+                           resumed_step if resume else None, state.num_processes)
+        writer.write_summary({**summary, "alpha_seconds": round(alpha.seconds, 3)})
     state.wait_for_everyone()
     return RunRecord.load(writer.path)
 
