@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import pandas as pd
 import pytest
 import torch
 from plan_helpers import alpha_table
@@ -265,7 +266,7 @@ def test_resume_continues_to_the_same_record(tmp_path, tokenizer, blora_plan):
     assert steps.loc[steps["eval_loss"].notna(), "step"].tolist() == [0, 4, 8]
     assert abs(resumed.summary["eval_loss"] - whole.summary["eval_loss"]) < 1e-3
     # Alpha of the 7 adapted modules: before training, after epoch 1 (step 6), at the end.
-    alpha = __import__("pandas").read_csv(tmp_path / "cut" / "alpha_history.csv")
+    alpha = pd.read_csv(tmp_path / "cut" / "alpha_history.csv")
     assert alpha.groupby("step")["name"].count().to_dict() == {0: 7, 6: 7, 8: 7}
     with pytest.raises(RunError, match="already complete"):
         resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data)
@@ -366,34 +367,12 @@ def test_4bit_error_is_one_line_when_bitsandbytes_is_missing(monkeypatch):
         check_4bit_supported()
 
 
-def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer, blora_plan):
-    from alphasel.train.models import check_4bit_supported
-
-    try:
-        check_4bit_supported()
-    except TrainConfigError as err:
-        pytest.skip(str(err))
-    folder = tmp_path / "tiny"
-    tiny_causal_lm().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    record = train(str(folder), blora_plan, code_data(tokenizer),
-                   TrainConfig(quantize="4bit", max_steps=2, generate=False, **FAST),
-                   out=tmp_path / "run", progress=False)
-    assert record.complete and record.config["model_format"] == "directory"
-    assert record.summary["trainable_params"] == blora_plan.trainable_params
-    assert record.config["config"]["quantize"] == "4bit"
-    # Alpha of the dequantized 4-bit base + ΔW: one row per adapted module, at steps 0 and 2.
-    alpha = __import__("pandas").read_csv(record.path / "alpha_history.csv")
-    assert alpha.groupby("step")["name"].count().to_dict() == {0: 7, 2: 7}
-    assert alpha["alpha"].notna().all()
-
-
 class _KeepModel(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
 
 
-def test_qlora_base_layers_are_4bit(tmp_path, tokenizer, blora_plan):
+def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer, blora_plan):
     from alphasel.train.models import check_4bit_supported
 
     try:
@@ -406,11 +385,18 @@ def test_qlora_base_layers_are_4bit(tmp_path, tokenizer, blora_plan):
     tiny_causal_lm().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     keep = _KeepModel()
-    train(str(folder), blora_plan, code_data(tokenizer),
-          TrainConfig(quantize="4bit", max_steps=1, generate=False, save_adapter=False, **FAST),
-          out=tmp_path / "run", progress=False, callbacks=[keep])
+    record = train(str(folder), blora_plan, code_data(tokenizer),
+                   TrainConfig(quantize="4bit", max_steps=2, generate=False, **FAST),
+                   out=tmp_path / "run", progress=False, callbacks=[keep])
     adapted = keep.model.get_submodule("base_model.model.model.layers.1.self_attn.q_proj")
     assert isinstance(adapted.base_layer, bitsandbytes.nn.Linear4bit)
+    assert record.complete and record.config["model_format"] == "directory"
+    assert record.summary["trainable_params"] == blora_plan.trainable_params
+    assert record.config["config"]["quantize"] == "4bit"
+    # Alpha of the dequantized 4-bit base + ΔW: one row per adapted module, at steps 0 and 2.
+    alpha = pd.read_csv(record.path / "alpha_history.csv")
+    assert alpha.groupby("step")["name"].count().to_dict() == {0: 7, 2: 7}
+    assert alpha["alpha"].notna().all()
 
 
 def test_hub_id_trains_from_the_cache_offline(tmp_path, offline_hub, tokenizer, blora_plan):
