@@ -29,6 +29,7 @@ from alphasel.errors import AnalysisOptionError
 from alphasel.layout import block_of, kind_of
 from alphasel.powerlaw import EVALS_THRESHOLD, check_estimator, fit_power_law
 from alphasel.sources import MatrixRef, WeightSource, open_source
+from alphasel.sources.adapter import AdapterOverlay
 from alphasel.spectra import (
     NonFiniteError,
     check_device,
@@ -153,6 +154,7 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    adapter: str | Path | None = None,
 ) -> pd.DataFrame:
     """Alpha per weight matrix of ``model``: a hub id, local checkpoint (dir, .safetensors,
     .gguf, .bin), the packaged ``smollm2``/``minilm``, or an in-memory ``nn.Module``.
@@ -161,6 +163,8 @@ def analyze(
     its metadata in ``table.attrs["alphasel"]``. Matrices with fewer than ``min_evals``
     eigenvalues, non-finite entries or an all-zero spectrum get a row whose ``status`` says why.
     ``workers`` matrices are analysed at once (default: one per CPU core, at most 4).
+    ``adapter``, a PEFT LoRA/rsLoRA/DoRA adapter directory, replaces each matrix it adapts by
+    its effective weight W + ΔW; the table's ``adapted`` column marks those rows.
     """
     check_estimator(estimator)
     check_device(device)
@@ -173,7 +177,8 @@ def analyze(
         raise AnalysisOptionError(f"--workers must be ≥ 1, got {workers}")
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    with open_source(model, revision) as source:
+    with open_source(model, revision) as base:
+        source = AdapterOverlay(base, adapter) if adapter is not None else base
         all_refs = source.matrices()
         refs = select_matrices(all_refs, include, exclude)
         if not refs:
@@ -196,12 +201,16 @@ def analyze(
             "include": include,
             "exclude": exclude,
             "downsample": downsampling.describe(),
+            "adapter": str(adapter) if adapter is not None else None,
             "num_matrices": len(refs),
             "total_matrix_params": int(sum(r.shape[0] * r.shape[1] for r in all_refs)),
             "versions": _versions(),
             "started": started_at,
         }
     columns = COLUMNS + (DOWNSAMPLE_COLUMNS if downsampling.active else [])
+    if adapter is not None:
+        table["adapted"] = table["name"].isin(source.adapted)
+        columns = columns + ["adapted"]
     table = table.reindex(columns=columns)
     table["block"] = table["block"].astype("Int64")
     for column in ("num_pl_spikes",) + (("samples",) if downsampling.active else ()):

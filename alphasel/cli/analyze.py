@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="hub id (org/name), local checkpoint dir, .safetensors, "
                         ".gguf or .bin file, or a packaged model: smollm2, minilm")
     parser.add_argument("--revision", help="hub branch, tag or commit (hub ids only)")
+    parser.add_argument("--adapter", type=Path, metavar="DIR",
+                        help="a PEFT LoRA/rsLoRA/DoRA adapter: its matrices read as W + ΔW")
     parser.add_argument("--estimator", default="ks",
                         help=f"xmin choice: {', '.join(ESTIMATORS)} (default ks, WeightWatcher's)")
     parser.add_argument("--include", action="append", metavar="REGEX",
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         args.model, args.estimator, revision=args.revision, include=args.include,
         exclude=args.exclude, min_evals=args.min_evals, device=args.device,
         downsample=args.downsample, samples=args.samples, seed=args.seed,
-        workers=args.workers, progress=not args.quiet,
+        workers=args.workers, progress=not args.quiet, adapter=args.adapter,
     )
     path = write_table(table, args.out) if args.out else save_analysis(
         table, table.attrs["alphasel"]["model_id"])

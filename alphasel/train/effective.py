@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from alphasel.errors import AlphaselError
+from alphasel.sources.adapter import effective_matrix
 
 
 class EffectiveWeightError(AlphaselError):
@@ -44,29 +45,12 @@ def effective_weight(layer: nn.Module, adapter_name: str = "default") -> torch.T
         # Already folded into the base weight by PEFT: what it stores is what it applies.
         return stored.clone()
 
-    fan_in_fan_out = bool(getattr(layer, "fan_in_fan_out", False))
-    # float64 because ΔW is small next to W: in float32 the sum would round away most of
-    # the update we want to measure, and the DoRA norm would pick up the same error.
-    weight = stored.to(torch.float64)
-    if fan_in_fan_out:
-        weight = weight.T  # work in PEFT's out×in orientation, where ΔW = B·A lives
-    lora_a = layer.lora_A[adapter_name].weight.detach().to("cpu", torch.float64)
-    lora_b = layer.lora_B[adapter_name].weight.detach().to("cpu", torch.float64)
-    # PEFT's scaling already holds lora_alpha/r (rsLoRA: lora_alpha/√r).
-    combined = weight + float(layer.scaling[adapter_name]) * (lora_b @ lora_a)
-
     magnitudes = getattr(layer, "lora_magnitude_vector", {})
-    if adapter_name in magnitudes:
-        # DoRA (peft dora.py, get_weight_norm): L2 norm of each row of the out×in W + ΔW,
-        # i.e. per output feature over the input dimension; the magnitude starts at ‖W‖ row
-        # norms, so with B = 0 the effective weight is W exactly.
-        magnitude = magnitudes[adapter_name].weight.detach().to("cpu", torch.float64)
-        row_norm = torch.linalg.norm(combined, dim=1)
-        combined = combined * (magnitude / row_norm).unsqueeze(1)
-
-    if fan_in_fan_out:
-        combined = combined.T
-    return combined.to(torch.float32).contiguous()
+    magnitude = magnitudes[adapter_name].weight if adapter_name in magnitudes else None
+    # PEFT's scaling already holds lora_alpha/r (rsLoRA: lora_alpha/√r).
+    return effective_matrix(stored, layer.lora_A[adapter_name].weight,
+                            layer.lora_B[adapter_name].weight, float(layer.scaling[adapter_name]),
+                            magnitude, bool(getattr(layer, "fan_in_fan_out", False)))
 
 
 def effective_weights(
