@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
+import alphasel
 import alphasel.cli
 from alphasel.train import RunRecord
 
@@ -34,6 +36,14 @@ def test_smollm2_blora_instruction_tuning(tmp_path, capsys, runs):
     assert (out / "analysis.csv").is_file()
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == sorted(record.plan.module_names)
+    # The saved adapter over the packaged GGUF (read by alphasel's own GGUF reader) gives the
+    # alpha the run measured on transformers' model at its end: the same W + ΔW, rows in the
+    # same order (llama.cpp's q/k permutation undone).
+    history = pd.read_csv(out / "alpha_history.csv")
+    last = history[history["step"] == history["step"].max()].set_index("name")["alpha"]
+    table = alphasel.analyze("smollm2", adapter=out / "adapter", progress=False)
+    analysed = table.set_index("name").loc[last.index, "alpha"]
+    assert ((analysed - last).abs() / last).max() < 1e-9
 
 
 def test_minilm_classifies_stdlib_topics(tmp_path, capsys, runs):

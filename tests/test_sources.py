@@ -222,3 +222,34 @@ def test_dequantization_equals_gguf_bit_for_bit(qtype):
     ours = dequantize(packed.tobytes(), qtype, matrix.shape)
     assert ours.dtype == np.float32 and ours.shape == matrix.shape
     np.testing.assert_array_equal(ours, expected.reshape(matrix.shape))
+
+
+def test_gguf_llama_q_and_k_rows_come_back_in_hf_order(tmp_path):
+    """llama.cpp permutes a Llama q/k weight's rows per head for its rotary layout; the source
+    puts them back, as transformers' loader does, so an adapter trained on the HF model adds
+    to the right rows (singular values alone would not notice)."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    heads, kv_heads, head_dim, hidden = 4, 2, 8, 32
+    q = rng.standard_normal((heads * head_dim, hidden)).astype(np.float32)
+    k = rng.standard_normal((kv_heads * head_dim, hidden)).astype(np.float32)
+
+    def llama_cpp_permute(weights, groups):  # as llama.cpp's converter writes them
+        return weights.reshape(groups, 2, weights.shape[0] // groups // 2,
+                               weights.shape[1]).swapaxes(1, 2).reshape(weights.shape)
+
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_block_count(1)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_tensor("blk.0.attn_q.weight", llama_cpp_permute(q, heads))
+    writer.add_tensor("blk.0.attn_k.weight", llama_cpp_permute(k, kv_heads))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    source = open_source(tmp_path / "m.gguf")
+    refs = {ref.name: ref for ref in source.matrices()}
+    np.testing.assert_array_equal(source.load(refs["model.layers.0.self_attn.q_proj"]), q)
+    np.testing.assert_array_equal(source.load(refs["model.layers.0.self_attn.k_proj"]), k)

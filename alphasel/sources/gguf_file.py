@@ -6,8 +6,10 @@ touched pages then count toward resident memory. Only tensor names, shapes, type
 are needed; each tensor's bytes are read with a positioned read and dequantized, by our own
 whole-array code for Q4_0/Q4_1/Q8_0 and by `gguf` for every other type.
 
-llama.cpp stores Llama-family q/k weights with their rows permuted for its rotary layout; a
-row permutation leaves singular values unchanged, so the spectra equal the HF checkpoint's.
+llama.cpp stores Llama-family q/k weights with their rows permuted for its rotary layout. A
+row permutation leaves singular values unchanged, but W + ΔW does not forgive it: an adapter
+trained on the HF model (row order as transformers loads it) must be added to rows in the same
+order. So q/k rows are put back in HF order, as transformers' GGUF loader does.
 """
 
 from __future__ import annotations
@@ -258,6 +260,8 @@ class GGUFSource(WeightSource):
         self._path = path
         fields, tensors = read_gguf_header(path)
         self.architecture = fields.get("general.architecture")
+        self._heads = (fields.get(f"{self.architecture}.attention.head_count"),
+                       fields.get(f"{self.architecture}.attention.head_count_kv"))
         self._tensors: dict[str, GGUFTensor] = {}
         refs = []
         for tensor in tensors:
@@ -282,10 +286,24 @@ class GGUFSource(WeightSource):
         if len(raw) != tensor.nbytes:
             raise SourceError(f"'{self._path}' is truncated at tensor '{ref.key}': re-download it")
         try:
-            return dequantize(raw, tensor.qtype, ref.shape)
+            matrix = dequantize(raw, tensor.qtype, ref.shape)
         except (ValueError, NotImplementedError) as err:
             raise SourceError(f"cannot dequantize GGUF tensor '{ref.key}' ({err}): re-export "
                               "the file or upgrade gguf") from err
+        return self._hf_row_order(ref.key, matrix)
+
+    def _hf_row_order(self, key: str, matrix: np.ndarray) -> np.ndarray:
+        """Undo llama.cpp's rotary permutation of a Llama q/k weight: its converter regroups
+        each head's rows (head, 2, half) → (head, half, 2); this swaps them back."""
+        heads, kv_heads = self._heads
+        if self.architecture != "llama" or not heads or not (".attn_q." in key
+                                                             or ".attn_k." in key):
+            return matrix
+        groups = int(kv_heads or heads) if ".attn_k." in key else int(heads)
+        half = matrix.shape[0] // groups // 2
+        return np.ascontiguousarray(
+            matrix.reshape(groups, half, 2, matrix.shape[1]).swapaxes(1, 2).reshape(
+                matrix.shape))
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:
