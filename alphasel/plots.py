@@ -216,7 +216,7 @@ def _hover_columns(grid: AlphaGrid) -> list[str]:
 
 # ---- figures -----------------------------------------------------------------------------------
 
-def _surface(grid: AlphaGrid, title: str, value_label: str, diverging: bool) -> go.Figure:
+def grid_surface(grid: AlphaGrid, title: str, value_label: str, diverging: bool) -> go.Figure:
     columns = _hover_columns(grid)
     x = np.arange(len(grid.kinds))
     color = dict(colorscale="RdBu_r", cmid=0.0) if diverging else dict(colorscale="Viridis")
@@ -264,7 +264,7 @@ def _heatmap(grid: AlphaGrid, title: str, value_label: str, diverging: bool) -> 
 
 def surface_figure(table: pd.DataFrame) -> go.Figure:
     """3D alpha surface: module kind (x) × block depth (y) × alpha (z)."""
-    return _surface(alpha_grid(table), _title("alpha surface", table), "alpha", False)
+    return grid_surface(alpha_grid(table), _title("alpha surface", table), "alpha", False)
 
 
 def heatmap_figure(table: pd.DataFrame) -> go.Figure:
@@ -339,7 +339,7 @@ def difference_figure(table: pd.DataFrame, other: pd.DataFrame,
         first, second = (str(metadata(t).get("path", fallback))
                          for t, fallback in ((table, "table"), (other, "other")))
     title = f"Δ alpha: {first} − {second}"
-    draw = _surface if kind == "surface" else _heatmap
+    draw = grid_surface if kind == "surface" else _heatmap
     return draw(grid, title, "Δ alpha", True)
 
 
