@@ -9,7 +9,6 @@ planned modules.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alphasel.atomic import write_text
 from alphasel.errors import PlanError
 from alphasel.table import model_slug, runs_dir
 
@@ -205,13 +205,7 @@ class InjectionPlan:
         path = Path(path)
         text = self.to_json()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> InjectionPlan:

@@ -11,7 +11,6 @@ matrix had no power-law fit, hold NaN and show as gaps; they never break a figur
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from alphasel.atomic import replacing
 from alphasel.errors import PlotError
 from alphasel.table import KINDS, REQUIRED_COLUMNS, check_table, metadata
 
@@ -381,8 +381,7 @@ def save_figure(fig: go.Figure, path: str | Path) -> Path:
     static image by extension when kaleido is installed. No partial file is left on failure."""
     path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as tmp:
         if path.suffix.lower() == ".html":
             fig.write_html(tmp, include_plotlyjs=True, full_html=True)
         else:
@@ -392,7 +391,4 @@ def save_figure(fig: go.Figure, path: str | Path) -> Path:
                 raise PlotError(f"could not write '{path}' with kaleido ({err}): kaleido needs "
                                 "Chrome, which `plotly_get_chrome` installs; or write .html") \
                     from err
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

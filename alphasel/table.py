@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from alphasel.atomic import replacing
 from alphasel.errors import TableError
 
 #: Columns every alpha table has, in this order.
@@ -78,9 +79,8 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     suffix = table_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     frame = pd.DataFrame(table)  # drops nothing; attrs are handled per format below
-    try:
+    with replacing(path) as tmp:
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         elif suffix == ".json":
@@ -93,9 +93,6 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
             meta = dict(arrow.schema.metadata or {})
             meta[META_KEY.encode()] = json.dumps(metadata(table), default=str).encode()
             pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

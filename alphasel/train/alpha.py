@@ -23,7 +23,7 @@ from alphasel.downsample import Downsampling
 from alphasel.layout import block_of, kind_of
 from alphasel.plan import InjectionPlan
 from alphasel.planner import CANDIDATE_KINDS
-from alphasel.table import metadata, read_table
+from alphasel.table import metadata, read_table, write_table
 from alphasel.train.effective import effective_weights
 from alphasel.train.record import ALPHA_FILE, RunWriter
 
@@ -149,4 +149,4 @@ def keep_alpha_through(path: Path, step: int) -> None:
     file = Path(path) / ALPHA_FILE
     if file.is_file():
         table = pd.read_csv(file)
-        table[table["step"] <= step].to_csv(file, index=False)
+        write_table(table[table["step"] <= step], file)

@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from alphasel.atomic import write_text
 from alphasel.errors import RunError
 from alphasel.plan import InjectionPlan
 from alphasel.table import model_slug, runs_dir
@@ -77,18 +78,8 @@ def finite_or_none(value: Any) -> Any:
 
 def write_json(path: Path, data: Any) -> Path:
     """Write ``data`` as JSON through a temporary file renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(json.dumps(finite_or_none(data), indent=1, allow_nan=False,
-                                    default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text(path, json.dumps(finite_or_none(data), indent=1, allow_nan=False,
+                                       default=str) + "\n", sync=True)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -239,9 +230,7 @@ class RunWriter:
         so the finished file has each step once."""
         path = self.path / METRICS_FILE
         kept = [row for row in read_jsonl(path) if row.get("step", 0) <= step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(row, allow_nan=False) + "\n" for row in kept))
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(row, allow_nan=False) + "\n" for row in kept))
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json; call it last, after everything else is on disk."""
@@ -324,15 +313,15 @@ def list_runs(root: str | Path | None = None) -> pd.DataFrame:
     folders = run_directories(root)
     rows = []
     for folder in folders:
+        run_id = str(folder.relative_to(root)) if folder != root else folder.name
         try:
             record = RunRecord.load(folder)
         except (RunError, ValueError):
-            rows.append({"run_id": str(folder.relative_to(root)) if folder != root
-                         else folder.name, "status": "corrupt"})
+            rows.append({"run_id": run_id, "status": "corrupt"})
             continue
         config, summary = record.config, record.summary or {}
         rows.append({
-            "run_id": str(folder.relative_to(root)) if folder != root else folder.name,
+            "run_id": run_id,
             "model": config.get("model_id"), "data": config.get("data"),
             "method": config.get("method"), "scheme": config.get("scheme"),
             "k": config.get("k"), "trainable_params": summary.get("trainable_params"),
