@@ -113,9 +113,13 @@ def _tokenizer(folder: Path, gguf_file: str | None, model: str) -> Any:
     except (OSError, ValueError) as err:
         raise SourceError(f"cannot load a tokenizer for '{model}' from '{folder}' ({err}): "
                           "the checkpoint needs its tokenizer files") from err
+    return _pad_with_eos(tokenizer)
+
+
+def _pad_with_eos(tokenizer: Any) -> Any:
+    """A tokenizer without a pad token pads with EOS: padding is masked out of attention and
+    labels by the collators, which still learn the real EOS (labels come from the ids)."""
     if tokenizer.pad_token is None:
-        # Padding is masked out of attention and labels by the collators; reusing EOS is the
-        # usual choice, and the collators still learn the real EOS (labels come from ids).
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -139,10 +143,8 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
                                    "in-memory model: pass the model's path or hub id")
         config = getattr(model, "config", None)
         name = getattr(config, "name_or_path", "") or type(model).__name__
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer, ModelInfo(name, None, f"in-memory {type(model).__name__}",
-                                           "module")
+        info = ModelInfo(name, None, f"in-memory {type(model).__name__}", "module")
+        return model, _pad_with_eos(tokenizer), info
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     text = str(model)
