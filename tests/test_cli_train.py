@@ -110,6 +110,8 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, code, tmp_path, capsys, ru
     _one_line_error(capsys, [*base, "--data", str(code), "--scheme", "blora", "--k", "1",
                              "--batch-size", "0", "--lora-init", "nope"], "--lora-init")
     _one_line_error(capsys, [*base, "--data", str(code), "--k", "1"], "add --scheme")
+    _one_line_error(capsys, [*base, "--data", str(code), "--method", "full", "--reselect"],
+                    "--reselect re-chooses")
     _one_line_error(capsys, ["train", "--data", str(code)], "--model is required")
     csv = tmp_path / "one-label.csv"
     csv.write_text("text,label\nhello there,a\ngeneral kenobi,a\nyou are bold,a\n")
@@ -204,3 +206,27 @@ def test_torchrun_two_processes_write_one_record(checkpoint, code, tmp_path):
     last_train = [row for row in metrics if "loss" in row][-1]
     assert last_train["tokens"] > 2 * 2 * 32
     assert result.stdout.count("record:") == 1
+
+
+@pytest.mark.integration
+def test_torchrun_reselection_adapts_the_same_modules_on_every_rank(checkpoint, code,
+                                                                     tmp_path):
+    """`torchrun ... train --reselect-every 1`: each round is planned once, given to both
+    processes (checked by gathering their module lists) and trained under a new DDP wrapper."""
+    out = tmp_path / "ddp-reselect"
+    env = {**os.environ, "ALPHASEL_RUNS": str(tmp_path / "runs")}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+         "alphasel", "train", "--model", str(checkpoint), "--data", str(code), "--scheme",
+         "random", "--k", "3", "--reselect-every", "1", "--out", str(out), *FAST,
+         "--max-steps", "3"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["world_size"] == 2
+    assert summary["rounds"] == 3 and summary["global_step"] == 3
+    rounds = [json.loads(line) for line in (out / "selections.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rounds] == [0, 1, 2]
+    assert len({tuple(row["modules"]) for row in rounds}) > 1  # random draws anew each round
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in metrics if "loss" in row] == [1, 2, 3]

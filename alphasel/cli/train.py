@@ -103,6 +103,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     knobs.add_argument("--remeasure", default="adapted",
                        help="alpha after each epoch of: adapted, candidates or none")
     knobs.add_argument("--alpha-every", type=int, help="also measure alpha every N steps")
+    knobs.add_argument("--reselect", action="store_true",
+                       help="after every epoch fold the adapters into the weights, re-plan "
+                            "from the new alphas (same scheme, k, budget), train fresh ones")
+    knobs.add_argument("--reselect-every", type=int, metavar="N",
+                       help="re-select every N steps instead of every epoch")
     record = parser.add_argument_group("record")
     record.add_argument("--out", type=Path, help="run directory (default runs/train/<run-id>)")
     record.add_argument("--overwrite", action="store_true", help="replace a run in --out")
@@ -130,7 +135,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         lora_init=args.lora_init, report_to=args.report_to, template=args.template,
         eval_fraction=args.eval_fraction, max_new_tokens=args.max_new_tokens,
         generate=not args.no_generate, save_adapter=not args.no_save,
-        remeasure=args.remeasure, alpha_every=args.alpha_every)
+        remeasure=args.remeasure, alpha_every=args.alpha_every, reselect=args.reselect,
+        reselect_every=args.reselect_every)
 
 
 def _given(args: argparse.Namespace, dests) -> list[str]:

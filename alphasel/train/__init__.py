@@ -7,7 +7,8 @@
 Modules: ``config`` (TrainConfig), ``data`` (data sets → tokenized splits; ``splits`` and
 ``stdlib_data`` behind it), ``models`` (models and tokenizers), ``trainer`` (the entry
 :func:`train`, on transformers' Trainer / TRL's SFTTrainer), ``callbacks`` (metrics and
-profiling), ``generations`` (before/after completions), ``record`` (the run directory).
+profiling), ``alpha`` (alpha across training), ``reselect`` (re-selection: fold, re-plan, fresh
+adapters), ``generations`` (before/after completions), ``record`` (the run directory).
 Names are imported on first use, so importing this package loads neither torch nor TRL.
 """
 
@@ -21,6 +22,7 @@ _EXPORTS = {
     "list_runs": "alphasel.train.record",
     "resume": "alphasel.train.trainer",
     "train": "alphasel.train.trainer",
+    "trained_model": "alphasel.train.reselect",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -107,6 +107,7 @@ class AlphaCallback(TrainerCallback):
         self.names, self.adapted, self.options, self.every = names, adapted, options, every
         self.writer: RunWriter | None = None
         self.seconds = 0.0
+        self.last_rows: list[dict[str, Any]] = []
         self._last_step: int | None = None
 
     def _measure(self, state: Any, model: torch.nn.Module, epoch: float) -> None:
@@ -117,6 +118,7 @@ class AlphaCallback(TrainerCallback):
         self._last_step = state.global_step
         started = time.perf_counter()
         rows = measure(model, self.names, self.adapted, self.options, epoch, state.global_step)
+        self.last_rows = rows
         path = self.writer.path / ALPHA_FILE
         pd.DataFrame(rows, columns=ALPHA_COLUMNS).to_csv(path, mode="a", index=False,
                                                          header=not path.exists())
@@ -130,13 +132,17 @@ class AlphaCallback(TrainerCallback):
         if state.global_step == 0:  # a resumed run has its epoch-0 rows already
             self._measure(state, model, 0)
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None,
-                     **kwargs: Any) -> None:
+    def measure_now(self, state: Any, model: torch.nn.Module) -> None:
+        """Measure at the current step unless that was done already (re-selection needs it)."""
         # A run stopped by --max-steps ends inside an epoch: label that point by its
         # fractional epoch, never as the whole epoch before it.
         epoch = state.epoch
         self._measure(state, model, round(epoch) if abs(epoch - round(epoch)) < 1e-6
                       else round(epoch, 4))
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None,
+                     **kwargs: Any) -> None:
+        self.measure_now(state, model)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None,
                     **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ import torch
 from alphasel.errors import DataError
 from alphasel.train.config import TrainConfig
 from alphasel.train.data import TrainData
+from alphasel.train.reselect import ContinuesSchedule
 
 
 def cpu_only() -> bool:
@@ -76,9 +77,9 @@ def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, confi
     """The transformers Trainer (SFTTrainer for language models) for this run."""
     args = _arguments(config, output_dir, data, progress, evaluate_first)
     if data.kind == "classification":
-        from transformers import DataCollatorWithPadding, Trainer
+        from transformers import DataCollatorWithPadding
 
-        return Trainer(model=model, args=args, train_dataset=data.train,
+        return _classifier_trainer_class()(model=model, args=args, train_dataset=data.train,
                        eval_dataset=data.eval, processing_class=tokenizer,
                        data_collator=DataCollatorWithPadding(tokenizer),
                        compute_metrics=_accuracy, callbacks=callbacks)
@@ -89,11 +90,20 @@ def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, confi
     return trainer
 
 
+def _classifier_trainer_class() -> type:
+    from transformers import Trainer
+
+    class ClassifierTrainer(ContinuesSchedule, Trainer):
+        """transformers' Trainer, able to continue its schedule across re-selections."""
+
+    return ClassifierTrainer
+
+
 def _sft_trainer_class() -> type:
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class SFTDataTrainer(SFTTrainer):
+    class SFTDataTrainer(ContinuesSchedule, SFTTrainer):
         """TRL's SFTTrainer for the data (prompt-completion tokenizing, EOS, completion mask,
         truncation, collator) with transformers' own loss: the model's mean cross-entropy over
         the label tokens, as a plain Trainer computes it.

@@ -38,23 +38,27 @@ class MetricsCallback(TrainerCallback):
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
         self._started = 0.0
+        self._training = False
         self._start_tokens = 0
         self.tokens = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._started = self._last_time = time.perf_counter()
+        self._training = True
         # A resumed run starts from its checkpoint's count; count this session's tokens only.
         self._start_tokens = self._last_tokens = state.num_input_tokens_seen
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.train_seconds = time.perf_counter() - self._started
-        self.tokens = state.num_input_tokens_seen - self._start_tokens
+        # Re-selection trains in several Trainer.train() calls: the totals add up.
+        self._training = False
+        self.train_seconds += time.perf_counter() - self._started
+        self.tokens += state.num_input_tokens_seen - self._start_tokens
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
                **kwargs: Any) -> None:
         if not logs or not state.is_world_process_zero:
             return
-        if "eval_runtime" in logs and self._started and not self.train_seconds:
+        if "eval_runtime" in logs and self._training:
             self._eval_since_log += logs["eval_runtime"]
             self.eval_seconds += logs["eval_runtime"]
         if self.writer is None:

@@ -109,6 +109,13 @@ class TrainConfig:
     plan's kinds, or ``none`` (--remeasure)."""
     alpha_every: int | None = None
     """Also measure alpha every N optimizer steps (--alpha-every)."""
+    reselect: bool = False
+    """Re-select after every epoch: fold the adapters into the base weights, re-measure every
+    candidate, re-plan with the plan's own recipe and train fresh adapters (--reselect).
+    Alpha is then measured on every candidate (the re-plan needs them)."""
+    reselect_every: int | None = None
+    """Re-select every N optimizer steps instead of after every epoch; implies ``reselect``
+    (--reselect-every)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.report_to, str):
@@ -194,7 +201,28 @@ class TrainConfig:
         whole(self.alpha_every, "--alpha-every", 1, optional=True)
         if self.alpha_every and self.remeasure == "none":
             problems.append("--alpha-every measures alpha; it contradicts --remeasure none")
+        whole(self.reselect_every, "--reselect-every", 1, optional=True)
+        if self.reselecting:
+            flag = "--reselect-every" if self.reselect_every else "--reselect"
+            if self.method == "full":
+                problems.append(f"{flag} re-chooses the adapted modules; --method full trains "
+                                "every weight: choose --method lora, dora or rslora")
+            if self.quantize:
+                problems.append(f"{flag} folds the adapters into the base weights, which "
+                                "--quantize 4bit keeps packed: drop one of them")
+            if self.remeasure == "none":
+                problems.append(f"{flag} re-plans from the alpha of every candidate; it "
+                                "contradicts --remeasure none")
+            if self.save_every:
+                problems.append(f"{flag} cannot be combined with --save-every yet: a "
+                                "re-selecting run is not resumable (its checkpoints lack the "
+                                "folded base weights)")
         return problems
+
+    @property
+    def reselecting(self) -> bool:
+        """Whether the run re-selects its adapted modules (--reselect or --reselect-every)."""
+        return bool(self.reselect or self.reselect_every)
 
     @property
     def warmup_steps(self) -> float | int:

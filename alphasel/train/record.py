@@ -6,6 +6,8 @@
       analysis.csv       the alpha table an inline plan came from (with --scheme, no --plan)
       metrics.jsonl      one object per logged step, per evaluation, per alpha measurement
       alpha_history.csv  alpha of the adapted modules' effective weights, epoch 0 and after each
+      selections.jsonl   with re-selection: the modules adapted in each round (epoch)
+      folded/round-N/    with re-selection: round N's adapter, folded into the base after it
       generations.jsonl  greedy completions before and after training (language models)
       summary.json       written last; status "complete" marks a finished run
       adapter/           the PEFT adapter, or the full weights for full fine-tuning
@@ -45,13 +47,15 @@ METRICS_FILE = "metrics.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
 ALPHA_FILE = "alpha_history.csv"
+SELECTIONS_FILE = "selections.jsonl"
+FOLDED_DIR = "folded"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 #: A run's own files and directories (what --overwrite removes).
 RUN_FILES = (CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, METRICS_FILE, GENERATIONS_FILE,
-             ALPHA_FILE, SUMMARY_FILE)
-RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR)
+             ALPHA_FILE, SELECTIONS_FILE, SUMMARY_FILE)
+RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR, FOLDED_DIR)
 
 
 def train_runs_dir() -> Path:

@@ -13,6 +13,7 @@ only the main process writes the record.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import sys
@@ -40,8 +41,10 @@ from alphasel.train.generations import format_prompt, read_prompts, record_gener
 from alphasel.train.models import ModelInfo, check_4bit_supported, load_model, load_tokenizer
 from alphasel.train.record import (
     CHECKPOINTS_DIR,
+    FOLDED_DIR,
     GENERATIONS_FILE,
     METRICS_FILE,
+    SELECTIONS_FILE,
     TENSORBOARD_DIR,
     RunRecord,
     RunWriter,
@@ -49,6 +52,14 @@ from alphasel.train.record import (
     make_run_id,
     read_jsonl,
     train_runs_dir,
+)
+from alphasel.train.reselect import (
+    Reselector,
+    candidate_table,
+    fold_adapters,
+    mark_reselected,
+    replan,
+    selection_row,
 )
 
 #: Versions of the packages that decide a run's numbers, recorded in config.json.
@@ -211,6 +222,10 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     if config.method in ADAPTER_METHODS and plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan FILE or "
                                "--scheme/--k to plan inline (or --method full)")
+    if resume is not None and config.reselecting:
+        raise RunError(f"--resume '{resume}': the run re-selects its modules, and re-selecting "
+                       "runs cannot be resumed yet (no checkpoint holds the folded base "
+                       "weights): start it again")
     _check_reporters(config)
     if config.quantize:
         check_4bit_supported()
@@ -255,12 +270,18 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     recorded = [row for row in read_jsonl(path / METRICS_FILE)
                 if row.get("step", 0) <= resumed_step] if resume else []
     metrics = MetricsCallback(None)
-    names, adapted = measured_modules(prepared, plan, config.remeasure)
+    # Re-selection re-plans from every candidate, so it measures them all.
+    names, adapted = measured_modules(prepared, plan, "candidates" if config.reselecting
+                                      else config.remeasure)
     alpha = AlphaCallback(names, adapted, alpha_options(plan, analysis), config.alpha_every)
+    own = [metrics, alpha]
+    reselector = Reselector(alpha, config.reselect_every) if config.reselecting else None
+    if reselector is not None:
+        own.append(reselector)
     try:
         trainer = _with_tensorboard_dir(path, lambda: build_trainer(
             prepared, tokenizer, data, config, path / CHECKPOINTS_DIR,
-            [metrics, alpha, *(callbacks or [])], progress,
+            [*own, *(callbacks or [])], progress,
             evaluate_first=not any(row.get("step") == 0 and "eval_loss" in row
                                    for row in recorded)))
     except BaseException:
@@ -281,6 +302,9 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
                 writer.write_plan(plan)
             if analysis is not None:
                 writer.write_analysis(analysis)
+            if reselector is not None and plan is not None:
+                writer.append(SELECTIONS_FILE, selection_row(1, plan, 0, 1, None,
+                                                             _budget(plan)))
 
     language_model = data.kind != "classification"
     prompt_texts = [format_prompt(p, data.kind, config.template, tokenizer)
@@ -297,6 +321,10 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
 
     start_memory_tracking()
     trainer.train(resume_from_checkpoint=checkpoint)
+    reselect_seconds = 0.0
+    if reselector is not None and plan is not None:
+        reselect_seconds = _reselect_rounds(trainer, reselector, alpha, state, writer if main
+                                            else None, plan, config)
     step = trainer.state.global_step
     if not any("eval_loss" in entry and entry.get("step") == step
                for entry in trainer.state.log_history):  # the same answer on every rank
@@ -309,13 +337,89 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         record_generations(writer, "after", trainer.model, tokenizer, prompt_texts,
                            config.max_new_tokens, special)
     if main:
-        if writer.checkpoints_dir.is_dir() and not any(writer.checkpoints_dir.iterdir()):
-            writer.checkpoints_dir.rmdir()  # the Trainer makes it even when nothing is saved
+        if writer.checkpoints_dir.is_dir() and not any(
+                item.name.startswith("checkpoint-") for item in writer.checkpoints_dir.iterdir()):
+            # The Trainer makes it even when nothing is saved (and TRL leaves a model card in
+            # it when a re-selection checkpoint was saved and consumed).
+            shutil.rmtree(writer.checkpoints_dir)
         summary = _summary(writer, metrics, memory, trainer, trainable, total, started,
                            resumed_step if resume else None, state.num_processes)
-        writer.write_summary({**summary, "alpha_seconds": round(alpha.seconds, 3)})
+        summary["alpha_seconds"] = round(alpha.seconds, 3)
+        if reselector is not None:
+            summary["rounds"] = len(read_jsonl(writer.path / SELECTIONS_FILE))
+            summary["reselect_seconds"] = round(reselect_seconds, 3)
+            summary["trainable_params"] = parameter_counts(trainer.model)[0]  # the last round's
+        writer.write_summary(summary)
     state.wait_for_everyone()
     return RunRecord.load(writer.path)
+
+
+def _budget(plan: InjectionPlan) -> int:
+    """The trainable-parameter budget every re-selection round is held to."""
+    return int(plan.budget or plan.trainable_params)
+
+
+def _reselect_rounds(trainer: Any, reselector: Reselector, alpha: AlphaCallback, state: Any,
+                     writer: RunWriter | None, plan: InjectionPlan,
+                     config: TrainConfig) -> float:
+    """Re-select every time the Trainer stopped for it, then let it continue; returns the
+    seconds spent folding, re-planning and injecting. ``writer`` is None off the main process.
+
+    Each round: the main process saves the round's adapter under folded/round-N, every process
+    folds it into its base weights, the main process re-plans from the alpha just measured and
+    every process receives that plan (so all ranks adapt the same modules), fresh adapters are
+    injected with a seed from (run seed, round), and the Trainer resumes from the checkpoint it
+    saved, with a fresh optimizer and the scheduler restored."""
+    from transformers import set_seed
+
+    total = 0.0
+    current, round_ = plan, 1
+    while reselector.pending is not None:
+        step, reselector.pending = reselector.pending, None
+        checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+        started = time.perf_counter()
+        if writer is not None:
+            trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"))
+        base = fold_adapters(trainer.model)
+        round_ += 1
+        # The initial plan is the recipe every round (its k, its seed for random).
+        table = candidate_table(alpha.last_rows, base, plan) if writer is not None else None
+        chosen = _agree(state, lambda table=table, round_=round_: replan(
+            plan, table, round_, _budget(plan)))
+        set_seed(config.seed + round_)
+        model = prepare_model(base, chosen, config)
+        _check_same_modules(state, chosen)
+        if writer is not None:
+            mark_reselected(checkpoint, model, round_)
+            seconds = time.perf_counter() - started
+            writer.append(SELECTIONS_FILE, selection_row(
+                round_, chosen, step, math.floor(trainer.state.epoch + 1e-9) + 1, current,
+                _budget(plan), seconds))
+        alpha.adapted = set(chosen.module_names)
+        state.wait_for_everyone()
+        total += time.perf_counter() - started
+        current = chosen
+        trainer.model = trainer.model_wrapped = model
+        trainer.optimizer = trainer.lr_scheduler = None
+        trainer.args.eval_on_start = False  # the loss was just evaluated at this point
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        if writer is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return total
+
+
+def _check_same_modules(state: Any, plan: InjectionPlan) -> None:
+    """Every process adapts the same modules (DDP would average unrelated gradients of
+    same-shaped matrices otherwise)."""
+    if state.num_processes == 1:
+        return
+    from torch.distributed import all_gather_object
+
+    gathered: list[Any] = [None] * state.num_processes
+    all_gather_object(gathered, plan.module_names)
+    if any(names != gathered[0] for names in gathered):
+        raise RunError("re-selection chose different modules on different processes; "
+                       "please report this with the run's config.json")
 
 
 def _summary(writer: RunWriter, metrics: MetricsCallback, memory: dict, trainer: Any,
