@@ -33,13 +33,15 @@ def byte_tokenizer(pad_is_eos: bool = False):
     return tokenizer
 
 
-def tiny_causal_lm(layers: int = 2, seed: int = 0, vocab_size: int = 260) -> torch.nn.Module:
-    """An in-memory Llama (hidden 32, GQA) sized for the byte tokenizer."""
+def tiny_causal_lm(layers: int = 2, seed: int = 0, vocab_size: int = 260,
+                   hidden: int = 32) -> torch.nn.Module:
+    """An in-memory Llama (hidden 32, GQA; MLP twice as wide) sized for the byte tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=vocab_size,
                          max_position_embeddings=512, pad_token_id=0, eos_token_id=1,
                          bos_token_id=2)
     return LlamaForCausalLM(config)
