@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import alphasel
+from alphasel.cache import ResultCache
 from alphasel.downsample import (
     Downsampling,
     parse_downsampling,
@@ -41,6 +42,9 @@ from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
 
 # Matrices (as float32) worked on at once; see _MemoryBudget.
 _MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+# Packages whose code computes a cached result (eigenvalues, dequantization): a new version of
+# one may change the last bits, so it is part of the cache key.
+_COMPUTING_PACKAGES = ("alphasel", "numpy", "torch", "gguf")
 
 
 def _compile(patterns: list[str] | str | None, flag: str) -> list[re.Pattern[str]]:
@@ -155,6 +159,7 @@ def analyze(
     progress: bool = True,
     workers: int | None = None,
     adapter: str | Path | None = None,
+    cache: bool = True,
 ) -> pd.DataFrame:
     """Alpha per weight matrix of ``model``: a hub id, local checkpoint (dir, .safetensors,
     .gguf, .bin), the packaged ``smollm2``/``minilm``, or an in-memory ``nn.Module``.
@@ -165,6 +170,9 @@ def analyze(
     ``workers`` matrices are analysed at once (default: one per CPU core, at most 4).
     ``adapter``, a PEFT LoRA/rsLoRA/DoRA adapter directory, replaces each matrix it adapts by
     its effective weight W + ΔW; the table's ``adapted`` column marks those rows.
+    ``cache`` reads each matrix's result from the result cache when an identical analysis of
+    the same file stored it, and stores the others as they finish (``alphasel.cache``;
+    in-memory modules are never cached); ``meta["cached"]`` counts the matrices read back.
     """
     check_estimator(estimator)
     check_device(device)
@@ -187,8 +195,14 @@ def analyze(
                 f"({len(all_refs)} found before --include/--exclude): loosen the filters")
         fitted_shapes = {ref.name: ref.shape for ref in refs if min(ref.shape) >= min_evals}
         downsampling = resolve_shape(downsampling, fitted_shapes)
-        rows = _analyze_source(source, refs, estimator, device, min_evals, downsampling,
-                               progress, 1 if device == "cuda" else workers)
+        versions = _versions()
+        store = ResultCache() if cache else None
+        options = {"estimator": estimator, "downsampling": downsampling.describe(),
+                   "min_evals": min_evals, "device": device,
+                   "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES}}
+        rows, cached = _analyze_source(source, refs, estimator, device, min_evals,
+                                       downsampling, progress,
+                                       1 if device == "cuda" else workers, store, options)
         table = pd.DataFrame(rows)
         meta = {
             "model_id": source.model_id,
@@ -204,8 +218,10 @@ def analyze(
             "adapter": str(adapter) if adapter is not None else None,
             "num_matrices": len(refs),
             "total_matrix_params": int(sum(r.shape[0] * r.shape[1] for r in all_refs)),
-            "versions": _versions(),
+            "versions": versions,
             "started": started_at,
+            "cache": str(store.folder) if store is not None else None,
+            "cached": cached,
         }
     columns = COLUMNS + (DOWNSAMPLE_COLUMNS if downsampling.active else [])
     if adapter is not None:
@@ -250,8 +266,13 @@ class _MemoryBudget:
 
 def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str, device: str,
                     min_evals: int, downsampling: Downsampling, progress: bool,
-                    workers: int) -> list[dict]:
-    """One row per ref, in order.
+                    workers: int, store: ResultCache | None = None,
+                    options: dict | None = None) -> tuple[list[dict], int]:
+    """One row per ref, in order, and how many fits came from ``store``.
+
+    A matrix whose key (``options`` with the source's identity of the tensor, see
+    :meth:`WeightSource.identity`) has an entry in ``store`` is not read at all; every other
+    fit is stored the moment it finishes, so an analysis stopped half-way keeps what it did.
 
     ``workers`` threads each read (and dequantize) a matrix and fit it, with single-threaded
     BLAS: at these sizes LAPACK's eigensolvers scale poorly across BLAS threads (2 OpenBLAS
@@ -261,15 +282,24 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     """
     budget = _MemoryBudget(_MEMORY_BUDGET_BYTES)
 
-    def run(ref: MatrixRef) -> dict:
+    def run(ref: MatrixRef) -> tuple[dict, bool]:
+        identity = source.identity(ref) if store is not None else None
+        key = {**(options or {}), "name": ref.name, "tensor": identity}
+        if identity is not None:
+            stored = store.get(key)
+            if stored is not None:
+                return stored, True
         budget.acquire(_matrix_bytes(ref))
         try:
             matrix = source.load(ref)
-            return _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
+            result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
         finally:
             budget.release(_matrix_bytes(ref))
+        if identity is not None:
+            store.put(key, result)
+        return result, False
 
-    rows = []
+    rows, cached = [], 0
     bar = tqdm(total=len(refs), desc=f"alpha {source.model_id}", unit="matrix",
                disable=not progress, dynamic_ncols=True)
     with threadpool_limits(limits=1), \
@@ -286,7 +316,9 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
                        "kind": kind_of(ref.name), "rows": rows_count, "cols": cols_count,
                        "num_evals": min(ref.shape)}
                 if index in pending:
-                    row.update(pending.pop(index).result())
+                    result, from_store = pending.pop(index).result()
+                    row.update(result)
+                    cached += from_store
                 else:
                     row["status"] = (f"too few eigenvalues ({min(ref.shape)} < min_evals "
                                      f"{min_evals})")
@@ -299,7 +331,7 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
             pool.shutdown(cancel_futures=True)
             raise
     bar.close()
-    return rows
+    return rows, cached
 
 
 def _matrix_bytes(ref: MatrixRef) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alphasel.atomic import replacing
+from alphasel.atomic import replacing, write_text
 from alphasel.errors import TableError
 
 #: Columns every alpha table has, in this order.
@@ -164,6 +164,71 @@ def save_analysis(table: pd.DataFrame, model_id: str) -> Path:
     pointer = _latest_pointer()
     pointer.write_text(str(path.resolve()) + "\n")
     return path
+
+
+def combine_tables(tables: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Several models' alpha tables as one, with a leading ``model`` column holding each row's
+    label (the model as the user named it); the metadata lists each table's under "models"."""
+    if not tables:
+        raise TableError("no alpha tables to combine: analyze at least one model")
+    combined = pd.concat([table.assign(model=label) for label, table in tables],
+                         ignore_index=True)
+    combined = combined[["model"] + [c for c in combined.columns if c != "model"]]
+    combined.attrs = {META_KEY: {"models": [{"model": label, **metadata(table)}
+                                            for label, table in tables]}}
+    return combined
+
+
+def check_tables_directory(out: Path) -> None:
+    """Raise :class:`TableError` unless ``out`` can be the directory of several tables."""
+    if out.suffix.lower() in SUPPORTED_SUFFIXES or out.is_file():
+        raise TableError(f"with several models --out is the directory for their tables, got the "
+                         f"file '{out}': pass a directory (e.g. --out {out.with_suffix('')}/), "
+                         "or analyze one model to write one file")
+
+
+def _unique_names(slugs: list[str]) -> list[str]:
+    """``slug``, then ``slug-2``, ``slug-3`` … for slugs that repeat (two ``…/final`` dirs)."""
+    seen: dict[str, int] = {}
+    names = []
+    for slug in slugs:
+        seen[slug] = seen.get(slug, 0) + 1
+        names.append(slug if seen[slug] == 1 else f"{slug}-{seen[slug]}")
+    return names
+
+
+def save_analyses(tables: list[tuple[str, pd.DataFrame]],
+                  out: Path | None = None) -> tuple[list[Path], Path]:
+    """Write several models' tables and their combination (:func:`combine_tables`); return
+    (each table's path, the combined table's path).
+
+    Without ``out``, each table is saved as :func:`save_analysis` does (the last one becomes the
+    latest analysis) and the combination as ``runs/analyses/combined/<time>-<estimator>/
+    combined.csv`` with ``meta.json``. With ``out``, a directory: ``<out>/<model-slug>.csv``
+    each (``-2``, ``-3`` … where slugs repeat) and ``<out>/combined.csv``.
+    """
+    if out is not None:
+        check_tables_directory(out)
+        names = _unique_names([model_slug(metadata(table).get("model_id", label))
+                               for label, table in tables])
+        paths = [write_table(table, out / f"{name}.csv")
+                 for name, (_, table) in zip(names, tables, strict=True)]
+    else:
+        paths = [save_analysis(table, metadata(table).get("model_id", label))
+                 for label, table in tables]
+    for path, (_, table) in zip(paths, tables, strict=True):
+        table.attrs.setdefault(META_KEY, {})["path"] = str(path)
+    combined = combine_tables(tables)
+    if out is not None:
+        return paths, write_table(combined, out / "combined.csv")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    estimator = metadata(tables[0][1]).get("estimator", "ks")
+    folder = runs_dir() / "analyses" / "combined" / f"{stamp}-{estimator}"
+    folder.mkdir(parents=True, exist_ok=False)
+    path = write_table(combined, folder / "combined.csv")
+    write_text(folder / "meta.json", json.dumps({"table": path.name, **metadata(combined)},
+                                                indent=1, default=str))
+    return paths, path
 
 
 def latest_analysis() -> Path:

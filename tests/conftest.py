@@ -38,6 +38,15 @@ def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, gguf.GGMLQuantiz
     return path
 
 
+@pytest.fixture(autouse=True)
+def alpha_cache(tmp_path_factory, monkeypatch) -> Path:
+    """A private, empty result cache for every test: no test reads or writes the user's cache
+    (CI machines start clean, and tests must not share state through it)."""
+    folder = tmp_path_factory.mktemp("alpha-cache")
+    monkeypatch.setenv("ALPHASEL_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch) -> Path:
     """A private runs/ directory for commands that write by default."""

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alphasel.errors import SourceError
-from alphasel.sources.base import MatrixRef, WeightSource
+from alphasel.sources.base import MatrixRef, WeightSource, file_identity
 
 _PEFT_PREFIX = "base_model.model."
 _TENSOR = re.compile(r"^(?P<name>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|"
@@ -106,24 +106,38 @@ def read_adapter(folder: str | Path) -> tuple[dict, dict[str, AdapterMatrix]]:
     return config, matrices
 
 
+def _weights_file(folder: Path) -> Path | None:
+    """The adapter's tensor file: adapter_model.safetensors, else adapter_model.bin."""
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    safetensors_file, bin_file = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+    path = _weights_file(folder)
+    if path is None:
+        raise SourceError(f"'{folder}' has adapter_config.json but no adapter_model.safetensors "
+                          "or .bin: copy the whole adapter directory")
     try:
-        if safetensors_file.is_file():
+        if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(safetensors_file))
-        if bin_file.is_file():
-            return torch.load(bin_file, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt files raise many types
         raise SourceError(f"cannot read the adapter weights in '{folder}' ({err}): re-save the "
                           "adapter") from err
-    raise SourceError(f"'{folder}' has adapter_config.json but no adapter_model.safetensors or "
-                      ".bin: copy the whole adapter directory")
 
 
 class AdapterOverlay(WeightSource):
-    """A base checkpoint whose adapted matrices read as their effective weights."""
+    """A base checkpoint whose adapted matrices read as their effective weights.
+
+    Cached like its base: a matrix the adapter leaves alone has the base's identity (and
+    shares its cache entries, the values being the same), an adapted one adds the identity of
+    the adapter's two files (the config holds the scaling, the tensor file A, B and DoRA's
+    magnitude). Over a base without an identity (an in-memory module) nothing is cached.
+    """
 
     def __init__(self, base: WeightSource, folder: str | Path) -> None:
         self._base = base
@@ -131,6 +145,9 @@ class AdapterOverlay(WeightSource):
         self.model_id, self.revision = base.model_id, base.revision
         self.location = f"{base.location} + adapter {self.folder}"
         self.format = f"{base.format}+lora"
+        # Taken before the files are read (see file_identity); absent files fail just below.
+        self._files = {"config": _identity_if_file(self.folder / "adapter_config.json"),
+                       "weights": _identity_if_file(_weights_file(self.folder))}
         self.config, self._adapters = read_adapter(self.folder)
         self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
         refs = {ref.name: ref for ref in base.matrices()}
@@ -154,6 +171,12 @@ class AdapterOverlay(WeightSource):
     def adapted(self) -> set[str]:
         return set(self._adapters)
 
+    def identity(self, ref: MatrixRef) -> dict | None:
+        base = self._base.identity(ref)
+        if base is None or ref.name not in self._adapters:
+            return base
+        return {**base, "adapter": dict(self._files)}
+
     def load(self, ref: MatrixRef) -> np.ndarray:
         matrix = self._base.load(ref)
         adapter = self._adapters.get(ref.name)
@@ -165,3 +188,7 @@ class AdapterOverlay(WeightSource):
 
     def close(self) -> None:
         self._base.close()
+
+
+def _identity_if_file(path: Path | None) -> dict | None:
+    return file_identity(path) if path is not None and path.is_file() else None

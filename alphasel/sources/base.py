@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +30,15 @@ def matrix_name(tensor_name: str) -> str | None:
     if not tensor_name.endswith(".weight"):
         return None
     return tensor_name.removesuffix(".weight")
+
+
+def file_identity(path: Path) -> dict:
+    """What says a file is unchanged: its resolved path (a hub cache's symlink leads to its
+    blob), size and modification time in nanoseconds. Taken before the file is read, so a file
+    rewritten during an analysis can only make an entry that is never found again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def reading_order(refs: list[MatrixRef]) -> list[MatrixRef]:
@@ -64,6 +74,13 @@ class WeightSource(ABC):
     @abstractmethod
     def load(self, ref: MatrixRef) -> np.ndarray:
         """The matrix as float32 or float64 (half precision is upcast here, per matrix)."""
+
+    def identity(self, ref: MatrixRef) -> dict | None:
+        """Everything the values ``load(ref)`` returns depend on, as JSON-ready data (file
+        identity, tensor offset, dtype, shape), for the result cache; None when the source has
+        no such identity (a live module's weights can change in place), which is never cached.
+        """
+        return None
 
     def close(self) -> None:
         """Release files; the default has nothing to release."""

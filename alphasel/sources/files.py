@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from alphasel.errors import SourceError
-from alphasel.sources.base import MatrixRef, WeightSource, matrix_name, reading_order
+from alphasel.sources.base import (
+    MatrixRef,
+    WeightSource,
+    file_identity,
+    matrix_name,
+    reading_order,
+)
 
 # safetensors dtype → (numpy dtype to read the bytes as, torch dtype they really are)
 _SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, torch.dtype | None]] = {
@@ -44,8 +50,10 @@ class SafetensorsSource(WeightSource):
         self.revision = revision
         self.location = str(files[0].parent if len(files) > 1 else files[0])
         self._entries: dict[str, tuple[Path, dict, int]] = {}
+        self._files: dict[Path, dict] = {}
         refs = []
         for path in files:
+            self._files[path] = file_identity(path)
             header, data_start = self._read_header(path)
             for tensor_name, entry in header.items():
                 name = matrix_name(tensor_name)
@@ -92,6 +100,12 @@ class SafetensorsSource(WeightSource):
                                          f"shape {shape} {dtype}")
         return header, data_start
 
+    def identity(self, ref: MatrixRef) -> dict:
+        path, entry, data_start = self._entries[ref.key]
+        return {"file": self._files[path], "tensor": ref.key,
+                "offset": data_start + entry["data_offsets"][0], "dtype": entry["dtype"],
+                "shape": list(entry["shape"])}
+
     def load(self, ref: MatrixRef) -> np.ndarray:
         path, entry, data_start = self._entries[ref.key]
         begin, end = entry["data_offsets"]
@@ -120,16 +134,20 @@ class TorchBinSource(WeightSource):
         self.revision = revision
         self.location = str(files[0].parent)
         self._shard_of: dict[str, Path] = {}
+        self._dtype_of: dict[str, str] = {}
+        self._files: dict[Path, dict] = {}
         self._open_path: Path | None = None
         self._open_state: dict | None = None
         refs = []
         for path in files:
+            self._files[path] = file_identity(path)
             state = self._load_shard(path)
             for tensor_name, tensor in state.items():
                 name = matrix_name(tensor_name)
                 if name is None or tensor.ndim != 2 or not tensor.is_floating_point():
                     continue
                 self._shard_of[tensor_name] = path
+                self._dtype_of[tensor_name] = str(tensor.dtype)
                 refs.append(MatrixRef(name, tuple(tensor.shape), tensor_name))
             del state
         self._refs = reading_order(refs)
@@ -145,6 +163,12 @@ class TorchBinSource(WeightSource):
             raise SourceError(f"'{path}' holds a {type(state).__name__}, not a state dict: "
                               "save the model's state_dict() instead")
         return state
+
+    def identity(self, ref: MatrixRef) -> dict:
+        # A tensor's place inside the zip archive is not exposed; the file's identity with the
+        # tensor's name says as much, since rewriting the archive changes its size or mtime.
+        return {"file": self._files[self._shard_of[ref.key]], "tensor": ref.key,
+                "dtype": self._dtype_of[ref.key], "shape": list(ref.shape)}
 
     def load(self, ref: MatrixRef) -> np.ndarray:
         path = self._shard_of[ref.key]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from alphasel.errors import SourceError
-from alphasel.sources.base import MatrixRef, WeightSource, reading_order
+from alphasel.sources.base import MatrixRef, WeightSource, file_identity, reading_order
 
 # llama.cpp tensor names → HF module names for Llama/Mistral/Qwen2-style models.
 _TOP_LEVEL = {"token_embd": "model.embed_tokens", "output": "lm_head"}
@@ -258,6 +258,7 @@ class GGUFSource(WeightSource):
         self.location = str(path)
         self.revision = None
         self._path = path
+        self._file = file_identity(path)
         fields, tensors = read_gguf_header(path)
         self.architecture = fields.get("general.architecture")
         self._heads = (fields.get(f"{self.architecture}.attention.head_count"),
@@ -279,6 +280,12 @@ class GGUFSource(WeightSource):
             refs.append(MatrixRef(hf_name(tensor.name), shape, tensor.name))
         self._refs = reading_order(refs)
         self._fd = os.open(path, os.O_RDONLY)
+
+    def identity(self, ref: MatrixRef) -> dict:
+        # The q/k row order restored in load() follows the header, so the file covers it too.
+        tensor = self._tensors[ref.key]
+        return {"file": self._file, "tensor": ref.key, "offset": tensor.offset,
+                "dtype": int(tensor.qtype), "shape": list(tensor.dims)}
 
     def load(self, ref: MatrixRef) -> np.ndarray:
         tensor = self._tensors[ref.key]
