@@ -35,3 +35,7 @@ class TrainConfigError(AlphaselError):
 
 class RunError(AlphaselError):
     """A run directory cannot be written, resumed or read (holds a run, incomplete, corrupt)."""
+
+
+class StudyError(AlphaselError):
+    """A study cannot be specified, planned, run or read (bad scheme option, budget, directory)."""

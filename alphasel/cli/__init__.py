@@ -19,6 +19,8 @@ COMMANDS = {
     "plot": "alphasel.cli.plot",
     "train": "alphasel.cli.train",
     "runs": "alphasel.cli.runs",
+    "study": "alphasel.cli.study",
+    "compare": "alphasel.cli.compare",
 }
 
 

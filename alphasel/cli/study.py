@@ -1,0 +1,134 @@
+"""`alphasel study`: every scheme at one budget, seeds and confidence intervals, one command.
+
+    alphasel study --model smollm2 --data stdlib-code \\
+                   --schemes alora,blora,random,first,last,all,full \\
+                   --k 3 --unit block --seeds 3 --max-steps 60 --max-seq-len 64
+    alphasel study study.toml                      # the same from a spec file
+    alphasel study --resume runs/studies/<id>      # finish an interrupted study
+    alphasel study ... --sweep grad_checkpointing=off,on --sweep bf16=off,on
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from alphasel.errors import StudyError
+
+#: Training flags a study passes to every run: dest → TrainConfig field.
+TRAIN_FLAGS = {"epochs": float, "max_steps": int, "max_samples": int, "max_seq_len": int,
+               "batch_size": int, "grad_accum": int, "lr": float, "warmup": float,
+               "scheduler": str, "eval_every": int, "template": str, "remeasure": str}
+#: Flags that define the study (refused beside a spec file or --resume).
+SPEC_FLAGS = ("model", "data", "task", "schemes", "k", "unit", "rank", "seeds", "method",
+              "estimator", "sweep", *TRAIN_FLAGS)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study", help="compare selection schemes at one budget over seeds",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", nargs="?", type=Path, help="a study spec (.toml)")
+    what = parser.add_argument_group("what to compare")
+    what.add_argument("--model", help="hub id, checkpoint dir, .gguf, smollm2 or minilm")
+    what.add_argument("--data", help="training data, as `alphasel train --data` takes it")
+    what.add_argument("--task", help="causal (default) or classification")
+    what.add_argument("--schemes", help="comma list of alora, blora, random, first, last, band,"
+                      " all, full, each with options: alora:order=low, alora:kinds=q,k,v, "
+                      "band:start=8, random:reselect")
+    what.add_argument("--k", help="units per plan, a comma list (default 3)")
+    what.add_argument("--unit", help="what k counts for the budget: block (default) or matrix")
+    what.add_argument("--rank", help="LoRA rank, a comma list (default 8)")
+    what.add_argument("--seeds", help="number of seeds (default 3), or a comma list of seeds")
+    what.add_argument("--method", help="lora (default), dora or rslora")
+    what.add_argument("--estimator", help="alpha estimator of the analysis (default ks)")
+    what.add_argument("--sweep", action="append", metavar="FIELD=V,V",
+                      help="a training option to vary, e.g. grad_checkpointing=off,on "
+                           "(repeatable: every combination runs)")
+    knobs = parser.add_argument_group("training (every run)")
+    for dest, kind in TRAIN_FLAGS.items():
+        knobs.add_argument(f"--{dest.replace('_', '-')}", type=kind)
+    run = parser.add_argument_group("running")
+    run.add_argument("--out", type=Path, help="study directory (default runs/studies/<id>)")
+    run.add_argument("--resume", type=Path, metavar="STUDY_DIR",
+                     help="run what an interrupted study has not finished")
+    run.add_argument("--executor", default="local", help="local (one process per run)")
+    run.add_argument("--parallel", type=int, default=1, help="runs at once (local executor)")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(func=run_command)
+
+
+def _given(args: argparse.Namespace) -> list[str]:
+    return [f"--{dest.replace('_', '-')}" for dest in SPEC_FLAGS
+            if getattr(args, dest) is not None]
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The StudySpec of the command line (a spec file, or the flags)."""
+    from alphasel.study.spec import StudySpec, load_spec
+
+    if args.spec is not None:
+        return load_spec(args.spec)
+    missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
+                                        ("--schemes", args.schemes)) if value is None]
+    if missing:
+        raise StudyError(f"{', '.join(missing)} required (or give a study spec .toml file)")
+    data: dict[str, Any] = {"model": args.model, "data": args.data, "schemes": args.schemes}
+    for dest in ("task", "k", "unit", "rank", "method", "estimator"):
+        if getattr(args, dest) is not None:
+            data[dest] = getattr(args, dest)
+    if args.seeds is not None:
+        data["seeds"] = int(args.seeds) if args.seeds.isdigit() else args.seeds
+    data["train"] = {dest: getattr(args, dest) for dest in TRAIN_FLAGS
+                     if getattr(args, dest) is not None}
+    data["sweep"] = args.sweep or []
+    return StudySpec.from_dict(data, source="the command line")
+
+
+def run_command(args: argparse.Namespace) -> None:
+    from alphasel.study.runner import create_study, failures, open_study, run_study
+
+    given = _given(args)
+    if args.resume is not None and (given or args.spec or args.out):
+        raise StudyError("--resume continues a study with the spec it started with: drop "
+                         + ", ".join([*given, *(["SPEC"] if args.spec else []),
+                                      *(["--out"] if args.out else [])]))
+    if args.spec is not None and given:
+        raise StudyError(f"the spec file decides the study: drop {', '.join(given)} (or edit "
+                         f"{args.spec})")
+    if args.executor != "local":
+        raise StudyError(f"--executor {args.executor}: this alphasel runs studies with the "
+                         "local executor only (one process per run; --parallel N)")
+    if args.resume is not None:
+        study = args.resume
+        open_study(study)
+    else:
+        study = create_study(spec_from_args(args), args.out, progress=not args.quiet)
+    _, entries = open_study(study)
+    say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
+    say(f"study {study}: {len(entries)} runs")
+    total = len(entries)
+    finished = [0]
+
+    def report(entry: Any, state: str, seconds: float) -> None:
+        finished[0] += 1
+        say(f"  [{finished[0]}] {entry.run_id}: {state} ({seconds:.0f} s)")
+
+    states = run_study(study, parallel=args.parallel, report=report)
+    counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
+    print(_table(study))
+    print(f"study: {study} ({counts['complete']} of {total} runs complete)")
+    failed = failures(study)
+    if failed:
+        shown = "; ".join(f"{run}: {message}" for run, message in list(failed.items())[:3])
+        raise StudyError(f"{len(failed)} run(s) failed ({shown}); fix the cause and run "
+                         f"`alphasel study --resume {study}` to retry them")
+
+
+def _table(study: Path) -> str:
+    """The comparison table, written to table.csv and returned for printing."""
+    from alphasel.cli.compare import study_table
+
+    return study_table(study, out=None, stream=sys.stderr)

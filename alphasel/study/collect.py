@@ -1,0 +1,331 @@
+"""Training runs as one table: a study's matrix joined with its run records, or loose runs.
+
+One row per run, in the columns :data:`RUN_COLUMNS` lists (with the sweep columns after
+``seed``). What varies between runs besides scheme, k, rank and seed is a *sweep*, and each
+swept field is a column named ``sweep.<field>`` (``sweep.grad_checkpointing``): the prefix keeps
+a swept training option apart from the run's own columns and tells the statistics which columns
+define a group. A study's sweep comes from its matrix.json; loose runs get one from the training
+options they differ in (see :func:`collect_runs`).
+
+``status`` is ``complete`` (a finished run record), ``failed`` (the study recorded an
+error.json), ``incomplete`` (a run directory without a finished record or an error: still
+running, or killed) or ``missing`` (never started). Only complete runs carry results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alphasel.errors import AlphaselError, StudyError
+from alphasel.train.record import ALPHA_FILE, RunRecord, holds_run
+
+MATRIX_FILE = "matrix.json"
+ERROR_FILE = "error.json"
+RUNS_DIR = "runs"
+SWEEP_PREFIX = "sweep."
+#: Labels of the unmatched upper baselines: they train more than the budget by design.
+UNMATCHED = ("all", "full")
+
+STATUS_COMPLETE, STATUS_FAILED = "complete", "failed"
+STATUS_INCOMPLETE, STATUS_MISSING = "incomplete", "missing"
+
+#: Columns before the sweep columns: what the run is.
+IDENTITY_COLUMNS = ["label", "scheme", "k", "rank", "seed"]
+#: Columns after the sweep columns: how the run went.
+RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "eval_loss",
+                  "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s", "peak_memory_mb",
+                  "trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
+                  "run_id", "path"]
+#: Every column, with the sweep columns where ``sweep.*`` stands.
+RUN_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
+#: summary.json fields copied as they are (NaN when absent or null).
+SUMMARY_FIELDS = ("eval_loss", "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s",
+                  "peak_memory_mb", "trainable_params")
+#: Whole-number columns: nullable integers, so a missing value does not make them floats.
+INTEGER_COLUMNS = ("k", "rank", "seed", "budget")
+#: TrainConfig fields that only shape the record, not the training: loose runs that differ in
+#: them are still replicates of one another.
+RECORD_ONLY_FIELDS = frozenset({"report_to", "generate", "max_new_tokens", "save_adapter",
+                                "save_every", "log_every", "eval_every", "remeasure",
+                                "alpha_every"})
+#: TrainConfig fields the label or the seed column already carry.
+LABELLED_FIELDS = frozenset({"seed", "reselect", "reselect_every"})
+
+
+def is_study(path: str | Path) -> bool:
+    """Whether ``path`` is a study directory (it holds matrix.json)."""
+    return (Path(path) / MATRIX_FILE).is_file()
+
+
+def sweep_columns(runs: pd.DataFrame) -> list[str]:
+    """The ``sweep.<field>`` columns of a runs table, in table order."""
+    return [column for column in runs.columns if str(column).startswith(SWEEP_PREFIX)]
+
+
+def collect_study(study_dir: str | Path) -> pd.DataFrame:
+    """One row per entry of the study's matrix.json, joined with its run record.
+
+    Identity columns (label, scheme, k, rank, seed, sweep, matched, budget) come from the
+    matrix, so a failed or missing run still has its place; results come from the record. The
+    model of a run without a record is the study's model when its finished runs agree on one.
+    """
+    study_dir = _existing(study_dir)
+    if not is_study(study_dir):
+        hint = (" (it is a run record: compare it with others as `alphasel compare RUN RUN`)"
+                if holds_run(study_dir) else "")
+        raise StudyError(f"'{study_dir}' holds no {MATRIX_FILE}{hint}: pass a study directory "
+                         "written by `alphasel study` (runs/studies/<id>)")
+    entries = _matrix_entries(study_dir / MATRIX_FILE)
+    sweep_fields = list(dict.fromkeys(key for entry in entries for key in entry["sweep"]))
+    rows = []
+    for entry in entries:
+        run_dir = study_dir / RUNS_DIR / str(entry["run_id"])
+        row = {"label": entry["label"], "scheme": entry.get("scheme"), "k": entry.get("k"),
+               "rank": entry.get("rank"), "seed": entry.get("seed"),
+               **{SWEEP_PREFIX + key: _scalar(entry["sweep"].get(key)) for key in sweep_fields},
+               "matched": bool(entry.get("matched", entry["label"] not in UNMATCHED)),
+               "budget": entry.get("budget"), "model_id": entry.get("model_id"),
+               "run_id": str(entry["run_id"]), "path": str(run_dir)}
+        rows.append({**row, **_outcome(run_dir)})
+    frame = _frame(rows, [SWEEP_PREFIX + key for key in sweep_fields])
+    models = frame.loc[frame["status"] == STATUS_COMPLETE, "model_id"].dropna().unique()
+    if len(models) == 1:
+        frame["model_id"] = frame["model_id"].fillna(models[0])
+    return frame
+
+
+def collect_runs(paths: list[str | Path]) -> pd.DataFrame:
+    """The same table for loose run directories (``alphasel train --out``).
+
+    label: the plan's scheme (``full`` for full fine-tuning), with ``:order=low`` and
+    ``:rank_alloc=alpha`` when the plan says so and ``:reselect`` with re-selection, as a
+    study labels its schemes. seed: the training seed. k: the plan's; rank: its modules' when
+    they share one. matched: True except for ``all`` and ``full``; budget: NaN (loose runs were
+    not planned to one). Training options in which the adapter runs differ (the data set too;
+    not the seed, the re-selection or what only shapes the record) become ``sweep.<field>``
+    columns, so runs trained differently are never averaged together; full fine-tuning keeps
+    its own defaults (its learning rate, say) by design and reads NaN there.
+    """
+    if not paths:
+        raise StudyError("no runs to compare: pass a study directory or run directories")
+    records = []
+    for path in paths:
+        path = _existing(path)
+        if is_study(path):
+            raise StudyError(f"'{path}' is a study directory: compare it on its own "
+                             f"(`alphasel compare {path}`), not among run directories")
+        if not holds_run(path):
+            raise StudyError(f"'{path}' is neither a study (no {MATRIX_FILE}) nor a run record "
+                             "(no alphasel config.json): pass a study directory or run "
+                             "directories written by `alphasel train`")
+        records.append(RunRecord.load(path))
+    swept = _differing_options(records)
+    rows = []
+    for record in records:
+        config = record.config
+        options = config.get("config") or {}
+        full = config.get("method") == "full"
+        label = _loose_label(record)
+        row = {"label": label, "scheme": "full" if full else config.get("scheme"),
+               "k": None if full else config.get("k"),
+               "rank": _uniform_rank(record), "seed": options.get("seed"),
+               **{SWEEP_PREFIX + key: None if full else _scalar(_option(config, key))
+                  for key in swept},
+               "matched": label.split(":")[0] not in UNMATCHED, "budget": None,
+               "run_id": record.run_id, "path": str(record.path)}
+        rows.append({**row, **_outcome(record.path, record)})
+    return _frame(rows, [SWEEP_PREFIX + key for key in swept])
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise StudyError(f"'{path}' does not exist: pass a study directory (runs/studies/<id>) "
+                         "or run directories (runs/train/<run-id>)")
+    if not path.is_dir():
+        raise StudyError(f"'{path}' is a file: pass a study directory or run directories")
+    return path
+
+
+def _matrix_entries(path: Path) -> list[dict[str, Any]]:
+    """matrix.json's run entries, checked for the fields the table needs."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StudyError(f"cannot read '{path}' ({err}): re-create the study's matrix with "
+                         "`alphasel study`") from None
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, list) or not runs:
+        raise StudyError(f"'{path}' lists no runs (a JSON object with a non-empty \"runs\" "
+                         "list is expected): re-create the study's matrix with `alphasel study`")
+    for index, entry in enumerate(runs):
+        missing = [key for key in ("run_id", "label", "seed")
+                   if not isinstance(entry, dict) or entry.get(key) is None]
+        if missing:
+            raise StudyError(f"'{path}': run entry {index} lacks {', '.join(missing)}: "
+                             "re-create the study's matrix with `alphasel study`")
+        if not isinstance(entry.get("sweep") or {}, dict):
+            raise StudyError(f"'{path}': run entry {index} has a sweep that is not an object: "
+                             "re-create the study's matrix with `alphasel study`")
+        entry["sweep"] = entry.get("sweep") or {}
+    return runs
+
+
+def _outcome(run_dir: Path, record: RunRecord | None = None) -> dict[str, Any]:
+    """status, error and the results of the run in ``run_dir`` (NaN unless complete)."""
+    outcome: dict[str, Any] = {"error": None}
+    if record is None and holds_run(run_dir):
+        try:
+            record = RunRecord.load(run_dir)
+        except AlphaselError as err:
+            # A study's run killed while writing: the study goes on, and the row says why.
+            outcome["error"] = str(err)
+    if record is not None and record.config.get("model_id") is not None:
+        outcome["model_id"] = record.config["model_id"]
+    if record is not None and record.complete:
+        outcome["status"] = STATUS_COMPLETE
+        outcome.update(_results(record))
+    elif (run_dir / ERROR_FILE).is_file():
+        outcome["status"] = STATUS_FAILED
+        outcome["error"] = _error_text(run_dir / ERROR_FILE)
+    elif record is not None or outcome["error"]:
+        outcome["status"] = STATUS_INCOMPLETE
+    else:
+        outcome["status"] = STATUS_MISSING
+    return outcome
+
+
+def _error_text(path: Path) -> str:
+    """error.json as one line: ``Type: message``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"unreadable {ERROR_FILE}"
+    if not isinstance(data, dict):
+        return str(data)
+    message = " ".join(str(data.get("error", "")).split())
+    return f"{data['type']}: {message}" if data.get("type") else message
+
+
+def _results(record: RunRecord) -> dict[str, Any]:
+    summary = record.summary or {}
+    results: dict[str, Any] = {name: _number(summary.get(name)) for name in SUMMARY_FIELDS}
+    plan = record.plan
+    # With re-selection plan.json is the first round's plan; later rounds keep its budget.
+    results["adapted_modules"] = len(plan.modules) if plan is not None else math.nan
+    results["adapted_blocks"] = (len({m.block for m in plan.modules if m.block is not None})
+                                 if plan is not None else math.nan)
+    results["alpha_shift"] = alpha_shift(record.path / ALPHA_FILE)
+    return results
+
+
+def alpha_shift(path: str | Path) -> float:
+    """Mean over adapted modules of alpha at the last measured epoch minus alpha at epoch 0.
+
+    A module counts when it had an adapter in some epoch (``adapted`` true in any row; with
+    re-selection the rounds adapt different modules) and has a fit at both ends. NaN when the
+    run kept no alpha history, or measured nothing after epoch 0.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return math.nan
+    try:
+        history = pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        raise StudyError(f"cannot read '{path}' ({err}): the run's alpha history is corrupt; "
+                         "run it again") from None
+    if history.empty or not {"epoch", "name", "alpha", "adapted"} <= set(history.columns):
+        return math.nan
+    epochs = pd.to_numeric(history["epoch"], errors="coerce")
+    alphas = pd.to_numeric(history["alpha"], errors="coerce")
+    adapted = history["adapted"].astype(str).str.lower() == "true"
+    names = set(history.loc[adapted, "name"])
+    last = epochs.max()
+    if not names or not last > 0:
+        return math.nan
+
+    def at(epoch: float) -> pd.Series:
+        chosen = (epochs == epoch) & history["name"].isin(names)
+        return alphas[chosen].groupby(history.loc[chosen, "name"]).mean()
+
+    shift = (at(last) - at(0)).dropna()
+    return float(shift.mean()) if len(shift) else math.nan
+
+
+def _loose_label(record: RunRecord) -> str:
+    config = record.config
+    options = config.get("config") or {}
+    if config.get("method") == "full":
+        return "full"
+    plan = record.plan
+    parts = [str(config.get("scheme") or (plan.scheme if plan else "unknown"))]
+    if plan is not None and plan.order == "low":
+        parts.append("order=low")
+    if plan is not None and plan.rank_alloc == "alpha":
+        parts.append("rank_alloc=alpha")
+    if options.get("reselect") or options.get("reselect_every"):
+        parts.append("reselect")
+    return ":".join(parts)
+
+
+def _uniform_rank(record: RunRecord) -> int | None:
+    """The plan's rank when every module has the same one (rank by alpha: None)."""
+    if record.plan is None or record.config.get("method") == "full":
+        return None
+    ranks = {module.rank for module in record.plan.modules}
+    return ranks.pop() if len(ranks) == 1 else None
+
+
+def _option(config: dict, key: str) -> Any:
+    return config.get("data") if key == "data" else (config.get("config") or {}).get(key)
+
+
+def _differing_options(records: list[RunRecord]) -> list[str]:
+    """Training options (and the data set) whose values differ among the adapter runs."""
+    adapter_runs = [record.config for record in records
+                    if record.config.get("method") != "full"]
+    keys = dict.fromkeys(["data", *(key for config in adapter_runs
+                                    for key in (config.get("config") or {}))])
+    differing = []
+    for key in keys:
+        if key in RECORD_ONLY_FIELDS or key in LABELLED_FIELDS:
+            continue
+        values = {json.dumps(_option(config, key), sort_keys=True, default=str)
+                  for config in adapter_runs}
+        if len(values) > 1:
+            differing.append(key)
+    return differing
+
+
+def _scalar(value: Any) -> Any:
+    """A sweep value that a table can group by: lists and objects become their JSON text."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _number(value: Any) -> float:
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _frame(rows: list[dict[str, Any]], sweeps: list[str]) -> pd.DataFrame:
+    columns = [*IDENTITY_COLUMNS, *sweeps, *RESULT_COLUMNS]
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    for column in sweeps:
+        # As written: a swept batch size stays 4, not 4.0 beside a run without one.
+        frame[column] = pd.Series([row.get(column) for row in rows], index=frame.index,
+                                  dtype=object)
+    for column in INTEGER_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in [*SUMMARY_FIELDS, "adapted_modules", "adapted_blocks", "alpha_shift"]:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    frame["matched"] = frame["matched"].astype(bool)
+    return frame

@@ -1,0 +1,146 @@
+"""A study's runs: every scheme × k × rank × sweep value × seed, each scheme's plan matched to
+one reference budget.
+
+The budget of ``k`` units at rank ``r`` is r·k·(mean LoRA cost of one unit), a unit's cost
+being Σ(rows + cols) over its candidate matrices: for a transformer whose blocks are alike this
+is exactly what ``first``, ``last``, ``band`` and ``blora`` train with k blocks. A scheme that
+counts in the study's unit keeps k (and is checked to be within the planner's 5%); one that
+counts otherwise (``alora`` by matrix in a study by block) has its k chosen by the planner's
+budget matching at the same rank. ``all`` and ``full`` are the unmatched upper baselines.
+``random`` draws its selection from the run's training seed (paired design: seed s gives every
+scheme the same data order and adapter initialisation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from alphasel.errors import PlanError, StudyError
+from alphasel.plan import InjectionPlan
+from alphasel.planner import BUDGET_TOLERANCE, SCHEME_UNITS, candidates, make_plan, parse_kinds
+from alphasel.study.spec import UNMATCHED, SchemeSpec, StudySpec
+
+
+@dataclass
+class RunEntry:
+    """One run of the study, as matrix.json lists it."""
+
+    run_id: str
+    label: str
+    scheme: str
+    k: int | None
+    rank: int | None
+    seed: int
+    sweep: dict[str, Any]
+    matched: bool
+    budget: int | None
+    trainable_params: int | None
+    config: dict[str, Any]
+    plan: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unit_budget(table: pd.DataFrame, kinds: list[str], unit: str, k: int, rank: int) -> int:
+    """rank × k × the mean LoRA cost (Σ rows + cols) of one unit (block or matrix)."""
+    frame = candidates(table, kinds)
+    costs = frame["rows"] + frame["cols"]
+    if unit == "block":
+        per_unit = costs.groupby(frame["block"]).sum().mean()
+    else:
+        per_unit = costs.mean()
+    return int(round(rank * k * float(per_unit)))
+
+
+def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int, unit: str,
+                budget: int, seed: int) -> InjectionPlan | None:
+    """The plan of ``scheme`` at this budget (None for full fine-tuning)."""
+    if scheme.scheme == "full":
+        return None
+    options: dict[str, Any] = {key: value for key, value in scheme.options
+                               if key in ("order", "kinds", "unit", "start")}
+    if scheme.scheme == "random":
+        options["seed"] = seed
+        options.setdefault("unit", unit)
+    try:
+        if scheme.scheme == "all":
+            return make_plan(table, "all", rank=rank, **options)
+        scheme_unit = options.get("unit") or SCHEME_UNITS[scheme.scheme]
+        if scheme.option("rank_alloc") == "alpha":
+            chosen = k if scheme_unit == unit else _matched_k(table, scheme, rank, budget,
+                                                              options)
+            return make_plan(table, scheme.scheme, chosen, rank_alloc="alpha",
+                             beta=scheme.option("beta"), budget=budget, **options)
+        if scheme_unit == unit:
+            plan = make_plan(table, scheme.scheme, k, rank=rank, **options)
+            if abs(plan.trainable_params - budget) <= BUDGET_TOLERANCE * budget:
+                return plan
+        return make_plan(table, scheme.scheme, None, rank=rank, budget=budget, **options)
+    except PlanError as err:
+        raise StudyError(f"scheme '{scheme.label}' at k={k}, rank {rank} (budget {budget:,} "
+                         f"trainable parameters): {err}") from None
+
+
+def _matched_k(table: pd.DataFrame, scheme: SchemeSpec, rank: int, budget: int,
+               options: dict[str, Any]) -> int:
+    """The k at which a uniform-rank plan of ``scheme`` meets ``budget`` (rank allocation by
+    alpha then spreads the same budget over those units)."""
+    return make_plan(table, scheme.scheme, None, rank=rank, budget=budget, **options).k
+
+
+def run_id(label: str, k: int | None, rank: int | None, seed: int, sweep: dict[str, Any],
+           identity: dict[str, Any]) -> str:
+    """A readable id that derives from the run's resolved configuration: the same study gives
+    the same ids, so a resumed study finds its runs."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    parts = [re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")]
+    if k is not None:
+        parts.append(f"k{k}")
+    if rank is not None:
+        parts.append(f"r{rank}")
+    parts += [f"{key}-{value}" for key, value in sorted(sweep.items())]
+    parts.append(f"s{seed}")
+    return "-".join(str(part) for part in parts) + "-" + digest.hexdigest()[:8]
+
+
+def expand(spec: StudySpec, table: pd.DataFrame) -> list[RunEntry]:
+    """Every run of the study, in the order they will run (seed-major, so an interrupted study
+    has whole seeds of every scheme rather than every seed of the first schemes)."""
+    kinds = parse_kinds(None)
+    sweeps = [dict(zip(spec.sweep, values, strict=True))
+              for values in itertools.product(*spec.sweep.values())] or [{}]
+    entries: list[RunEntry] = []
+    plans: dict[tuple, InjectionPlan | None] = {}
+    for seed, k, rank, sweep, scheme in itertools.product(spec.seeds, spec.k, spec.rank,
+                                                          sweeps, spec.schemes):
+        budget = unit_budget(table, kinds, spec.unit, k, rank)
+        key = (scheme.label, k, rank, seed if scheme.scheme == "random" else None)
+        if key not in plans:
+            plans[key] = plan_scheme(table, scheme, k, rank, spec.unit, budget, seed)
+        plan = plans[key]
+        matched = scheme.scheme not in UNMATCHED
+        config = spec.config(seed, sweep, scheme).to_dict()
+        identity = {"model": spec.model, "data": spec.data, "label": scheme.label,
+                    "modules": [(m.name, m.rank, m.lora_alpha) for m in plan.modules]
+                    if plan else "all weights", "config": config}
+        entries.append(RunEntry(
+            run_id=run_id(scheme.label, k if matched else None, rank if plan else None, seed,
+                          sweep, identity),
+            label=scheme.label, scheme=scheme.scheme, k=plan.k if plan else None,
+            rank=rank if plan else None, seed=seed, sweep=sweep, matched=matched,
+            budget=budget if matched else None,
+            trainable_params=plan.trainable_params if plan else None,
+            config=config, plan=plan.to_dict() if plan else None))
+    # The upper baselines do not depend on k (full: nor on the rank): train them once.
+    unique: dict[str, RunEntry] = {}
+    for entry in entries:
+        unique.setdefault(entry.run_id, entry)
+    return list(unique.values())

@@ -1,0 +1,256 @@
+"""Statistics across seeds: group means with 95% t-intervals, paired differences against the
+baselines, and the comparison table.
+
+A *group* is the runs of one label in one *cell*: the same model, budget (or k, for loose runs
+that were not planned to a budget), rank and sweep values; the runs of a group differ only in
+their training seed. Every statistic is over all complete runs of a group: no run is ever
+picked as the best, and failed or unfinished runs are counted, never averaged.
+
+Schemes are compared by paired differences: a study gives every scheme the same training seeds
+(same data order, same adapter initialisation), so the difference label − baseline at one seed
+removes the seed's own luck, and its interval is far narrower than the two groups' intervals
+side by side. The unmatched upper baselines (``all``, ``full``) train more than the budget by
+design: they are one reference for every budget (and ``full``, without adapters, for every
+rank), so when pairing, a baseline run's missing k, budget or rank matches any value, and an
+unmatched baseline's k and budget are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from alphasel.errors import StudyError
+from alphasel.study.collect import (
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_INCOMPLETE,
+    STATUS_MISSING,
+    sweep_columns,
+)
+
+CONFIDENCE = 0.95
+#: Metrics reported with their interval; eval_accuracy only where some run has one.
+INTERVAL_METRICS = ("eval_loss", "best_eval_loss", "eval_accuracy")
+#: Per-run quantities reported as their mean over a group's complete runs.
+MEAN_COLUMNS = ("trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
+                "wall_s", "tokens_per_s", "peak_memory_mb")
+#: The baselines of the comparison table's paired columns (vs_random, vs_all).
+BASELINES = ("random", "all")
+#: Columns an unmatched baseline ignores when it is paired: it is one reference for all k.
+BUDGET_COLUMNS = ("k", "budget")
+PAIRED_COLUMNS = ["label", "baseline", "metric", "n_pairs", "mean", "std", "ci_low", "ci_high"]
+
+
+def t_interval(values: Iterable[float], confidence: float = CONFIDENCE
+               ) -> tuple[float, float, float, float]:
+    """(mean, sample std, low, high) of the Student-t interval for the mean of ``values``.
+
+    NaN values (a run without that metric) are left out. With fewer than two values the
+    spread is unknown: std, low and high are NaN (and all four with none).
+    """
+    data = np.asarray(list(values), dtype=np.float64)
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(data.mean())
+    if data.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(data.std(ddof=1))
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, data.size - 1)) * std / math.sqrt(
+        data.size)
+    return mean, std, mean - half, mean + half
+
+
+def grouping_columns(runs: pd.DataFrame) -> list[str]:
+    """The columns that define a group: model_id, label, budget (k when no run has a budget:
+    loose runs), rank and the sweep columns, those the table has.
+
+    A study's k is the plan's: a scheme counted in other units than the study's (alora by
+    matrix in a study by block) has another k at the same budget, so k describes a group there
+    rather than defining it."""
+    cell = "budget" if "budget" in runs and runs["budget"].notna().any() else "k"
+    return [column for column in ("model_id", "label", cell, "rank")
+            if column in runs] + sweep_columns(runs)
+
+
+def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per group of ``runs`` (a table from :mod:`alphasel.study.collect`).
+
+    Columns: the grouping columns (``by``, default :func:`grouping_columns`); ``k`` and
+    ``budget`` (their group mean) when not among them; ``matched``; ``n`` (complete runs),
+    ``failed``, ``missing`` (never started, unfinished or killed); for eval_loss,
+    best_eval_loss and eval_accuracy (when any run has it) ``<metric>_mean``, ``_std``,
+    ``_ci_low``, ``_ci_high`` (95% t-interval over the complete runs); the means of
+    trainable_params, adapted_modules, adapted_blocks, alpha_shift, wall_s, tokens_per_s and
+    peak_memory_mb; and ``budget_gap`` = mean trainable_params / budget − 1. Groups keep the
+    order in which the table first lists them (a study's matrix order).
+    """
+    by = grouping_columns(runs) if by is None else list(by)
+    _check_columns(runs, [*by, "status"])
+    if not by:
+        raise StudyError("summarize(by=[]): give at least one column to group by, e.g. "
+                         "['label']")
+    metrics = [metric for metric in INTERVAL_METRICS if metric in runs
+               and (metric != "eval_accuracy" or runs[metric].notna().any())]
+    described = [column for column in ("k", "budget") if column in runs and column not in by]
+    rows = []
+    if not runs.empty:
+        for _, group in runs.groupby(by, dropna=False, sort=False):
+            done = group[group["status"] == STATUS_COMPLETE]
+            row: dict[str, Any] = _group_values(group, by)
+            for column in described:
+                row[column] = _mean(group[column])
+            row["matched"] = bool(group["matched"].all()) if "matched" in group else True
+            row["n"] = len(done)
+            row["failed"] = int((group["status"] == STATUS_FAILED).sum())
+            row["missing"] = int(group["status"].isin([STATUS_MISSING, STATUS_INCOMPLETE]).sum())
+            for metric in metrics:
+                mean, std, low, high = t_interval(done[metric])
+                row.update({f"{metric}_mean": mean, f"{metric}_std": std,
+                            f"{metric}_ci_low": low, f"{metric}_ci_high": high})
+            for column in MEAN_COLUMNS:
+                row[column] = _mean(done[column]) if column in done else math.nan
+            budget = _mean(group["budget"]) if "budget" in group else math.nan
+            row["budget_gap"] = (row["trainable_params"] / budget - 1
+                                 if budget and math.isfinite(budget) else math.nan)
+            rows.append(row)
+    columns = [*by, *described, "matched", "n", "failed", "missing",
+               *(f"{metric}_{part}" for metric in metrics
+                 for part in ("mean", "std", "ci_low", "ci_high")),
+               *MEAN_COLUMNS, "budget_gap"]
+    return _typed(rows, columns, runs, by)
+
+
+def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "eval_loss",
+                       by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per label and cell: the seed-by-seed difference label − baseline of ``metric``.
+
+    Complete runs only. Within a cell (``by`` less the label) every other label's runs are
+    paired with the baseline's runs of the same seed; seeds without a partner are left out.
+    Repeated runs of one label and seed are averaged first. Columns: the cell's columns, then
+    label, baseline, metric, n_pairs, mean, std, ci_low, ci_high (95% t-interval of the mean
+    difference). No baseline run at all gives an empty frame: there is nothing to compare with.
+    """
+    by = grouping_columns(runs) if by is None else list(by)
+    cell = [column for column in by if column != "label"]
+    _check_columns(runs, [*by, "label", "status", "seed", metric])
+    columns = [*cell, *PAIRED_COLUMNS]
+    done = runs[runs["status"] == STATUS_COMPLETE]
+    baseline = done[done["label"] == baseline_label]
+    others = done[done["label"] != baseline_label]
+    if baseline.empty or others.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, group in others.groupby([*cell, "label"], dropna=False, sort=False):
+        values = _group_values(group, [*cell, "label"])
+        partners = baseline[_matching(baseline, values, cell)]
+        if partners.empty:
+            continue
+        per_seed = group.groupby("seed")[metric].mean()
+        baseline_per_seed = partners.groupby("seed")[metric].mean()
+        differences = (per_seed - baseline_per_seed).dropna()
+        mean, std, low, high = t_interval(differences)
+        rows.append({**values, "baseline": baseline_label, "metric": metric,
+                     "n_pairs": len(differences), "mean": mean, "std": std, "ci_low": low,
+                     "ci_high": high})
+    return _typed(rows, columns, runs, [*cell, "label"])
+
+
+def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss") -> pd.DataFrame:
+    """:func:`summarize` plus the paired differences of ``metric`` against each baseline.
+
+    For each of ``random`` and ``all``: ``vs_<baseline>`` (mean difference and its 95%
+    interval as text, e.g. ``-0.012 [-0.020, -0.004]``; empty for the baseline itself and where
+    no seed pairs) and the numbers behind it, ``vs_<baseline>_mean``, ``_ci_low``,
+    ``_ci_high``, ``_pairs``. A negative loss difference means the label beat the baseline.
+    Labels stay as the matrix wrote them; ``matched`` is False for the unmatched upper
+    baselines (``all``, ``full``), whose budget and budget_gap are NaN.
+    """
+    by = grouping_columns(runs)
+    table = summarize(runs, by)
+    for baseline in BASELINES:
+        differences = paired_differences(runs, baseline, metric, by)
+        found = {_key(row[column] for column in by): row
+                 for _, row in differences.iterrows()}
+        matches = [found.get(_key(row[column] for column in by))
+                   for _, row in table.iterrows()]
+        table[f"vs_{baseline}"] = [
+            "" if row is None else format_interval(row["mean"], row["ci_low"], row["ci_high"],
+                                                   int(row["n_pairs"]))
+            for row in matches]
+        for part, source in (("mean", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
+                             ("pairs", "n_pairs")):
+            table[f"vs_{baseline}_{part}"] = [math.nan if row is None else row[source]
+                                              for row in matches]
+    return table
+
+
+def format_interval(mean: float, low: float, high: float, n: int | None = None) -> str:
+    """``mean [low, high]`` with as many decimals as the interval's width calls for (at least
+    three); one value has no interval: ``mean (n=1)``; none: empty."""
+    if n == 0 or not math.isfinite(mean):
+        return ""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.3f}" + (f" (n={n})" if n is not None else "")
+    half = (high - low) / 2
+    decimals = 3 if half <= 0 else min(6, max(3, -math.floor(math.log10(half))))
+    return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
+def _matching(baseline: pd.DataFrame, values: dict[str, Any], cell: list[str]) -> pd.Series:
+    """Which baseline runs share the cell ``values`` (see the module docstring: a baseline's
+    missing value matches anything, an unmatched baseline ignores k and budget)."""
+    unmatched = ~baseline["matched"].astype(bool) if "matched" in baseline else False
+    mask = pd.Series(True, index=baseline.index)
+    for column in cell:
+        wildcard = baseline[column].isna()
+        if column in BUDGET_COLUMNS:
+            wildcard = wildcard | unmatched
+        value = values[column]
+        same = (pd.Series(False, index=baseline.index) if _missing(value)
+                else (baseline[column] == value).fillna(False).astype(bool))
+        mask &= wildcard | same
+    return mask
+
+
+def _check_columns(runs: pd.DataFrame, needed: list[str]) -> None:
+    missing = [column for column in dict.fromkeys(needed) if column not in runs]
+    if missing:
+        raise StudyError(f"the runs table lacks column(s) {', '.join(missing)}: build it with "
+                         "alphasel.study.collect (collect_study or collect_runs)")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _group_values(group: pd.DataFrame, columns: list[str]) -> dict[str, Any]:
+    """A group's values of ``columns`` as the table holds them (groupby's own keys turn a
+    swept 4 beside a missing value into 4.0)."""
+    return {column: group[column].iloc[0] for column in columns}
+
+
+def _typed(rows: list[dict[str, Any]], columns: list[str], runs: pd.DataFrame,
+           keys: list[str]) -> pd.DataFrame:
+    """The table of ``rows``, its ``keys`` columns of the type they have in ``runs`` (a frame
+    built from dicts turns whole numbers beside a missing value into floats)."""
+    table = pd.DataFrame(rows, columns=columns)
+    for column in keys:
+        table[column] = pd.array([row[column] for row in rows], dtype=runs[column].dtype)
+    return table
+
+
+def _key(values: Iterable[Any]) -> tuple:
+    """A group's key with every kind of missing value as None, to look groups up by."""
+    return tuple(None if _missing(value) else value for value in values)
+
+
+def _mean(values: pd.Series) -> float:
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64").dropna()
+    return float(numbers.mean()) if len(numbers) else math.nan

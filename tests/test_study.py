@@ -1,0 +1,173 @@
+"""The selection study: spec parsing, one budget for every scheme, run ids from the resolved
+config, and a tiny study run, resumed, and failing one run without stopping the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from train_helpers import byte_tokenizer, tiny_causal_lm
+
+import alphasel
+import alphasel.cli
+from alphasel.errors import StudyError
+from alphasel.study.matrix import expand, unit_budget
+from alphasel.study.runner import create_study, open_study, run_state, run_study
+from alphasel.study.spec import SchemeSpec, StudySpec, load_spec, parse_schemes, parse_sweep
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_causal_lm(layers=4).save_pretrained(folder)
+    byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def code(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("code")
+    for i in range(12):
+        (folder / f"mod_{i}.py").write_text(f"def add_{i}(x):\n    return x + {i}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def table():
+    return alphasel.analyze(tiny_causal_lm(layers=4), progress=False)
+
+
+def test_schemes_with_options_parse_and_label():
+    specs = parse_schemes("alora:order=low,alora:kinds=q,k,v,band:start=2,random:reselect,full")
+    assert [spec.label for spec in specs] == ["alora:order=low", "alora:kinds=q,k,v",
+                                              "band:start=2", "random:reselect", "full"]
+    assert specs[1].option("kinds") == "q,k,v" and specs[2].option("start") == 2
+    assert specs[3].option("reselect") is True
+    assert SchemeSpec.parse("random:unit=matrix:reselect").label == "random:unit=matrix:reselect"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("alora,nope", "unknown scheme 'nope'"),
+    ("alora:depth=3", "unknown option 'depth'"),
+    ("band", "band:start=N"),
+    ("first:order=low", "order applies to alora and blora"),
+    ("alora:kinds=q,z", "unknown kind 'z'"),
+    ("full:reselect", "full fine-tuning takes no options"),
+    ("alora,alora", "twice"),
+    ("random:reselect=yes", "write the option as reselect"),
+])
+def test_bad_schemes_say_what_to_write(text, message):
+    with pytest.raises(StudyError, match=message):
+        parse_schemes(text)
+
+
+def test_sweeps_parse_on_off_and_numbers_and_refuse_unknown_fields():
+    assert parse_sweep(["grad_checkpointing=off,on", "batch_size=2,4"]) == {
+        "grad_checkpointing": [False, True], "batch_size": [2, 4]}
+    with pytest.raises(StudyError, match="not a training option"):
+        parse_sweep(["nope=1,2"])
+    with pytest.raises(StudyError, match="use on/off"):
+        parse_sweep(["bf16=maybe"])
+
+
+def test_spec_file_equals_flags_and_bad_training_options_fail_early(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text('model = "m"\ndata = "d"\nschemes = ["alora", "first"]\nk = [1, 2]\n'
+                    'seeds = 2\n[train]\nmax_steps = 5\n[sweep]\nbf16 = [false, true]\n')
+    spec = load_spec(path)
+    assert spec.seeds == [0, 1] and spec.k == [1, 2] and spec.train == {"max_steps": 5}
+    assert spec.sweep == {"bf16": [False, True]}
+    assert spec.config(1, {"bf16": True}).seed == 1
+    with pytest.raises(StudyError, match="--batch-size 0"):
+        StudySpec("m", "d", parse_schemes("alora"), train={"batch_size": 0})
+    with pytest.raises(StudyError, match="decides these per run"):
+        StudySpec("m", "d", parse_schemes("alora"), train={"seed": 3})
+    (tmp_path / "bad.toml").write_text("model = \n")
+    with pytest.raises(StudyError, match="not valid TOML"):
+        load_spec(tmp_path / "bad.toml")
+
+
+def test_every_matched_scheme_meets_one_budget(table):
+    spec = StudySpec("m", "d", parse_schemes("alora,blora,random,first,last,band:start=1,"
+                                             "alora:kinds=mlp,all,full"), k=[2], seeds=[0, 1])
+    entries = expand(spec, table)
+    budget = unit_budget(table, ["q", "k", "v", "o", "gate", "up", "down"], "block", 2, 8)
+    # A block of the tiny Llama: q 32², k/v 16×32, o 32², gate/up/down 64×32 → Σ(rows+cols)
+    # = 64+48+48+64+96+96+96 = 512; two blocks at rank 8 → 8192.
+    assert budget == 8192
+    matched = [entry for entry in entries if entry.matched]
+    assert {entry.budget for entry in matched} == {8192}
+    for entry in matched:
+        assert abs(entry.trainable_params - 8192) <= 0.05 * 8192, entry.label
+    alora = next(entry for entry in matched if entry.label == "alora")
+    assert alora.k == 12  # matrices, chosen by the planner's budget matching
+    unmatched = {entry.label: entry for entry in entries if not entry.matched}
+    assert unmatched["all"].trainable_params == 2 * 8192 and unmatched["all"].budget is None
+    assert unmatched["full"].plan is None and unmatched["full"].config["method"] == "full"
+    # Paired design: seed s gives every scheme training seed s; random draws from it too.
+    randoms = [entry for entry in entries if entry.label == "random"]
+    assert [entry.plan["seed"] for entry in randoms] == [0, 1]
+    assert {entry.config["seed"] for entry in entries if entry.seed == 1} == {1}
+    # Ids derive from the resolved configuration: the same spec gives the same ids.
+    assert [entry.run_id for entry in expand(spec, table)] == [e.run_id for e in entries]
+    assert len({entry.run_id for entry in entries}) == len(entries)
+
+
+def test_a_budget_no_plan_can_meet_is_refused(table):
+    spec = StudySpec("m", "d", parse_schemes("alora:kinds=q"), k=[1], seeds=[0])
+    with pytest.raises(StudyError, match="alora:kinds=q.*within 5%"):
+        expand(spec, table)
+    with pytest.raises(StudyError, match="k=9"):
+        expand(StudySpec("m", "d", parse_schemes("first"), k=[9], seeds=[0]), table)
+
+
+def test_study_runs_resumes_without_repeating_and_survives_a_failed_run(checkpoint, code,
+                                                                        tmp_path):
+    spec = StudySpec(str(checkpoint), str(code), parse_schemes("blora,random"), k=[1],
+                     seeds=[0, 1], train={"max_steps": 2, "max_seq_len": 32, "batch_size": 2})
+    study = create_study(spec, tmp_path / "study", progress=False)
+    _, entries = open_study(study)
+    assert len(entries) == 4
+    # Break one run's plan: that run fails, the others finish.
+    matrix = json.loads((study / "matrix.json").read_text())
+    broken = matrix["runs"][1]
+    original = broken["plan"]["modules"][0]["name"]
+    broken["plan"]["modules"][0]["name"] = "model.layers.9.mlp.up_proj"
+    (study / "matrix.json").write_text(json.dumps(matrix))
+    states = run_study(study)
+    assert sorted(states.values()) == ["complete", "complete", "complete", "failed"]
+    error = json.loads((study / "runs" / broken["run_id"] / "error.json").read_text())
+    assert "model.layers.9.mlp.up_proj" in error["error"]
+    summaries = {entry.run_id: (study / "runs" / entry.run_id / "summary.json").read_text()
+                 for entry in entries if entry.run_id != broken["run_id"]}
+
+    # Repair the plan and resume: only the failed run trains again.
+    broken["plan"]["modules"][0]["name"] = original
+    (study / "matrix.json").write_text(json.dumps(matrix))
+    assert set(run_study(study).values()) == {"complete"}
+    for run, text in summaries.items():
+        assert (study / "runs" / run / "summary.json").read_text() == text  # not repeated
+    assert sorted(p.name for p in (study / "runs").iterdir()) == sorted(
+        entry.run_id for entry in entries)  # nothing duplicated
+    assert all(run_state(study, entry) == "complete" for entry in entries)
+    record = json.loads((study / "runs" / entries[0].run_id / "config.json").read_text())
+    assert record["config"]["seed"] == entries[0].seed and record["config"]["max_steps"] == 2
+
+
+def test_study_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, runs):
+    def error(args: list[str], text: str) -> None:
+        assert alphasel.cli.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and text in err, err
+
+    error(["study", "--model", "m", "--data", "d", "--schemes", "alora,nope"], "nope")
+    error(["study", "--model", "m", "--data", "d"], "--schemes required")
+    error(["study", "--resume", str(tmp_path)], "not an alphasel study")
+    error(["study", "--model", "m", "--data", "d", "--schemes", "alora", "--executor", "ray"],
+          "--executor ray")
+    spec = tmp_path / "s.toml"
+    spec.write_text('model = "m"\ndata = "d"\nschemes = ["alora"]\n')
+    error(["study", str(spec), "--k", "2"], "drop --k")
+    error(["study", "--resume", str(tmp_path), "--k", "2"], "drop --k")
+    assert not (runs / "studies").exists()
