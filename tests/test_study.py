@@ -164,10 +164,67 @@ def test_study_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, runs):
     error(["study", "--model", "m", "--data", "d", "--schemes", "alora,nope"], "nope")
     error(["study", "--model", "m", "--data", "d"], "--schemes required")
     error(["study", "--resume", str(tmp_path)], "not an alphasel study")
-    error(["study", "--model", "m", "--data", "d", "--schemes", "alora", "--executor", "ray"],
-          "--executor ray")
+    error(["study", "--model", "m", "--data", "d", "--schemes", "alora", "--executor", "slurm"],
+          "--executor slurm: use one of local, ray")
+    error(["study", "--model", "m", "--data", "d", "--schemes", "alora", "--gpus-per-run", "1"],
+          "apply to --executor ray")
     spec = tmp_path / "s.toml"
     spec.write_text('model = "m"\ndata = "d"\nschemes = ["alora"]\n')
     error(["study", str(spec), "--k", "2"], "drop --k")
     error(["study", "--resume", str(tmp_path), "--k", "2"], "drop --k")
     assert not (runs / "studies").exists()
+
+
+def test_selection_stability_compares_estimators_and_draws(table):
+    from alphasel.study.stability import jaccard, selection_stability, stability_summary
+
+    assert jaccard({"a", "b"}, {"b", "c"}) == 1 / 3 and jaccard(set(), set()) == 1.0
+    spec = StudySpec("m", "d", parse_schemes("alora,blora,first"), k=[2], seeds=[0])
+    entries = expand(spec, table)
+    model = tiny_causal_lm(layers=4)  # the model behind the `table` fixture
+    calls = []
+
+    def analyse(**options):
+        calls.append(options)
+        return alphasel.analyze(model, progress=False, **options)
+
+    stability = selection_stability(entries, analyse, table, "ks", draws=3)
+    assert calls == [{"estimator": "median"}, {"estimator": "peak"},
+                     *({"estimator": "ks", "downsample": "common", "seed": s} for s in range(3))]
+    assert set(stability["label"]) == {"alora", "blora"}  # first has no alpha to be unstable in
+    alora = stability[stability["label"] == "alora"]
+    assert list(alora["comparison"]) == ["estimator"] * 2 + ["downsampling"] * 3
+    # Recompute one overlap by hand: alora at its planned k on the median table vs the ks one.
+    k = next(entry.k for entry in entries if entry.label == "alora")
+    expected = jaccard({m.name for m in alphasel.make_plan(table, "alora", k).modules},
+                       {m.name for m in alphasel.make_plan(analyse(estimator="median"),
+                                                           "alora", k).modules})
+    assert alora.iloc[0]["b"] == "estimator=median"
+    assert alora.iloc[0]["jaccard"] == pytest.approx(expected)
+    assert (stability["selected_a"] == stability["selected_b"]).all()
+    summary = stability_summary(stability)
+    assert list(summary["pairs"]) == [2, 3, 2, 3]
+    assert summary["mean_jaccard"].between(0, 1).all()
+
+
+def test_study_command_writes_table_report_and_stability(checkpoint, code, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["study", "--model", str(checkpoint), "--data", str(code), "--schemes",
+            "blora,first", "--k", "1", "--seeds", "1", "--max-steps", "2", "--max-seq-len",
+            "32", "--batch-size", "2", "--out", str(out), "--quiet"]
+    assert alphasel.cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed and "2 of 2 runs complete" in printed
+    table = (out / "table.csv").read_text()
+    assert "blora" in table and "first" in table
+    stability = (out / "stability.csv").read_text()
+    assert "blora" in stability and "first" not in stability
+    report = (out / "report.html").read_text()
+    assert "Selection stability" in report and "Comparison" in report
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "alpha_shift.html", "cost.html", "final_loss.html", "loss_curves.html"]
+    # The same command again refuses to overwrite; --resume finds everything complete.
+    assert alphasel.cli.main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert alphasel.cli.main(["study", "--resume", str(out), "--quiet"]) == 0
+    assert "2 of 2 runs complete" in capsys.readouterr().out

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from alphasel.errors import StudyError
-from alphasel.study.collect import collect_runs, collect_study, is_study, sweep_columns
-from alphasel.study.stats import BASELINES, comparison_table, format_interval
+from alphasel.study.collect import collect_runs, collect_study, is_study
+from alphasel.study.display import display_table
+from alphasel.study.stats import comparison_table
 from alphasel.table import table_format, write_table
 
 TABLE_FILE = "table.csv"
@@ -64,44 +65,4 @@ def format_table(table: pd.DataFrame, several_models: bool = False) -> str:
     unmatched baselines marked ``(unmatched)`` after their label."""
     if table.empty:
         return "no runs"
-    shown = pd.DataFrame(index=table.index)
-    if several_models:
-        shown["model"] = table["model_id"].fillna("-")
-    shown["label"] = [label if matched else f"{label} (unmatched)"
-                      for label, matched in zip(table["label"], table["matched"], strict=True)]
-    for column in ("budget", "k", "rank"):
-        if column in table:
-            shown[column] = table[column].map(_whole)
-    for column in sweep_columns(table):
-        shown[column.removeprefix("sweep.")] = table[column].map(
-            lambda value: "-" if pd.isna(value) else str(value))
-    for column in ("n", "failed", "missing"):
-        shown[column] = table[column]
-    for metric, title in (("eval_loss", "eval_loss"), ("best_eval_loss", "best_eval"),
-                          ("eval_accuracy", "accuracy")):
-        if f"{metric}_mean" in table:
-            shown[title] = [
-                format_interval(mean, low, high, n) or "-" for mean, low, high, n in zip(
-                    table[f"{metric}_mean"], table[f"{metric}_ci_low"],
-                    table[f"{metric}_ci_high"], table["n"], strict=True)]
-    for baseline in BASELINES:
-        shown[f"vs_{baseline}"] = table[f"vs_{baseline}"].replace("", "-")
-    shown["trainable"] = table["trainable_params"].map(
-        lambda value: "-" if pd.isna(value) else f"{value:,.0f}")
-    shown["budget_gap"] = table["budget_gap"].map(
-        lambda value: "-" if pd.isna(value) else f"{value:+.1%}")
-    shown["modules"] = table["adapted_modules"].map(_whole)
-    shown["alpha_shift"] = table["alpha_shift"].map(
-        lambda value: "-" if pd.isna(value) else f"{value:+.3f}")
-    for column, title in (("wall_s", "wall_s"), ("tokens_per_s", "tok/s"),
-                          ("peak_memory_mb", "peak_mb")):
-        shown[title] = table[column].map(lambda value: "-" if pd.isna(value) else f"{value:.0f}")
-    return shown.to_string(index=False)
-
-
-def _whole(value: object) -> str:
-    """A count or size: whole numbers without decimals, a group mean that is not one with one."""
-    if pd.isna(value):
-        return "-"
-    number = float(value)
-    return f"{number:.0f}" if number.is_integer() else f"{number:.1f}"
+    return display_table(table, several_models).to_string(index=False)

@@ -2,22 +2,34 @@
 
 `alphasel plot training RUN_DIR [--figure trajectories|surface|change] [--out FILE]` draws a
 training run's alpha history instead.
+
+`alphasel plot compare STUDY_DIR | RUN_DIR... [--figure loss_curves|final_loss|cost|alpha_shift|
+report] [--smooth N] [--metric M] [--out FILE]` draws runs compared across seeds: a study's
+report page (the default for a study), or one figure (final_loss by default for loose runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from alphasel.errors import PlotError
 from alphasel.plots import PLOT_NAMES, check_output_path, check_plot_name, figure, save_figure
+from alphasel.study.collect import collect_runs, collect_study, is_study
+from alphasel.study.figures import STUDY_FIGURES, check_figure_options, study_figure
+from alphasel.study.report import FIGURES_DIR, REPORT_FILE, write_report
 from alphasel.table import latest_analysis, metadata, model_slug, read_table, runs_dir
 from alphasel.training_plots import TRAINING_FIGURES, training_figure
 
 #: The PLOT that draws a training run's alpha history (RUN_DIR in place of TABLE).
 TRAINING_PLOT = "training"
+#: The PLOT that compares training runs across seeds (a study or run directories).
+COMPARE_PLOT = "compare"
+#: compare's --figure that writes a study's whole report page.
+REPORT_FIGURE = "report"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,10 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # A plain string, not argparse choices, so a wrong name is one line and exit 2 like every
     # other input error rather than a usage dump.
     parser.add_argument("plot", metavar="PLOT",
-                        help=f"one of {', '.join(PLOT_NAMES)}, or {TRAINING_PLOT}")
-    parser.add_argument("table", nargs="?", default=None, metavar="TABLE",
+                        help=f"one of {', '.join(PLOT_NAMES)}, {TRAINING_PLOT} or "
+                             f"{COMPARE_PLOT}")
+    # Several only for compare (run directories); the others take one and say so.
+    parser.add_argument("table", nargs="*", default=[], metavar="TABLE",
                         help="alpha table (.csv, .parquet, .json); default: the latest "
-                             f"analysis. For {TRAINING_PLOT}: the run directory (RUN_DIR)")
+                             f"analysis. For {TRAINING_PLOT}: the run directory (RUN_DIR). "
+                             f"For {COMPARE_PLOT}: a study directory, or run directories")
     parser.add_argument("--vs", default=None, metavar="OTHER",
                         help="second alpha table: draw alpha(TABLE) − alpha(OTHER) matched by "
                              "module name (surface and heatmap only)")
@@ -43,7 +58,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "default: runs/plots/<model>-<plot>.html")
     parser.add_argument("--figure", default=None, metavar="FIGURE",
                         help=f"with {TRAINING_PLOT}: one of {', '.join(TRAINING_FIGURES)} "
-                             "(default: trajectories)")
+                             f"(default: trajectories); with {COMPARE_PLOT}: one of "
+                             f"{', '.join(STUDY_FIGURES)} or {REPORT_FIGURE} (default: "
+                             f"{REPORT_FIGURE} for a study, final_loss for runs)")
+    parser.add_argument("--smooth", type=int, default=None, metavar="N",
+                        help=f"with {COMPARE_PLOT}: loss curves as a moving average over N "
+                             "logged points per run")
+    parser.add_argument("--metric", default=None, metavar="METRIC",
+                        help=f"with {COMPARE_PLOT}: loss_curves of eval_loss (default) or loss "
+                             "(training); final_loss of eval_loss (default), best_eval_loss or "
+                             "eval_accuracy")
     parser.set_defaults(func=run)
 
 
@@ -83,7 +107,72 @@ def run_training(args: argparse.Namespace) -> Path:
     return path
 
 
+def _figure_out(study: Path | None, name: str, smooth: int | None, metric: str | None) -> Path:
+    """Where `plot compare --figure NAME` writes by default: beside the study's report
+    figures (a name of its own when the options differ from the report's), or runs/plots/."""
+    stem = name + (f"-{metric}" if metric else "") + (
+        f"-smooth{smooth}" if smooth and smooth > 1 else "")
+    if study is not None:
+        return study / FIGURES_DIR / f"{stem}.html"
+    return runs_dir() / "plots" / f"compare-{stem}.html"
+
+
+def run_compare(args: argparse.Namespace) -> Path:
+    """`alphasel plot compare STUDY | RUN...`: a study's report page, or one study figure."""
+    if not args.table:
+        raise PlotError(f"`alphasel plot {COMPARE_PLOT}` needs a study directory or run "
+                        f"directories: `alphasel plot {COMPARE_PLOT} runs/studies/<id>`")
+    if args.vs is not None:
+        raise PlotError(f"--vs compares alpha tables; it does not apply to `plot {COMPARE_PLOT}`")
+    paths = [Path(path) for path in args.table]
+    study = paths[0] if len(paths) == 1 and is_study(paths[0]) else None
+    name = args.figure or (REPORT_FIGURE if study is not None else "final_loss")
+    # Every option is checked before a run is read, so a typo is reported at once.
+    if name == REPORT_FIGURE:
+        if study is None:
+            raise PlotError(f"--figure {REPORT_FIGURE} is a study's page: pass one study "
+                            "directory, or draw one figure of these runs with --figure "
+                            f"{'|'.join(STUDY_FIGURES)}")
+        if args.metric is not None:
+            raise PlotError(f"--metric picks what one figure shows; the {REPORT_FIGURE} shows "
+                            "them all: drop --metric, or add --figure loss_curves|final_loss")
+        check_figure_options("loss_curves", args.smooth)
+        if args.out is not None and Path(args.out).suffix.lower() != ".html":
+            raise PlotError(f"cannot write the study report to '{args.out}': the report is "
+                            "one HTML page; use a file ending in .html")
+    elif name not in STUDY_FIGURES:
+        raise PlotError(f"unknown compare figure '{name}': choose one of "
+                        f"{', '.join(STUDY_FIGURES)} or {REPORT_FIGURE} (--figure)")
+    else:
+        check_figure_options(name, args.smooth, args.metric)
+        if args.out is not None:
+            check_output_path(args.out)
+    runs = collect_study(study) if study is not None else collect_runs(paths)
+    models = list(runs["model_id"].dropna().unique())
+    if len(models) > 1:
+        print(f"alphasel plot: warning: the runs are of {len(models)} models "
+              f"({', '.join(map(str, models))}): each model's runs are drawn as groups of "
+              "their own", file=sys.stderr)
+    if name == REPORT_FIGURE:
+        path = write_report(study, args.smooth, out=args.out or study / REPORT_FILE)
+    else:
+        fig = study_figure(name, runs, args.smooth, args.metric)
+        path = save_figure(fig, args.out or _figure_out(study, name, args.smooth, args.metric))
+    print(path)
+    return path
+
+
 def run(args: argparse.Namespace) -> Path:
+    if args.plot == COMPARE_PLOT:
+        return run_compare(args)
+    if args.smooth is not None or args.metric is not None:
+        flag = "--smooth" if args.smooth is not None else "--metric"
+        raise PlotError(f"{flag} applies to `plot {COMPARE_PLOT}` only: drop it")
+    if len(args.table) > 1:
+        what = "run directory" if args.plot == TRAINING_PLOT else "alpha table (add --vs OTHER)"
+        raise PlotError(f"`plot {args.plot}` draws one {what}, not {len(args.table)}: pass "
+                        f"one, or compare runs with `alphasel plot {COMPARE_PLOT} RUN RUN...`")
+    args.table = args.table[0] if args.table else None
     if args.plot == TRAINING_PLOT:
         return run_training(args)
     if args.figure is not None:

@@ -6,12 +6,12 @@
     alphasel study study.toml                      # the same from a spec file
     alphasel study --resume runs/studies/<id>      # finish an interrupted study
     alphasel study ... --sweep grad_checkpointing=off,on --sweep bf16=off,on
+    alphasel study study.toml --executor ray --address auto --gpus-per-run 1
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, help="study directory (default runs/studies/<id>)")
     run.add_argument("--resume", type=Path, metavar="STUDY_DIR",
                      help="run what an interrupted study has not finished")
-    run.add_argument("--executor", default="local", help="local (one process per run)")
+    run.add_argument("--executor", default="local",
+                     help="local (a process per run, default) or ray (a Ray task per run; "
+                     "pip install 'alphasel[cluster]')")
     run.add_argument("--parallel", type=int, default=1, help="runs at once (local executor)")
+    run.add_argument("--address", default=None,
+                     help="ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start "
+                     "Ray on this machine")
+    run.add_argument("--gpus-per-run", type=float, default=0,
+                     help="ray: GPUs each run reserves (default 0)")
+    run.add_argument("--cpus-per-run", type=float, default=1,
+                     help="ray: CPUs each run reserves (default 1)")
+    run.add_argument("--smooth", type=int, default=None, metavar="N",
+                     help="report: moving average over N evaluation points in the loss curves")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=run_command)
 
@@ -88,7 +99,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from alphasel.study.runner import create_study, failures, open_study, run_study
+    from alphasel.study.runner import EXECUTORS, create_study, failures, open_study, run_study
 
     given = _given(args)
     if args.resume is not None and (given or args.spec or args.out):
@@ -98,9 +109,19 @@ def run_command(args: argparse.Namespace) -> None:
     if args.spec is not None and given:
         raise StudyError(f"the spec file decides the study: drop {', '.join(given)} (or edit "
                          f"{args.spec})")
-    if args.executor != "local":
-        raise StudyError(f"--executor {args.executor}: this alphasel runs studies with the "
-                         "local executor only (one process per run; --parallel N)")
+    if args.smooth is not None:
+        from alphasel.study.figures import check_smooth
+
+        check_smooth(args.smooth)
+    if args.executor not in EXECUTORS:
+        raise StudyError(f"--executor {args.executor}: use one of {', '.join(EXECUTORS)}")
+    if args.executor == "ray":
+        from alphasel.study.ray_executor import check_address, import_ray
+
+        import_ray()  # before minutes of analysis and planning
+        check_address(args.address)
+    elif args.address is not None or args.gpus_per_run or args.cpus_per_run != 1:
+        raise StudyError("--address, --gpus-per-run and --cpus-per-run apply to --executor ray")
     if args.resume is not None:
         study = args.resume
         open_study(study)
@@ -116,10 +137,16 @@ def run_command(args: argparse.Namespace) -> None:
         finished[0] += 1
         say(f"  [{finished[0]}] {entry.run_id}: {state} ({seconds:.0f} s)")
 
-    states = run_study(study, parallel=args.parallel, report=report)
+    states = run_study(study, executor=args.executor, parallel=args.parallel, report=report,
+                       address=args.address, gpus_per_run=args.gpus_per_run,
+                       cpus_per_run=args.cpus_per_run)
     counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
     print(_table(study))
+    from alphasel.study.report import write_report
+
+    report_path = write_report(study, smooth=args.smooth)
     print(f"study: {study} ({counts['complete']} of {total} runs complete)")
+    print(f"report: {report_path}")
     failed = failures(study)
     if failed:
         shown = "; ".join(f"{run}: {message}" for run, message in list(failed.items())[:3])
@@ -128,7 +155,12 @@ def run_command(args: argparse.Namespace) -> None:
 
 
 def _table(study: Path) -> str:
-    """The comparison table, written to table.csv and returned for printing."""
-    from alphasel.cli.compare import study_table
+    """The comparison table, written to the study's table.csv and returned for printing."""
+    from alphasel.cli.compare import TABLE_FILE, format_table
+    from alphasel.study.collect import collect_study
+    from alphasel.study.stats import comparison_table
+    from alphasel.table import write_table
 
-    return study_table(study, out=None, stream=sys.stderr)
+    table = comparison_table(collect_study(study))
+    write_table(table, study / TABLE_FILE)
+    return format_table(table)

@@ -3,6 +3,8 @@
     runs/studies/<id>/
       spec.json      the resolved StudySpec (record "alphasel-study")
       analysis.csv   the alpha table every plan came from
+      stability.csv  Jaccard overlap of the alpha-based selections across estimators and
+                     downsampling draws (alphasel.study.stability)
       matrix.json    every run: id, label, k, rank, seed, sweep, budget, config, plan
       runs/<run-id>/ the run records (a failed run: error.json and what it wrote)
       logs/<run-id>.log  each run's output
@@ -30,6 +32,7 @@ from pathlib import Path
 from alphasel.errors import StudyError
 from alphasel.study.matrix import RunEntry, expand
 from alphasel.study.spec import StudySpec
+from alphasel.study.stability import STABILITY_FILE, selection_stability
 from alphasel.table import model_slug, runs_dir
 
 STUDY_KIND = "alphasel-study"
@@ -40,8 +43,8 @@ RUNS_DIR = "runs"
 LOGS_DIR = "logs"
 ERROR_FILE = "error.json"
 TABLE_FILE = "table.csv"
-#: Where runs execute. (A Ray executor, one run per Ray task, is the next step.)
-EXECUTORS = ("local",)
+#: Where runs execute: worker processes here, or one Ray task per run (``alphasel[cluster]``).
+EXECUTORS = ("local", "ray")
 
 
 def studies_dir() -> Path:
@@ -73,11 +76,16 @@ def create_study(spec: StudySpec, out: str | Path | None = None, *,
                          f"{out}, or choose another --out")
     table = analyze(spec.model, spec.estimator, progress=progress)
     entries = expand(spec, table)
+    stability = selection_stability(
+        entries, lambda **options: analyze(spec.model, progress=progress, **options), table,
+        spec.estimator)
     path = Path(out) if out is not None else studies_dir() / (
         f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{model_slug(spec.model)}-"
         f"{model_slug(spec.data)}")
     (path / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     write_table(table, path / ANALYSIS_FILE)
+    if not stability.empty:
+        write_table(stability, path / STABILITY_FILE)
     write_json(path / MATRIX_FILE, {"runs": [entry.to_dict() for entry in entries]})
     write_json(path / SPEC_FILE, {"record": STUDY_KIND, **spec.to_dict(),
                                   "created": datetime.now(UTC).isoformat(timespec="seconds")})
@@ -113,22 +121,27 @@ def run_state(study: Path, entry: RunEntry) -> str:
 def run_one(study: str | Path, run_id: str) -> None:
     """Train one run of the study into runs/<run-id>/ (in this process); a failure is written
     to its error.json and re-raised."""
-    from alphasel.plan import InjectionPlan
-    from alphasel.train.config import TrainConfig
-    from alphasel.train.record import write_json
-    from alphasel.train.trainer import train
-
     study = Path(study)
     spec, entries = open_study(study)
     entry = next((item for item in entries if item.run_id == run_id), None)
     if entry is None:
         raise StudyError(f"study '{study}' has no run '{run_id}'")
-    folder = study / RUNS_DIR / entry.run_id
+    run_entry(spec, entry, study / RUNS_DIR / entry.run_id, command=[
+        "alphasel", "study", "--resume", str(study)])
+
+
+def run_entry(spec: StudySpec, entry: RunEntry, folder: Path,
+              command: list[str] | None = None) -> None:
+    """Train ``entry`` into ``folder``; a failure is written to its error.json and re-raised."""
+    from alphasel.plan import InjectionPlan
+    from alphasel.train.config import TrainConfig
+    from alphasel.train.record import write_json
+    from alphasel.train.trainer import train
+
     try:
         plan = InjectionPlan.from_dict(entry.plan) if entry.plan else None
         train(spec.model, plan, spec.data, TrainConfig.from_dict(entry.config), out=folder,
-              overwrite=True, progress=False,
-              command=["alphasel", "study", "--resume", str(study)])
+              overwrite=True, progress=False, command=command)
     except BaseException as err:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / ERROR_FILE, {
@@ -138,14 +151,14 @@ def run_one(study: str | Path, run_id: str) -> None:
         raise
 
 
-def _prepare(study: Path, entry: RunEntry) -> None:
+def prepare(study: Path, entry: RunEntry) -> None:
     """Clear what an interrupted or failed attempt left, so the run starts clean."""
     folder = study / RUNS_DIR / entry.run_id
     if folder.exists():
         shutil.rmtree(folder)
 
 
-def _command(study: Path, run_id: str) -> list[str]:
+def worker_command(study: Path, run_id: str) -> list[str]:
     return [sys.executable, "-m", "alphasel.study.worker", str(study), run_id]
 
 
@@ -157,26 +170,33 @@ def _environment(parallel: int) -> dict[str, str]:
     return env
 
 
+def execute(study: Path, entry: RunEntry, env: dict[str, str] | None = None) -> str:
+    """Run ``entry`` in a worker process of its own, its output in logs/<run-id>.log; returns
+    its state (a process that died without a word, e.g. killed for memory, is ``failed``)."""
+    prepare(study, entry)
+    logs = study / LOGS_DIR
+    logs.mkdir(exist_ok=True)
+    with open(logs / f"{entry.run_id}.log", "w") as log:
+        code = subprocess.run(worker_command(study, entry.run_id), stdout=log,
+                              stderr=subprocess.STDOUT, env=env).returncode
+    state = run_state(study, entry)
+    if code != 0 and state == "pending":  # killed before it could write error.json
+        write_error(study, entry, f"the run's process exited with code {code}; see "
+                                  f"{logs / (entry.run_id + '.log')}")
+        state = "failed"
+    return state
+
+
 def run_local(study: Path, entries: list[RunEntry], parallel: int = 1,
               report: Callable[[RunEntry, str, float], None] | None = None) -> dict[str, str]:
     """Run ``entries`` as worker processes, ``parallel`` at a time; returns run id → state."""
     from concurrent.futures import ThreadPoolExecutor
 
-    logs = study / LOGS_DIR
-    logs.mkdir(exist_ok=True)
     env = _environment(parallel)
 
     def one(entry: RunEntry) -> str:
-        _prepare(study, entry)
         started = time.perf_counter()
-        with open(logs / f"{entry.run_id}.log", "w") as log:
-            code = subprocess.run(_command(study, entry.run_id), stdout=log,
-                                  stderr=subprocess.STDOUT, env=env).returncode
-        state = run_state(study, entry)
-        if code != 0 and state == "pending":  # killed before it could write error.json
-            _write_error(study, entry, f"the run's process exited with code {code}; see "
-                                       f"{logs / (entry.run_id + '.log')}")
-            state = "failed"
+        state = execute(study, entry, env)
         if report is not None:
             report(entry, state, time.perf_counter() - started)
         return state
@@ -192,7 +212,7 @@ def run_local(study: Path, entries: list[RunEntry], parallel: int = 1,
     return states
 
 
-def _write_error(study: Path, entry: RunEntry, message: str) -> None:
+def write_error(study: Path, entry: RunEntry, message: str) -> None:
     from alphasel.train.record import write_json
 
     folder = study / RUNS_DIR / entry.run_id
@@ -202,8 +222,15 @@ def _write_error(study: Path, entry: RunEntry, message: str) -> None:
 
 
 def run_study(study: str | Path, *, executor: str = "local", parallel: int = 1,
-              report: Callable[[RunEntry, str, float], None] | None = None) -> dict[str, str]:
-    """Run every run of ``study`` that is not complete; returns run id → state for all."""
+              report: Callable[[RunEntry, str, float], None] | None = None,
+              address: str | None = None, gpus_per_run: float = 0,
+              cpus_per_run: float = 1) -> dict[str, str]:
+    """Run every run of ``study`` that is not complete; returns run id → state for all.
+
+    ``local``: worker processes on this machine, ``parallel`` at a time. ``ray``: one Ray task
+    per run with ``cpus_per_run``/``gpus_per_run`` as its resources, on a local Ray instance
+    (``address`` None) or the cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://…``);
+    see :mod:`alphasel.study.ray_executor`."""
     study = Path(study)
     if executor not in EXECUTORS:
         raise StudyError(f"--executor {executor}: use one of {', '.join(EXECUTORS)}")
@@ -212,7 +239,13 @@ def run_study(study: str | Path, *, executor: str = "local", parallel: int = 1,
     _, entries = open_study(study)
     states = {entry.run_id: run_state(study, entry) for entry in entries}
     todo = [entry for entry in entries if states[entry.run_id] != "complete"]
-    states.update(run_local(study, todo, parallel, report))
+    if executor == "ray":
+        from alphasel.study.ray_executor import run_ray
+
+        states.update(run_ray(study, todo, address=address, gpus_per_run=gpus_per_run,
+                              cpus_per_run=cpus_per_run, report=report))
+    else:
+        states.update(run_local(study, todo, parallel, report))
     return states
 
 
