@@ -50,3 +50,11 @@ def test_notebook_runs_without_error(path, tmp_path):
     errors = [output for cell in notebook.cells for output in cell.get("outputs", [])
               if output.output_type == "error"]
     assert not errors
+
+
+def test_study_notebook_runs_a_study_and_shows_its_table_and_figures():
+    source = "\n".join(cell.source for cell in
+                       nbformat.read(NOTEBOOKS[0].with_name("selection_study.ipynb"), 4).cells)
+    for call in ("create_study(", "run_study(", "comparison_table(", "final_loss_figure(",
+                 "loss_curves_figure(", "cost_figure(", "alpha_shift_figure(", "ALPHASEL_STUDY"):
+        assert call in source
