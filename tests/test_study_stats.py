@@ -275,3 +275,16 @@ def test_compare_refuses_bad_input_with_one_line(tmp_path, capsys):
     assert "lists no runs" in error_line(capsys)
     with pytest.raises(StudyError, match="holds no matrix.json"):
         collect_study(run)
+
+
+def test_costs_get_their_spread_and_interval_too():
+    rows = [{"label": "blora", "seed": seed, "status": "complete", "matched": True,
+             "wall_s": wall, "tokens_per_s": 100.0 + seed, "peak_memory_mb": 500.0}
+            for seed, wall in enumerate([10.0, 12.0, 17.0])]
+    table = summarize(pd.DataFrame(rows), by=["label"])
+    mean, std, low, high = t_interval([10.0, 12.0, 17.0])
+    row = table.iloc[0]
+    assert row["wall_s"] == pytest.approx(mean) and row["wall_s_std"] == pytest.approx(std)
+    assert (row["wall_s_ci_low"], row["wall_s_ci_high"]) == (pytest.approx(low),
+                                                             pytest.approx(high))
+    assert row["peak_memory_mb_std"] == 0.0 and row["tokens_per_s_ci_high"] > 101.0

@@ -40,6 +40,8 @@ INTERVAL_METRICS = ("eval_loss", "best_eval_loss", "eval_accuracy")
 #: Per-run quantities reported as their mean over a group's complete runs.
 MEAN_COLUMNS = ("trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
                 "wall_s", "tokens_per_s", "peak_memory_mb")
+#: Of those, the costs that vary from seed to seed: also std and 95% t-interval.
+COST_COLUMNS = ("wall_s", "tokens_per_s", "peak_memory_mb")
 #: The baselines of the comparison table's paired columns (vs_random, vs_all).
 BASELINES = ("random", "all")
 #: Columns an unmatched baseline ignores when it is paired: it is one reference for all k.
@@ -88,8 +90,9 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     best_eval_loss and eval_accuracy (when any run has it) ``<metric>_mean``, ``_std``,
     ``_ci_low``, ``_ci_high`` (95% t-interval over the complete runs); the means of
     trainable_params, adapted_modules, adapted_blocks, alpha_shift, wall_s, tokens_per_s and
-    peak_memory_mb; and ``budget_gap`` = mean trainable_params / budget − 1. Groups keep the
-    order in which the table first lists them (a study's matrix order).
+    peak_memory_mb, the last three also with ``_std``, ``_ci_low``, ``_ci_high``; and
+    ``budget_gap`` = mean trainable_params / budget − 1. Groups keep the order in which the
+    table first lists them (a study's matrix order).
     """
     by = grouping_columns(runs) if by is None else list(by)
     _check_columns(runs, [*by, "status"])
@@ -116,6 +119,10 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
                             f"{metric}_ci_low": low, f"{metric}_ci_high": high})
             for column in MEAN_COLUMNS:
                 row[column] = _mean(done[column]) if column in done else math.nan
+            for column in COST_COLUMNS:
+                _, std, low, high = t_interval(done[column] if column in done else [])
+                row.update({f"{column}_std": std, f"{column}_ci_low": low,
+                            f"{column}_ci_high": high})
             budget = _mean(group["budget"]) if "budget" in group else math.nan
             row["budget_gap"] = (row["trainable_params"] / budget - 1
                                  if budget and math.isfinite(budget) else math.nan)
@@ -123,7 +130,8 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     columns = [*by, *described, "matched", "n", "failed", "missing",
                *(f"{metric}_{part}" for metric in metrics
                  for part in ("mean", "std", "ci_low", "ci_high")),
-               *MEAN_COLUMNS, "budget_gap"]
+               *MEAN_COLUMNS, *(f"{column}_{part}" for column in COST_COLUMNS
+                                for part in ("std", "ci_low", "ci_high")), "budget_gap"]
     return _typed(rows, columns, runs, by)
 
 
