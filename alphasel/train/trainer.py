@@ -247,11 +247,14 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         raise TrainConfigError(f"data '{data.name}' is {data.kind} data but --task is "
                                f"{config.task}: use --task "
                                f"{'classification' if data.kind == 'classification' else 'causal'}")
+    from transformers import set_seed
+
+    # A classifier's new head is initialised while loading: seeded, so that runs with the same
+    # seed start from the same head whatever else ran in the process before (paired design).
+    set_seed(config.seed)
     loaded, tokenizer, info = load_model(model, task=config.task, revision=revision,
                                          tokenizer=tokenizer, labels=data.labels,
                                          quantize=config.quantize)
-    from transformers import set_seed
-
     set_seed(config.seed)  # adapter initialisation is part of the paired design
     if plan is not None:
         plan = align_plan(plan, loaded)
