@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import byte_tokenizer, tiny_causal_lm
+from train_helpers import byte_tokenizer, save_causal_lm, tiny_causal_lm
 
 import alphasel.cli
 from alphasel.train.record import is_complete
@@ -22,10 +22,7 @@ FAST = ["--max-steps", "2", "--max-seq-len", "64", "--batch-size", "2", "--quiet
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A saved 2-block Llama with its byte-level tokenizer (pad = eos)."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_causal_lm().save_pretrained(folder)
-    byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
-    return folder
+    return save_causal_lm(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="module")

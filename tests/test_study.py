@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from train_helpers import byte_tokenizer, tiny_causal_lm
+from train_helpers import save_causal_lm, tiny_causal_lm, write_code_files
 
 import alphasel
 import alphasel.cli
@@ -19,18 +19,12 @@ from alphasel.study.spec import SchemeSpec, StudySpec, load_spec, parse_schemes,
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_causal_lm(layers=4).save_pretrained(folder)
-    byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
-    return folder
+    return save_causal_lm(tmp_path_factory.mktemp("tiny-llama"), layers=4)
 
 
 @pytest.fixture(scope="module")
 def code(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("code")
-    for i in range(12):
-        (folder / f"mod_{i}.py").write_text(f"def add_{i}(x):\n    return x + {i}\n")
-    return folder
+    return write_code_files(tmp_path_factory.mktemp("code"))
 
 
 @pytest.fixture(scope="module")

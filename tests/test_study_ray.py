@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from train_helpers import byte_tokenizer, tiny_causal_lm
+from train_helpers import save_causal_lm, write_code_files
 
 import alphasel.cli
 from alphasel.errors import StudyError
@@ -21,12 +21,8 @@ from alphasel.study.spec import StudySpec, parse_schemes
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory) -> StudySpec:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_causal_lm(layers=4).save_pretrained(folder)
-    byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
-    code = tmp_path_factory.mktemp("code")
-    for i in range(12):
-        (code / f"mod_{i}.py").write_text(f"def add_{i}(x):\n    return x + {i}\n")
+    folder = save_causal_lm(tmp_path_factory.mktemp("tiny-llama"), layers=4)
+    code = write_code_files(tmp_path_factory.mktemp("code"))
     return StudySpec(str(folder), str(code), parse_schemes("blora,random"), k=[1],
                      seeds=[0, 1], train={"max_steps": 2, "max_seq_len": 32, "batch_size": 2})
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 #: Special tokens of the byte-level test tokenizer; ids 0..3, then the 256 bytes.
@@ -57,3 +59,17 @@ def tiny_bert(num_labels: int, layers: int = 2, seed: int = 0,
                         num_attention_heads=4, vocab_size=vocab_size, num_labels=num_labels,
                         max_position_embeddings=512, pad_token_id=0)
     return BertForSequenceClassification(config)
+
+
+def save_causal_lm(folder: Path, layers: int = 2) -> Path:
+    """A tiny Llama saved as a checkpoint directory with its byte-level tokenizer (pad = eos)."""
+    tiny_causal_lm(layers=layers).save_pretrained(folder)
+    byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
+    return folder
+
+
+def write_code_files(folder: Path, files: int = 12) -> Path:
+    """Small Python files, one function each: enough for a split by file."""
+    for i in range(files):
+        (folder / f"mod_{i}.py").write_text(f"def add_{i}(x):\n    return x + {i}\n")
+    return folder
