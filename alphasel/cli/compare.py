@@ -16,10 +16,9 @@ import pandas as pd
 from alphasel.errors import StudyError
 from alphasel.study.collect import collect_runs, collect_study, is_study
 from alphasel.study.display import display_table
+from alphasel.study.runner import TABLE_FILE
 from alphasel.study.stats import comparison_table
 from alphasel.table import table_format, write_table
-
-TABLE_FILE = "table.csv"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

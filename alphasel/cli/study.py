@@ -156,8 +156,9 @@ def run_command(args: argparse.Namespace) -> None:
 
 def _table(study: Path) -> str:
     """The comparison table, written to the study's table.csv and returned for printing."""
-    from alphasel.cli.compare import TABLE_FILE, format_table
+    from alphasel.cli.compare import format_table
     from alphasel.study.collect import collect_study
+    from alphasel.study.runner import TABLE_FILE
     from alphasel.study.stats import comparison_table
     from alphasel.table import write_table
 

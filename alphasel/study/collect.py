@@ -22,14 +22,11 @@ from typing import Any
 import pandas as pd
 
 from alphasel.errors import AlphaselError, StudyError
+from alphasel.study.runner import ERROR_FILE, MATRIX_FILE, RUNS_DIR
+from alphasel.study.spec import UNMATCHED
 from alphasel.train.record import ALPHA_FILE, RunRecord, holds_run
 
-MATRIX_FILE = "matrix.json"
-ERROR_FILE = "error.json"
-RUNS_DIR = "runs"
 SWEEP_PREFIX = "sweep."
-#: Labels of the unmatched upper baselines: they train more than the budget by design.
-UNMATCHED = ("all", "full")
 
 STATUS_COMPLETE, STATUS_FAILED = "complete", "failed"
 STATUS_INCOMPLETE, STATUS_MISSING = "incomplete", "missing"

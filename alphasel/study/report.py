@@ -35,12 +35,12 @@ from alphasel.study.collect import (
 )
 from alphasel.study.display import display_table
 from alphasel.study.figures import check_smooth, study_figures
+from alphasel.study.runner import SPEC_FILE
 from alphasel.study.stability import STABILITY_FILE, stability_summary
 from alphasel.study.stats import comparison_table
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
-SPEC_FILE = "spec.json"
 #: Settings of spec.json shown under the title, in this order (when present).
 SPEC_FIELDS = ("schemes", "k", "unit", "rank", "seeds", "task", "method", "estimator", "sweep",
                "train", "created")
