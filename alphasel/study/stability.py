@@ -22,10 +22,10 @@ from collections.abc import Callable
 import pandas as pd
 
 from alphasel.planner import ALPHA_SCHEMES, make_plan
+from alphasel.powerlaw import ESTIMATORS
 from alphasel.study.matrix import RunEntry
 
 STABILITY_FILE = "stability.csv"
-ESTIMATORS = ("ks", "median", "peak")
 #: Downsampled analyses compared with one another.
 DRAWS = 3
 COLUMNS = ["label", "k", "comparison", "a", "b", "jaccard", "selected_a", "selected_b"]
