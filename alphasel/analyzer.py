@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as package_metadata
 from pathlib import Path
@@ -34,14 +35,20 @@ from alphasel.sources.adapter import AdapterOverlay
 from alphasel.spectra import (
     NonFiniteError,
     check_device,
+    eigensolver,
     eigenvalues,
     sample_generator,
     sample_submatrix,
+    torch_eigenvalues,
+    working_bytes,
 )
 from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
 
-# Matrices (as float32) worked on at once; see _MemoryBudget.
-_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
+# Share of the RAM available when an analysis starts that its matrices may hold at once.
+_MEMORY_SHARE = 0.5
+# Threads that work on the GPU path at once: one reads (and upcasts) the next matrix while
+# another's Gram matrix and eigenvalues are on the GPU.
+_GPU_WORKERS = 2
 # Packages whose code computes a cached result (eigenvalues, dequantization): a new version of
 # one may change the last bits, so it is part of the cache key.
 _COMPUTING_PACKAGES = ("alphasel", "numpy", "torch", "gguf")
@@ -87,19 +94,26 @@ def _spectrum_metrics(evals: np.ndarray, estimator: str) -> dict:
     return row
 
 
-def _non_finite_status(matrix: np.ndarray) -> dict:
+def _non_finite_status(matrix: np.ndarray | torch.Tensor) -> dict:
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().float().numpy()
     bad = int(matrix.size - np.count_nonzero(np.isfinite(matrix)))
     if bad == 0:  # finite entries whose Gram matrix overflows float64
         return {"status": "weights too large: their Gram matrix overflows float64"}
     return {"status": f"non-finite weights ({bad} NaN/inf entries)"}
 
 
-def _analyze_matrix(matrix: np.ndarray, name: str, estimator: str, device: str,
+def _analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str, device: str,
                     downsampling: Downsampling) -> dict:
+    """``matrix`` is float32/64 numpy, or on a torch device path a tensor in its stored
+    precision (see :meth:`WeightSource.load_stored`)."""
     try:
         if downsampling.active:
             return _analyze_samples(matrix, name, estimator, device, downsampling)
-        evals = eigenvalues(matrix, device)
+        if device == "cpu":
+            evals = eigenvalues(matrix)
+        else:
+            evals = torch_eigenvalues(torch.as_tensor(matrix), torch.device(device))
     except NonFiniteError:
         return _non_finite_status(matrix)
     if evals[-1] <= EVALS_THRESHOLD:
@@ -158,6 +172,7 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     workers: int | None = None,
+    memory_gb: float | None = None,
     adapter: str | Path | None = None,
     cache: bool = True,
 ) -> pd.DataFrame:
@@ -167,7 +182,10 @@ def analyze(
     Returns the alpha table (one row per 2-D weight matrix; see ``alphasel.table.COLUMNS``) with
     its metadata in ``table.attrs["alphasel"]``. Matrices with fewer than ``min_evals``
     eigenvalues, non-finite entries or an all-zero spectrum get a row whose ``status`` says why.
-    ``workers`` matrices are analysed at once (default: one per CPU core, at most 4).
+    ``workers`` matrices are analysed at once, each with ``cores // workers`` BLAS threads;
+    by default as many as there are CPU cores, fewer when the largest matrices' working memory
+    would not fit ``memory_gb`` (default: half the RAM available at the start), see
+    :func:`schedule`.
     ``adapter``, a PEFT LoRA/rsLoRA/DoRA adapter directory, replaces each matrix it adapts by
     its effective weight W + ΔW; the table's ``adapted`` column marks those rows.
     ``cache`` reads each matrix's result from the result cache when an identical analysis of
@@ -179,10 +197,11 @@ def analyze(
     if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
         raise AnalysisOptionError(f"--min-evals must be an integer ≥ 2, got {min_evals!r}")
     downsampling = parse_downsampling(downsample, samples, seed)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 4)
-    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
         raise AnalysisOptionError(f"--workers must be ≥ 1, got {workers}")
+    if memory_gb is not None and not (isinstance(memory_gb, int | float) and memory_gb > 0):
+        raise AnalysisOptionError(f"--memory-gb must be a positive number, got {memory_gb!r}")
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     with open_source(model, revision) as base:
@@ -196,13 +215,17 @@ def analyze(
         fitted_shapes = {ref.name: ref.shape for ref in refs if min(ref.shape) >= min_evals}
         downsampling = resolve_shape(downsampling, fitted_shapes)
         versions = _versions()
+        solver = eigensolver() if device == "cpu" else f"torch {torch.__version__} {device}"
         store = ResultCache() if cache else None
         options = {"estimator": estimator, "downsampling": downsampling.describe(),
-                   "min_evals": min_evals, "device": device,
+                   "min_evals": min_evals, "device": device, "eigensolver": solver,
                    "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES}}
+        limit = int(memory_gb * 1e9) if memory_gb is not None \
+            else int(_MEMORY_SHARE * available_memory())
+        plan = schedule(list(fitted_shapes.values()), usable_cores(), limit,
+                        workers if device == "cpu" or workers is not None else _GPU_WORKERS)
         rows, cached = _analyze_source(source, refs, estimator, device, min_evals,
-                                       downsampling, progress,
-                                       1 if device == "cuda" else workers, store, options)
+                                       downsampling, progress, plan, store, options)
         table = pd.DataFrame(rows)
         meta = {
             "model_id": source.model_id,
@@ -212,6 +235,9 @@ def analyze(
             "estimator": estimator,
             "min_evals": min_evals,
             "device": device,
+            "eigensolver": solver,
+            "workers": plan.workers,
+            "blas_threads": plan.blas_threads,
             "include": include,
             "exclude": exclude,
             "downsample": downsampling.describe(),
@@ -234,6 +260,54 @@ def analyze(
     meta["elapsed_s"] = round(time.perf_counter() - started, 3)
     table.attrs[META_KEY] = meta
     return table
+
+
+@dataclass(frozen=True)
+class Schedule:
+    workers: int
+    """Matrices analysed at once, each by its own thread."""
+    blas_threads: int
+    """BLAS threads each worker's Gram matrix and eigensolve use."""
+    memory_limit: int
+    """Bytes of working memory the matrices in flight may hold together (see
+    :func:`working_bytes`); a matrix waits for room before it is read."""
+
+
+def schedule(shapes: list[tuple[int, int]], cores: int, memory_limit: int,
+             workers: int | None = None) -> Schedule:
+    """Workers × BLAS threads for matrices of these ``shapes`` on ``cores`` cores.
+
+    One matrix per core, one BLAS thread each, as long as that many of the largest matrices
+    fit ``memory_limit`` together: one eigensolve per thread beat one multi-threaded
+    eigensolve after another (on 2 cores, two 11008×4096 matrices: 10.5 s against 11.2 s
+    with dsyrk + dsyevd_2stage; at SmolLM2's sizes 2× faster). When memory admits fewer,
+    each of the fewer workers gets more BLAS threads, so no core idles (the analyzer used to
+    run the large matrices one by one on a single thread). An explicit ``workers`` is kept.
+    """
+    largest = max((working_bytes(shape) for shape in shapes), default=1)
+    if workers is None:
+        workers = max(1, min(cores, memory_limit // largest, len(shapes)))
+    return Schedule(workers, max(1, cores // workers), memory_limit)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's or Slurm's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new work: MemAvailable on Linux, else physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class _MemoryBudget:
@@ -266,7 +340,7 @@ class _MemoryBudget:
 
 def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str, device: str,
                     min_evals: int, downsampling: Downsampling, progress: bool,
-                    workers: int, store: ResultCache | None = None,
+                    plan: Schedule, store: ResultCache | None = None,
                     options: dict | None = None) -> tuple[list[dict], int]:
     """One row per ref, in order, and how many fits came from ``store``.
 
@@ -274,13 +348,15 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     :meth:`WeightSource.identity`) has an entry in ``store`` is not read at all; every other
     fit is stored the moment it finishes, so an analysis stopped half-way keeps what it did.
 
-    ``workers`` threads each read (and dequantize) a matrix and fit it, with single-threaded
-    BLAS: at these sizes LAPACK's eigensolvers scale poorly across BLAS threads (2 OpenBLAS
-    threads on 2 cores were 2x slower than one thread per matrix), while reads, numpy's
-    dequantization, matmul and eigvalsh all release the GIL. (A separate reader thread, tried
-    too, only added handoffs: SmolLM2 2.6 s against 2.4 s this way.)
+    ``plan.workers`` threads each read (and dequantize) a matrix and fit it with
+    ``plan.blas_threads`` BLAS threads (see :func:`schedule`); reads, numpy's dequantization,
+    the Gram matrix and the eigensolvers all release the GIL. (A separate reader thread, tried
+    too, only added handoffs: SmolLM2 2.6 s against 2.4 s this way.) On a torch device the
+    matrix travels in its stored precision and is upcast there, and with two workers one
+    thread's read overlaps the other's GPU work.
     """
-    budget = _MemoryBudget(_MEMORY_BUDGET_BYTES)
+    budget = _MemoryBudget(plan.memory_limit)
+    stored_precision = device != "cpu" and not downsampling.active
 
     def run(ref: MatrixRef) -> tuple[dict, bool]:
         identity = source.identity(ref) if store is not None else None
@@ -289,12 +365,13 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
             stored = store.get(key)
             if stored is not None:
                 return stored, True
-        budget.acquire(_matrix_bytes(ref))
+        cost = working_bytes(ref.shape)
+        budget.acquire(cost)
         try:
-            matrix = source.load(ref)
+            matrix = source.load_stored(ref) if stored_precision else source.load(ref)
             result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
         finally:
-            budget.release(_matrix_bytes(ref))
+            budget.release(cost)
         if identity is not None:
             store.put(key, result)
         return result, False
@@ -302,8 +379,8 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     rows, cached = [], 0
     bar = tqdm(total=len(refs), desc=f"alpha {source.model_id}", unit="matrix",
                disable=not progress, dynamic_ncols=True)
-    with threadpool_limits(limits=1), \
-            ThreadPoolExecutor(workers, thread_name_prefix="alphasel") as pool:
+    with threadpool_limits(limits=plan.blas_threads), \
+            ThreadPoolExecutor(plan.workers, thread_name_prefix="alphasel") as pool:
         # Everything is queued at once, so a slow matrix (an embedding) never idles the other
         # workers; memory stays bounded by the budget, which a matrix acquires before its read
         # and releases after its fit, in the same task.
@@ -333,6 +410,3 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     bar.close()
     return rows, cached
 
-
-def _matrix_bytes(ref: MatrixRef) -> int:
-    return 4 * ref.shape[0] * ref.shape[1]  # the float32 matrix a source hands back

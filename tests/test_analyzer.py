@@ -6,7 +6,9 @@ from conftest import tiny_llama
 from safetensors.torch import save_file
 
 from alphasel import analyze
+from alphasel.analyzer import schedule, usable_cores
 from alphasel.errors import AnalysisOptionError
+from alphasel.spectra import working_bytes
 from alphasel.table import COLUMNS, STATUS_OK
 
 
@@ -150,12 +152,12 @@ def test_a_failing_read_stops_the_analysis_promptly(monkeypatch):
 
     monkeypatch.setattr(analyzer, "_analyze_matrix", fit)
     # Room for two matrices: the reader blocks behind loaded, not yet fitted ones.
-    monkeypatch.setattr(analyzer, "_MEMORY_BUDGET_BYTES", 2 * 4 * 64 * 64)
+    room_gb = 2 * working_bytes((64, 64)) / 1e9
     outcome = []
 
     def run():
         try:
-            analyze(model, progress=False, workers=1)
+            analyze(model, progress=False, workers=1, memory_gb=room_gb)
         except SourceError as err:
             outcome.append(err)
 
@@ -164,3 +166,77 @@ def test_a_failing_read_stops_the_analysis_promptly(monkeypatch):
     thread.join(timeout=30)
     assert not thread.is_alive(), "analysis hung after a read failed"
     assert len(outcome) == 1 and "m3" in str(outcome[0])
+
+
+def _spread(*args, **kwargs) -> tuple[int, int]:
+    plan = schedule(*args, **kwargs)
+    return plan.workers, plan.blas_threads
+
+
+def test_schedule_spreads_cores_by_matrix_size_and_memory():
+    llama_mlp, small = (11008, 4096), (576, 576)
+    one_mlp = working_bytes(llama_mlp)
+    assert 500e6 < one_mlp < 700e6  # float32 + bf16 read + Gram + copy + one slice
+    # Enough memory: a matrix per core, one BLAS thread each.
+    assert _spread([llama_mlp] * 7, 2, 12 * 10**9) == (2, 1)
+    assert _spread([llama_mlp] * 40, 16, 64 * 10**9) == (16, 1)
+    # Memory for one large matrix only: it runs alone with every core's BLAS thread.
+    assert _spread([llama_mlp, small], 2, one_mlp + 1) == (1, 2)
+    assert _spread([llama_mlp] * 40, 16, 4 * one_mlp) == (4, 4)
+    # Fewer matrices than cores; an explicit worker count is kept.
+    assert _spread([small] * 3, 16, 10**9) == (3, 5)
+    assert _spread([llama_mlp] * 7, 16, 64 * 10**9) == (7, 2)
+    assert _spread([llama_mlp] * 7, 2, one_mlp, workers=2) == (2, 1)
+
+
+def test_analysis_records_its_schedule_and_refuses_bad_memory():
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.Linear(30, 40))
+    table = analyze(model, progress=False, memory_gb=working_bytes((40, 30)) / 1e9)
+    meta = table.attrs["alphasel"]
+    assert (meta["workers"], meta["blas_threads"]) == (1, usable_cores())
+    assert meta["eigensolver"]
+    wide = analyze(model, progress=False).attrs["alphasel"]
+    assert wide["workers"] == min(2, usable_cores())
+    # How the work is spread changes no result.
+    np.testing.assert_allclose(table["alpha"], analyze(model, progress=False)["alpha"],
+                               rtol=1e-12)
+    for bad in (0, -1.5, "2"):
+        with pytest.raises(AnalysisOptionError, match="--memory-gb"):
+            analyze(model, progress=False, memory_gb=bad)
+
+
+def test_device_path_reads_stored_precision_and_matches_the_cpu_path(tmp_path, monkeypatch):
+    """The GPU path (bf16 read as stored, upcast to float64 on the device, two workers so a
+    read overlaps the device's work), run on torch's CPU device as 'cpu:0' since tests have no
+    GPU: every alpha equals the numpy/LAPACK path's."""
+    from alphasel import analyzer
+    from alphasel.sources.files import SafetensorsSource
+
+    state = {name: tensor.bfloat16() for name, tensor in tiny_llama().state_dict().items()}
+    save_file(state, tmp_path / "model.safetensors")
+    stored = []
+    original = SafetensorsSource.load_stored
+
+    def load_stored(self, ref):
+        matrix = original(self, ref)
+        stored.append(matrix.dtype)
+        return matrix
+
+    monkeypatch.setattr(SafetensorsSource, "load_stored", load_stored)
+    monkeypatch.setattr(analyzer, "check_device", lambda device: device)
+    on_device = analyze(tmp_path / "model.safetensors", device="cpu:0", progress=False,
+                        cache=False)
+    assert set(stored) == {torch.bfloat16} and len(stored) == len(on_device)
+    assert on_device.attrs["alphasel"]["workers"] == 2
+    cpu = analyze(tmp_path / "model.safetensors", progress=False, cache=False)
+    assert (on_device["status"] == STATUS_OK).all()
+    np.testing.assert_allclose(on_device["alpha"], cpu["alpha"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu:0", "cuda:x", "cuda", "cuda:3"])
+def test_unusable_devices_are_refused_in_one_line(device):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(AnalysisOptionError, match="device") as caught:
+        analyze(torch.nn.Linear(20, 20), device=device, progress=False)
+    assert "\n" not in str(caught.value)

@@ -48,14 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="skip matrices whose name matches (repeatable)")
     parser.add_argument("--min-evals", type=int, default=10,
                         help="matrices with fewer eigenvalues get a status row, no fit")
-    parser.add_argument("--device", default="cpu", help=f"{' or '.join(DEVICES)}")
+    parser.add_argument("--device", default="cpu",
+                        help=f"{' or '.join(DEVICES)} (cuda:N for one GPU of several)")
     parser.add_argument("--downsample", default="none",
                         help=f"{', '.join(MODES)}: sample submatrices of one shape for fair "
                         "comparison across shapes (default none, WeightWatcher-exact)")
     parser.add_argument("--samples", type=int, default=1, help="draws per matrix when sampling")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
     parser.add_argument("--workers", type=int, default=None,
-                        help="matrices analysed at once (default: CPU cores, at most 4)")
+                        help="matrices analysed at once, sharing the cores' BLAS threads "
+                        "(default: one per core, fewer if --memory-gb admits fewer of the "
+                        "largest matrices; 2 on a GPU)")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="working memory the matrices in flight may hold together "
+                        "(default: half the RAM available at the start)")
     parser.add_argument("--out", type=Path, help=f"write exactly the table here "
                         f"({', '.join(SUPPORTED_SUFFIXES)}); with several models a directory "
                         "for <model>.csv each and combined.csv; default runs/analyses/")
@@ -105,7 +111,8 @@ def _analyze(args: argparse.Namespace, model: str) -> pd.DataFrame:
         model, args.estimator, revision=args.revision, include=args.include,
         exclude=args.exclude, min_evals=args.min_evals, device=args.device,
         downsample=args.downsample, samples=args.samples, seed=args.seed,
-        workers=args.workers, progress=not args.quiet, adapter=args.adapter, cache=args.cache,
+        workers=args.workers, memory_gb=args.memory_gb, progress=not args.quiet,
+        adapter=args.adapter, cache=args.cache,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from alphasel.layout import block_of, kind_of
 from alphasel.table import KINDS
@@ -74,6 +75,12 @@ class WeightSource(ABC):
     @abstractmethod
     def load(self, ref: MatrixRef) -> np.ndarray:
         """The matrix as float32 or float64 (half precision is upcast here, per matrix)."""
+
+    def load_stored(self, ref: MatrixRef) -> np.ndarray | torch.Tensor:
+        """The matrix in the precision it is stored in where that is half precision (a bf16
+        tensor, an fp16 array), so the GPU path moves half the bytes and upcasts on the device;
+        otherwise (the default) what :meth:`load` returns."""
+        return self.load(ref)
 
     def identity(self, ref: MatrixRef) -> dict | None:
         """Everything the values ``load(ref)`` returns depend on, as JSON-ready data (file

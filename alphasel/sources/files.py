@@ -107,6 +107,12 @@ class SafetensorsSource(WeightSource):
                 "shape": list(entry["shape"])}
 
     def load(self, ref: MatrixRef) -> np.ndarray:
+        stored = self.load_stored(ref)
+        if isinstance(stored, torch.Tensor):  # bf16
+            return stored.float().numpy()
+        return stored.astype(np.float32) if stored.dtype == np.float16 else stored
+
+    def load_stored(self, ref: MatrixRef) -> np.ndarray | torch.Tensor:
         path, entry, data_start = self._entries[ref.key]
         begin, end = entry["data_offsets"]
         raw_dtype, real_dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
@@ -118,9 +124,7 @@ class SafetensorsSource(WeightSource):
                 raise _corrupt(path, f"could not read tensor '{ref.key}'")
         array = buffer.view(raw_dtype).reshape(ref.shape)
         if real_dtype is not None:
-            return torch.from_numpy(array.view(np.int16)).view(real_dtype).float().numpy()
-        if array.dtype == np.float16:
-            return array.astype(np.float32)
+            return torch.from_numpy(array.view(np.int16)).view(real_dtype)
         return array
 
 
