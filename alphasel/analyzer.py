@@ -28,6 +28,7 @@ from alphasel.downsample import (
     sample_shape_for,
 )
 from alphasel.errors import AnalysisOptionError
+from alphasel.lapack import CoreShare
 from alphasel.layout import block_of, kind_of
 from alphasel.powerlaw import EVALS_THRESHOLD, check_estimator, fit_power_law
 from alphasel.sources import MatrixRef, WeightSource, open_source
@@ -37,8 +38,11 @@ from alphasel.spectra import (
     check_device,
     eigensolver,
     eigenvalues,
+    gram_eigenvalues,
+    gram_matrix,
     sample_generator,
     sample_submatrix,
+    shares_cores,
     torch_eigenvalues,
     working_bytes,
 )
@@ -104,13 +108,17 @@ def _non_finite_status(matrix: np.ndarray | torch.Tensor) -> dict:
 
 
 def _analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str, device: str,
-                    downsampling: Downsampling) -> dict:
+                    downsampling: Downsampling, gram: np.ndarray | None = None,
+                    share: CoreShare | None = None) -> dict:
     """``matrix`` is float32/64 numpy, or on a torch device path a tensor in its stored
-    precision (see :meth:`WeightSource.load_stored`)."""
+    precision (see :meth:`WeightSource.load_stored`); ``gram``, its Gram matrix when already
+    formed (then its eigensolve takes a core of ``share``)."""
     try:
         if downsampling.active:
             return _analyze_samples(matrix, name, estimator, device, downsampling)
-        if device == "cpu":
+        if gram is not None:
+            evals = gram_eigenvalues(gram, share)
+        elif device == "cpu":
             evals = eigenvalues(matrix)
         else:
             evals = torch_eigenvalues(torch.as_tensor(matrix), torch.device(device))
@@ -278,11 +286,13 @@ def schedule(shapes: list[tuple[int, int]], cores: int, memory_limit: int,
     """Workers × BLAS threads for matrices of these ``shapes`` on ``cores`` cores.
 
     One matrix per core, one BLAS thread each, as long as that many of the largest matrices
-    fit ``memory_limit`` together: one eigensolve per thread beat one multi-threaded
-    eigensolve after another (on 2 cores, two 11008×4096 matrices: 10.5 s against 11.2 s
-    with dsyrk + dsyevd_2stage; at SmolLM2's sizes 2× faster). When memory admits fewer,
-    each of the fewer workers gets more BLAS threads, so no core idles (the analyzer used to
-    run the large matrices one by one on a single thread). An explicit ``workers`` is kept.
+    fit ``memory_limit`` together: one eigensolve per thread beats one multi-threaded
+    eigensolve after another (a synthetic Llama-2-7B block on 2 cores: 32.1 s against 34.6 s;
+    at SmolLM2's sizes 2× faster), since LAPACK's reductions use a second thread at ~80%
+    efficiency. When memory admits fewer, each of the fewer workers gets more BLAS threads,
+    so no core idles (the analyzer once ran the large matrices one by one on a single
+    thread). Large matrices then share the cores dynamically (:class:`CoreShare`). An explicit
+    ``workers`` is kept.
     """
     largest = max((working_bytes(shape) for shape in shapes), default=1)
     if workers is None:
@@ -308,6 +318,20 @@ def available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _work_order(refs: list[MatrixRef]) -> list[int]:
+    """Indexes of ``refs`` (in reading order) in the order to start them: block by block as
+    read, the costliest Gram matrices of a block first, so a block's last matrix is a small
+    one and no core idles behind a late large one (longest processing time first)."""
+    group = 0
+    groups = []
+    for index, ref in enumerate(refs):
+        if index and block_of(ref.name) != block_of(refs[index - 1].name):
+            group += 1
+        groups.append(group)
+    rows_cols = [ref.shape[0] * ref.shape[1] * min(ref.shape) for ref in refs]
+    return sorted(range(len(refs)), key=lambda index: (groups[index], -rows_cols[index]))
 
 
 class _MemoryBudget:
@@ -357,6 +381,7 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
     """
     budget = _MemoryBudget(plan.memory_limit)
     stored_precision = device != "cpu" and not downsampling.active
+    share = CoreShare(usable_cores(), plan.blas_threads) if device == "cpu" else None
 
     def run(ref: MatrixRef) -> tuple[dict, bool]:
         identity = source.identity(ref) if store is not None else None
@@ -368,8 +393,17 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
         cost = working_bytes(ref.shape)
         budget.acquire(cost)
         try:
-            matrix = source.load_stored(ref) if stored_precision else source.load(ref)
-            result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
+            if not downsampling.active and shares_cores(ref.shape, share):
+                # The read is part of the Gram turn, so turns go in the order work started
+                # (costliest first), not in the order reads happen to finish.
+                with share.gram():
+                    matrix = source.load(ref)
+                    gram = gram_matrix(matrix, share.gram_slice)
+                result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling,
+                                         gram, share)
+            else:
+                matrix = source.load_stored(ref) if stored_precision else source.load(ref)
+                result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
         finally:
             budget.release(cost)
         if identity is not None:
@@ -384,8 +418,8 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
         # Everything is queued at once, so a slow matrix (an embedding) never idles the other
         # workers; memory stays bounded by the budget, which a matrix acquires before its read
         # and releases after its fit, in the same task.
-        pending = {index: pool.submit(run, ref)
-                   for index, ref in enumerate(refs) if min(ref.shape) >= min_evals}
+        pending = {index: pool.submit(run, refs[index]) for index in _work_order(refs)
+                   if min(refs[index].shape) >= min_evals}
         try:
             for index, ref in enumerate(refs):
                 rows_count, cols_count = ref.shape

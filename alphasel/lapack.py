@@ -19,6 +19,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +38,8 @@ class Routines:
     name: str
     syrk: ctypes._CFuncPtr
     syevd_2stage: ctypes._CFuncPtr
+    set_local_threads: ctypes._CFuncPtr | None
+    """openblas_set_num_threads_local (OpenBLAS ≥ 0.3.27): BLAS threads of the calling thread."""
 
     def accumulate_gram(self, gram: np.ndarray, part: np.ndarray, tall: bool) -> None:
         """``gram += partᵀ·part`` (``tall``) or ``part·partᵀ``, into gram's lower triangle.
@@ -92,9 +97,66 @@ def routines() -> Routines | None:
     libraries.sort(key=lambda info: "numpy" not in info.get("filepath", ""))
     for info in libraries:
         try:
-            bound = _bind(ctypes.CDLL(info["filepath"]))
+            library = ctypes.CDLL(info["filepath"])
         except OSError:
             continue
+        bound = _bind(library)
         if bound is not None:
-            return Routines(f"openblas {info.get('version')} dsyrk + dsyevd_2stage", *bound)
+            try:
+                local = library.openblas_set_num_threads_local
+                local.argtypes, local.restype = [ctypes.c_int], ctypes.c_int
+            except AttributeError:
+                local = None
+            return Routines(f"openblas {info.get('version')} dsyrk + dsyevd_2stage", *bound,
+                            local)
     return None
+
+
+class CoreShare:
+    """Shares the cores among analysis workers' BLAS calls on large matrices.
+
+    Eigensolves run side by side, one BLAS thread each: the two-stage solver is one call that
+    a second thread speeds up at only ~80% efficiency. Gram matrices are formed one at a time,
+    each slice on every core no eigensolve holds at that moment. So a large matrix never
+    runs on one thread while cores idle: of q_proj + up_proj (Llama-2-7B, 2 cores), up_proj's
+    Gram matrix takes both cores, then its eigensolve one while q_proj's Gram matrix takes the
+    other. Needs OpenBLAS's per-thread thread count; without it :meth:`active` is False and
+    the analyzer's fixed workers × threads apply.
+    """
+
+    def __init__(self, cores: int, threads: int) -> None:
+        """``threads``: what a worker's BLAS calls use outside these sections."""
+        lapack = routines()
+        self._set = lapack.set_local_threads if lapack is not None else None
+        self.cores, self.threads = cores, threads
+        self._gram = threading.Lock()
+        self._count = threading.Lock()
+        self._eigensolves = 0
+
+    @property
+    def active(self) -> bool:
+        return self._set is not None
+
+    @contextmanager
+    def gram(self) -> Iterator[None]:
+        with self._gram:
+            try:
+                yield
+            finally:
+                self._set(self.threads)
+
+    def gram_slice(self) -> None:
+        """Before each Gram slice: take every core no eigensolve holds now."""
+        self._set(max(1, self.cores - self._eigensolves))
+
+    @contextmanager
+    def eigensolve(self) -> Iterator[None]:
+        with self._count:
+            self._eigensolves += 1
+        self._set(1)
+        try:
+            yield
+        finally:
+            with self._count:
+                self._eigensolves -= 1
+            self._set(self.threads)

@@ -8,12 +8,13 @@ its eigenvalues agree with WeightWatcher's squared singular values to ~1e-14 of 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from alphasel.errors import AnalysisOptionError
-from alphasel.lapack import routines
+from alphasel.lapack import CoreShare, routines
 
 DEVICES = ("cpu", "cuda")
 # Elements converted to float64 at a time when forming a Gram matrix (64 MB).
@@ -43,7 +44,8 @@ def check_device(device: str) -> str:
     return device
 
 
-def gram_matrix(matrix: np.ndarray) -> np.ndarray:
+def gram_matrix(matrix: np.ndarray,
+                before_slice: Callable[[], None] | None = None) -> np.ndarray:
     """The smaller Gram matrix (WᵀW or WWᵀ) in float64; only its lower triangle (C order) is
     guaranteed, the upper one may be left zero (eigensolvers here read the lower one).
 
@@ -51,6 +53,8 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     made: with dsyrk into the Gram matrix itself where :mod:`alphasel.lapack` finds it (half
     the flops), else with numpy's matmul. Both release the GIL, so workers form Gram matrices
     side by side (scipy's BLAS wrappers hold it: two threads ran no faster than one).
+    ``before_slice`` runs before each slice's BLAS call (a :class:`CoreShare` sets the
+    thread's BLAS threads there).
     """
     tall = matrix.shape[0] >= matrix.shape[1]
     side, length = min(matrix.shape), max(matrix.shape)
@@ -64,6 +68,8 @@ def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     for first in range(0, length, step):
         part = matrix[first:first + step] if tall else matrix[:, first:first + step]
         part = np.ascontiguousarray(part, dtype=np.float64)
+        if before_slice is not None:
+            before_slice()
         if lapack is not None:
             lapack.accumulate_gram(gram, part, tall)
             continue
@@ -98,17 +104,35 @@ def eigenvalues(matrix: torch.Tensor | np.ndarray, device: str = "cpu") -> np.nd
         return torch_eigenvalues(torch.as_tensor(matrix), torch.device(device))
     if isinstance(matrix, torch.Tensor):
         matrix = matrix.detach().cpu().numpy()
-    gram = gram_matrix(matrix)
+    return gram_eigenvalues(gram_matrix(matrix))
+
+
+def gram_eigenvalues(gram: np.ndarray, share: CoreShare | None = None) -> np.ndarray:
+    """Ascending eigenvalues of a :func:`gram_matrix` (read from its lower triangle; a large
+    one is overwritten). ``share``: the eigensolve takes one core of it (see CoreShare)."""
+    _check_finite(gram)
+    lapack = routines()
+    if lapack is None or gram.shape[0] < _LAPACK_MIN_SIZE:
+        # numpy's eigvalsh (LAPACK syevd, lower triangle) releases the GIL, so workers'
+        # eigensolves run in parallel.
+        return np.linalg.eigvalsh(gram, UPLO="L")
+    if share is None or not share.active:
+        return lapack.eigvalsh_lower(gram)
+    with share.eigensolve():
+        return lapack.eigvalsh_lower(gram)
+
+
+def shares_cores(shape: tuple[int, int], share: CoreShare | None) -> bool:
+    """Whether a matrix of this shape goes through ``share`` (large ones, with the OpenBLAS
+    routines and their per-thread thread count)."""
+    return share is not None and share.active and min(shape) >= _LAPACK_MIN_SIZE
+
+
+def _check_finite(gram: np.ndarray) -> None:
     # A NaN or inf weight always reaches the Gram diagonal, and |G_ij| ≤ √(G_ii G_jj), so the
     # diagonal alone says whether the whole Gram matrix is finite.
     if not np.isfinite(np.diagonal(gram)).all():
         raise NonFiniteError
-    lapack = routines()
-    if lapack is not None and gram.shape[0] >= _LAPACK_MIN_SIZE:
-        return lapack.eigvalsh_lower(gram)
-    # numpy's eigvalsh (LAPACK syevd, lower triangle) releases the GIL, so workers' eigensolves
-    # run in parallel.
-    return np.linalg.eigvalsh(gram, UPLO="L")
 
 
 def torch_eigenvalues(matrix: torch.Tensor, device: torch.device) -> np.ndarray:

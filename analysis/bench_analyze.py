@@ -2,6 +2,9 @@
 
     python -m analysis.bench_analyze                      # SmolLM2 (GGUF), plus the RSS check
     python -m analysis.bench_analyze --model minilm --rss-gb 0
+    python -m analysis.bench_analyze --shape llama-2-7b            # one synthetic 7B block
+    python -m analysis.bench_analyze --shape llama-2-7b --full-model \
+        --downsample fixed:1024x1024 --samples 3 --keep /tmp/llama7b   # the whole 7B shape
 
 Prints, from this run only (each timing the fastest of --repeats):
 - end-to-end time of `alphasel.analyze` (file → table) and of WeightWatcher's `analyze()` on the
@@ -117,7 +120,25 @@ def main() -> None:
                         help="size of the generated checkpoint for the RSS check (0: skip)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each timing; the fastest is reported")
+    parser.add_argument("--shape", choices=["llama-2-7b"],
+                        help="instead of --model: synthetic bf16 checkpoints of this shape "
+                        "(analysis/bench_scale.py)")
+    parser.add_argument("--blocks", type=int, default=1, help="blocks to build (--shape)")
+    parser.add_argument("--no-weightwatcher", action="store_true",
+                        help="--shape: skip WeightWatcher on q_proj + up_proj")
+    parser.add_argument("--full-model", action="store_true",
+                        help="--shape: the whole model (all blocks, embeddings, LM head)")
+    parser.add_argument("--downsample", default="none", help="--full-model: e.g. fixed:1024x1024")
+    parser.add_argument("--samples", type=int, default=1, help="--full-model: draws per matrix")
+    parser.add_argument("--slice-blocks", type=int, default=4,
+                        help="--full-model: blocks analysed in float64 to extrapolate (0: skip)")
+    parser.add_argument("--device", default="cpu", help="--full-model: cpu or cuda")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="--shape: build the checkpoint in DIR and keep it (reused if there)")
     args = parser.parse_args()
+    if args.shape:
+        _scale(args)
+        return
     workers = min(os.cpu_count() or 1, 4)
     print(f"model {args.model}; {os.cpu_count()} cores; alphasel workers {workers}; "
           f"fastest of {args.repeats} runs per timing")
@@ -168,6 +189,17 @@ def main() -> None:
     for column in ("alpha", "xmin"):
         print(f"max relative {column} difference           "
               f"{_max_relative(ours, reference, prefix, column):.2e}")
+
+
+def _scale(args: argparse.Namespace) -> None:
+    from analysis.bench_scale import run_block, run_full
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        folder = args.keep or Path(tmp) / args.shape
+        if args.full_model:
+            run_full(folder, args.downsample, args.samples, args.slice_blocks, args.device)
+        else:
+            run_block(folder, args.blocks, not args.no_weightwatcher)
 
 
 if __name__ == "__main__":

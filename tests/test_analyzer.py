@@ -183,20 +183,21 @@ def test_schedule_spreads_cores_by_matrix_size_and_memory():
     # Memory for one large matrix only: it runs alone with every core's BLAS thread.
     assert _spread([llama_mlp, small], 2, one_mlp + 1) == (1, 2)
     assert _spread([llama_mlp] * 40, 16, 4 * one_mlp) == (4, 4)
-    # Fewer matrices than cores; an explicit worker count is kept.
+    # Fewer matrices than cores: one worker each, the cores' threads shared out.
     assert _spread([small] * 3, 16, 10**9) == (3, 5)
     assert _spread([llama_mlp] * 7, 16, 64 * 10**9) == (7, 2)
+    # An explicit worker count is kept.
     assert _spread([llama_mlp] * 7, 2, one_mlp, workers=2) == (2, 1)
 
 
 def test_analysis_records_its_schedule_and_refuses_bad_memory():
-    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.Linear(30, 40))
-    table = analyze(model, progress=False, memory_gb=working_bytes((40, 30)) / 1e9)
+    model = torch.nn.Sequential(*[torch.nn.Linear(40, 30 + i) for i in range(4)])
+    table = analyze(model, progress=False, memory_gb=working_bytes((40, 33)) / 1e9)
     meta = table.attrs["alphasel"]
     assert (meta["workers"], meta["blas_threads"]) == (1, usable_cores())
     assert meta["eigensolver"]
     wide = analyze(model, progress=False).attrs["alphasel"]
-    assert wide["workers"] == min(2, usable_cores())
+    assert wide["workers"] == min(4, usable_cores())
     # How the work is spread changes no result.
     np.testing.assert_allclose(table["alpha"], analyze(model, progress=False)["alpha"],
                                rtol=1e-12)
