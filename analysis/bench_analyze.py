@@ -4,7 +4,9 @@
     python -m analysis.bench_analyze --model minilm --rss-gb 0
     python -m analysis.bench_analyze --shape llama-2-7b            # one synthetic 7B block
     python -m analysis.bench_analyze --shape llama-2-7b --full-model \
-        --downsample fixed:1024x1024 --samples 3 --keep /tmp/llama7b   # the whole 7B shape
+        --downsample fixed:1024x1024 --samples 3 --slice-blocks 4 --keep /tmp/llama7b
+    python -m analysis.bench_analyze --shape llama-2-7b --device cuda      # on a GPU machine
+    python -m analysis.bench_analyze --shape llama-2-7b --full-model --device cuda
 
 Prints, from this run only (each timing the fastest of --repeats):
 - end-to-end time of `alphasel.analyze` (file → table) and of WeightWatcher's `analyze()` on the
@@ -130,9 +132,11 @@ def main() -> None:
                         help="--shape: the whole model (all blocks, embeddings, LM head)")
     parser.add_argument("--downsample", default="none", help="--full-model: e.g. fixed:1024x1024")
     parser.add_argument("--samples", type=int, default=1, help="--full-model: draws per matrix")
-    parser.add_argument("--slice-blocks", type=int, default=4,
-                        help="--full-model: blocks analysed in float64 to extrapolate (0: skip)")
-    parser.add_argument("--device", default="cpu", help="--full-model: cpu or cuda")
+    parser.add_argument("--slice-blocks", type=int, default=0,
+                        help="--full-model: also the float64 analysis of this many blocks "
+                        "(and the embedding and head), extrapolated to the whole model")
+    parser.add_argument("--device", default="cpu",
+                        help="--shape: cpu, or cuda (block: compared with the CPU path)")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="--shape: build the checkpoint in DIR and keep it (reused if there)")
     args = parser.parse_args()
@@ -199,7 +203,7 @@ def _scale(args: argparse.Namespace) -> None:
         if args.full_model:
             run_full(folder, args.downsample, args.samples, args.slice_blocks, args.device)
         else:
-            run_block(folder, args.blocks, not args.no_weightwatcher)
+            run_block(folder, args.blocks, not args.no_weightwatcher, args.device)
 
 
 if __name__ == "__main__":

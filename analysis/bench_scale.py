@@ -46,7 +46,11 @@ table = alphasel.analyze(sys.argv[1], progress=False, cache=False, **kwargs)
 elapsed = time.perf_counter() - started
 table.to_csv(sys.argv[3], index=False)
 meta = table.attrs["alphasel"]
-print(json.dumps({"elapsed_s": elapsed, "workers": meta["workers"],
+gpu_mb = None
+if meta["device"].startswith("cuda"):
+    import torch
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps({"elapsed_s": elapsed, "workers": meta["workers"], "gpu_peak_mb": gpu_mb,
                   "blas_threads": meta["blas_threads"], "eigensolver": meta["eigensolver"]}))
 """
 
@@ -114,7 +118,7 @@ def _relative(ours: pd.Series, reference: pd.Series) -> float:
     return float((np.abs(ours - reference) / np.abs(reference)).max())
 
 
-def run_block(folder: Path, blocks: int, with_weightwatcher: bool) -> None:
+def run_block(folder: Path, blocks: int, with_weightwatcher: bool, device: str = "cpu") -> None:
     write_llama(folder, blocks)
     print(f"synthetic Llama-2-7B: {blocks} block(s) of bf16 Student-t weights in {folder}")
     print(f"{os.cpu_count()} cores; alphasel eigensolver: {eigensolver()}")
@@ -140,6 +144,13 @@ def run_block(folder: Path, blocks: int, with_weightwatcher: bool) -> None:
     indexed = table.set_index("name")
     print(f"  max relative alpha difference to a fit of the floor's eigenvalues "
           f"{_relative(indexed.loc[fitted.index, 'alpha'], fitted):.1e}")
+    if device != "cpu":
+        on_device, device_table = analyze_in_child(folder, device=device)
+        device_table = device_table.set_index("name").loc[indexed.index]
+        print(f"\n--device {device}: {on_device['elapsed_s']:.2f} s "
+              f"({count / on_device['elapsed_s']:.2f} matrices/s), peak GPU memory "
+              f"{on_device['gpu_peak_mb']:.0f} MB; max relative alpha difference to the CPU "
+              f"path {_relative(device_table['alpha'], indexed['alpha']):.1e} (target ≤ 1e-6)")
     if not with_weightwatcher:
         return
     q_up = r"layers\.0\.(self_attn\.q_proj|mlp\.up_proj)$"
@@ -155,20 +166,25 @@ def run_block(folder: Path, blocks: int, with_weightwatcher: bool) -> None:
 
 def run_full(folder: Path, downsample: str, samples: int, slice_blocks: int,
              device: str) -> None:
+    """The whole checkpoint with ``downsample``/``samples`` on ``device``; with
+    ``slice_blocks``, also the float64 (no downsampling) analysis extrapolated from that many
+    blocks plus the embedding and LM head."""
     started = time.perf_counter()
     write_llama(folder, LLAMA_2_7B["layers"], embeddings=True)
     size = sum(path.stat().st_size for path in folder.glob("*.safetensors")) / 1e9
     print(f"synthetic Llama-2-7B checkpoint: {size:.1f} GB bf16 in {folder} "
           f"(written or found in {time.perf_counter() - started:.0f} s)")
     print(f"{os.cpu_count()} cores; device {device}; eigensolver: {eigensolver()}")
-    if downsample != "none":
-        result, table = analyze_in_child(folder, downsample=downsample, samples=samples,
-                                         device=device)
-        ok = int((table["status"] == "ok").sum())
-        print(f"\n--downsample {downsample} --samples {samples}: {result['elapsed_s']:.1f} s "
-              f"for {len(table)} matrices ({ok} fitted; {len(table) / result['elapsed_s']:.2f} "
-              f"matrices/s), peak RSS {result['peak_rss_mb']:.0f} MB, {result['workers']} "
-              f"workers × {result['blas_threads']} BLAS threads")
+    result, table = analyze_in_child(folder, downsample=downsample, samples=samples,
+                                     device=device)
+    ok = int((table["status"] == "ok").sum())
+    gpu = (f", peak GPU memory {result['gpu_peak_mb']:.0f} MB"
+           if result["gpu_peak_mb"] is not None else "")
+    print(f"\nwhole model, --downsample {downsample} --samples {samples}: "
+          f"{result['elapsed_s']:.1f} s for {len(table)} matrices ({ok} fitted; "
+          f"{len(table) / result['elapsed_s']:.2f} matrices/s), peak RSS "
+          f"{result['peak_rss_mb']:.0f} MB{gpu}, {result['workers']} workers × "
+          f"{result['blas_threads']} BLAS threads")
     if slice_blocks <= 0:
         return
     blocks = "|".join(str(block) for block in range(slice_blocks))

@@ -241,3 +241,35 @@ def test_unusable_devices_are_refused_in_one_line(device):
     with pytest.raises(AnalysisOptionError, match="device") as caught:
         analyze(torch.nn.Linear(20, 20), device=device, progress=False)
     assert "\n" not in str(caught.value)
+
+
+def test_work_starts_with_each_blocks_costliest_matrices():
+    from alphasel.analyzer import _work_order
+    from alphasel.sources import MatrixRef
+
+    shapes = {"model.embed_tokens": (32000, 4096),
+              "model.layers.0.self_attn.q_proj": (4096, 4096),
+              "model.layers.0.mlp.up_proj": (11008, 4096),
+              "model.layers.0.mlp.down_proj": (4096, 11008),
+              "model.layers.1.self_attn.k_proj": (1024, 4096),
+              "model.layers.1.mlp.up_proj": (11008, 4096)}
+    refs = [MatrixRef(name, shape, name) for name, shape in shapes.items()]
+    order = [refs[index].name.removeprefix("model.") for index in _work_order(refs)]
+    assert order == ["embed_tokens", "layers.0.mlp.up_proj", "layers.0.mlp.down_proj",
+                     "layers.0.self_attn.q_proj", "layers.1.mlp.up_proj",
+                     "layers.1.self_attn.k_proj"]
+
+
+def test_core_share_gives_gram_matrices_the_cores_eigensolves_leave():
+    from alphasel import lapack
+
+    if lapack.routines() is None or lapack.routines().set_local_threads is None:
+        pytest.skip("numpy here has no OpenBLAS with per-thread thread counts")
+    share = lapack.CoreShare(cores=4, threads=1)
+    seen = []
+    share._set = seen.append  # record the thread counts instead of setting them
+    with share.gram():
+        share.gram_slice()
+        with share.eigensolve():  # another worker's eigensolve starts meanwhile
+            share.gram_slice()
+    assert seen == [4, 1, 3, 1, 1]  # all 4; eigensolve 1; 4 - 1; back to 1 twice
