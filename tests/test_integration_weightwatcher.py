@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from alphasel import analyze
+from alphasel import analyze, lapack, spectra
 from alphasel.sources import packaged_model
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,27 @@ def test_minilm_matches_weightwatcher():
     assert len(shared) == 39
 
 
-def test_smollm2_matches_weightwatcher():
+@pytest.fixture(scope="module")
+def smollm2_reference():
     from transformers import AutoModel
 
     path, _ = packaged_model("smollm2")
     # transformers dequantizes the GGUF on its own (its loader, its name mapping): an
     # independent reading of the same file.
     model = AutoModel.from_pretrained(path.parent, gguf_file=path.name)
-    reference = _weightwatcher_table(model)
-    shared = _compare(analyze("smollm2", progress=False), reference, prefix="model.")
+    return _weightwatcher_table(model)
+
+
+def test_smollm2_matches_weightwatcher(smollm2_reference):
+    shared = _compare(analyze("smollm2", progress=False), smollm2_reference, prefix="model.")
     assert len(shared) == 211
+
+
+def test_two_stage_eigensolver_matches_weightwatcher(smollm2_reference, monkeypatch):
+    """SmolLM2's Gram matrices (≤ 576) are below the size where dsyrk + dsyevd_2stage take
+    over; here every matrix goes through them, and the KS fit still picks WeightWatcher's xmin."""
+    if lapack.routines() is None:
+        pytest.skip("numpy here does not use OpenBLAS")
+    monkeypatch.setattr(spectra, "_LAPACK_MIN_SIZE", 2)
+    ours = analyze("smollm2", progress=False, cache=False)
+    assert len(_compare(ours, smollm2_reference, prefix="model.")) == 211
