@@ -9,8 +9,9 @@
     python -m analysis.bench_analyze --shape llama-2-7b --full-model --device cuda
 
 Prints, from this run only (each timing the fastest of --repeats):
-- end-to-end time of `alphasel.analyze` (file → table) and of WeightWatcher's `analyze()` on the
-  model built by transformers (its model loading timed separately), and their ratios;
+- end-to-end time of `alphasel.analyze` (file → table, never from the result cache) and of
+  WeightWatcher's `analyze()` on the model built by transformers (its model loading timed
+  separately), and their ratios;
 - the bare eigendecomposition floor: the same matrices, already in memory, through
   `spectra.eigenvalues` with the analyzer's own parallelism; alphasel's overhead above it;
 - the largest relative alpha/xmin difference between the two tables;
@@ -103,7 +104,8 @@ def _write_checkpoint(folder: Path, gigabytes: float) -> Path:
 
 
 def _peak_rss_of_analysis(folder: Path) -> tuple[float, float]:
-    code = f"import alphasel; print(len(alphasel.analyze({str(folder)!r}, progress=False)))"
+    code = (f"import alphasel; print(len(alphasel.analyze({str(folder)!r}, progress=False, "
+            "cache=False)))")
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
     # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the largest of all
@@ -160,11 +162,12 @@ def main() -> None:
 
     analyze(torch.nn.Sequential(torch.nn.Linear(32, 32)), progress=False)  # warm imports
 
-    ours_s, ours = _best_of(args.repeats, lambda: analyze(args.model, progress=False))
+    ours_s, ours = _best_of(args.repeats, lambda: analyze(args.model, progress=False, cache=False))
     floor_s, fitted = min(_eigen_floor(args.model, workers) for _ in range(args.repeats))
     # The same with one worker: how much of the overhead is parallel inefficiency.
     single_s, _ = _best_of(args.repeats,
-                           lambda: analyze(args.model, progress=False, workers=1))
+                           lambda: analyze(args.model, progress=False, workers=1,
+                                                  cache=False))
     single_floor_s, _ = min(_eigen_floor(args.model, 1) for _ in range(args.repeats))
 
     started = time.perf_counter()
