@@ -287,12 +287,12 @@ def schedule(shapes: list[tuple[int, int]], cores: int, memory_limit: int,
 
     One matrix per core, one BLAS thread each, as long as that many of the largest matrices
     fit ``memory_limit`` together: one eigensolve per thread beats one multi-threaded
-    eigensolve after another (a synthetic Llama-2-7B block on 2 cores: 32.1 s against 34.6 s;
-    at SmolLM2's sizes 2× faster), since LAPACK's reductions use a second thread at ~80%
-    efficiency. When memory admits fewer, each of the fewer workers gets more BLAS threads,
-    so no core idles (the analyzer once ran the large matrices one by one on a single
-    thread). Large matrices then share the cores dynamically (:class:`CoreShare`). An explicit
-    ``workers`` is kept.
+    eigensolve after another (a synthetic Llama-2-7B block on 2 cores: 30.8 s against 37.1 s
+    for the same routines on 2 threads one matrix after another; at SmolLM2's sizes 2×
+    faster), since LAPACK's reductions use a second thread at ~80% efficiency. When memory
+    admits fewer, each of the fewer workers gets more BLAS threads, so no core idles (the
+    analyzer once ran the large matrices one by one on a single thread). Large matrices then
+    share the cores as they go (:class:`CoreShare`). An explicit ``workers`` is kept.
     """
     largest = max((working_bytes(shape) for shape in shapes), default=1)
     if workers is None:
@@ -330,8 +330,8 @@ def _work_order(refs: list[MatrixRef]) -> list[int]:
         if index and block_of(ref.name) != block_of(refs[index - 1].name):
             group += 1
         groups.append(group)
-    rows_cols = [ref.shape[0] * ref.shape[1] * min(ref.shape) for ref in refs]
-    return sorted(range(len(refs)), key=lambda index: (groups[index], -rows_cols[index]))
+    gram_flops = [ref.shape[0] * ref.shape[1] * min(ref.shape) for ref in refs]
+    return sorted(range(len(refs)), key=lambda index: (groups[index], -gram_flops[index]))
 
 
 class _MemoryBudget:

@@ -1,7 +1,8 @@
 """Two LAPACK/BLAS routines numpy does not expose, called in the OpenBLAS numpy itself ships.
 
-- ``dsyrk`` accumulates a Gram matrix in place (C += PᵀP): half the flops of a matmul and no
-  product buffer.
+- ``dsyrk`` accumulates a Gram matrix slice by slice in place (C += PᵀP), where numpy's
+  ``Pᵀ @ P`` (itself a syrk) needs a product buffer, a symmetrising pass and an addition per
+  slice: 11008×4096 on one thread 3.8–4.3 s against 4.9–5.1 s.
 - ``dsyevd_2stage`` (eigenvalues only) reduces to tridiagonal form in two stages, the first in
   BLAS-3; at n = 4096 on one thread it took 4.9 s against numpy's ``syevd`` 7.3 s, eigenvalues
   equal to 1.5e-14 of the largest (measured on this project's 2-core CI machine).
@@ -12,6 +13,9 @@ ctypes releases the GIL during the calls, so analysis workers run them side by s
 numpy uses another BLAS (MKL, Accelerate) or the symbols are missing, :func:`routines` is None
 and :mod:`alphasel.spectra` falls back to numpy's matmul and ``eigvalsh``; setting
 ``ALPHASEL_LAPACK=numpy`` forces that fallback.
+
+The same library's per-thread thread count lets :class:`CoreShare` give each worker's calls
+the cores the others leave free.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def gram_matrix(matrix: np.ndarray,
     guaranteed, the upper one may be left zero (eigensolvers here read the lower one).
 
     Accumulated over float64 slices of the longer side, so no float64 copy of a large matrix is
-    made: with dsyrk into the Gram matrix itself where :mod:`alphasel.lapack` finds it (half
-    the flops), else with numpy's matmul. Both release the GIL, so workers form Gram matrices
+    made: with dsyrk into the Gram matrix itself where :mod:`alphasel.lapack` finds it, else
+    with numpy's matmul. Both release the GIL, so workers form Gram matrices
     side by side (scipy's BLAS wrappers hold it: two threads ran no faster than one).
     ``before_slice`` runs before each slice's BLAS call (a :class:`CoreShare` sets the
     thread's BLAS threads there).
