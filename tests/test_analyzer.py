@@ -206,30 +206,40 @@ def test_analysis_records_its_schedule_and_refuses_bad_memory():
             analyze(model, progress=False, memory_gb=bad)
 
 
-def test_device_path_reads_stored_precision_and_matches_the_cpu_path(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["model.safetensors", "pytorch_model.bin", "module"])
+def test_device_path_reads_stored_precision_and_matches_the_cpu_path(tmp_path, monkeypatch,
+                                                                      layout):
     """The GPU path (bf16 read as stored, upcast to float64 on the device, two workers so a
     read overlaps the device's work), run on torch's CPU device as 'cpu:0' since tests have no
     GPU: every alpha equals the numpy/LAPACK path's."""
     from alphasel import analyzer
-    from alphasel.sources.files import SafetensorsSource
+    from alphasel.sources.files import SafetensorsSource, TorchBinSource
+    from alphasel.sources.module import ModuleSource
 
-    state = {name: tensor.bfloat16() for name, tensor in tiny_llama().state_dict().items()}
-    save_file(state, tmp_path / "model.safetensors")
+    model = tiny_llama().bfloat16()
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    if layout == "module":
+        source, kind = model, ModuleSource
+    elif layout.endswith(".bin"):
+        torch.save(state, tmp_path / layout)
+        source, kind = tmp_path, TorchBinSource
+    else:
+        save_file(state, tmp_path / layout)
+        source, kind = tmp_path, SafetensorsSource
     stored = []
-    original = SafetensorsSource.load_stored
+    original = kind.load_stored
 
     def load_stored(self, ref):
         matrix = original(self, ref)
         stored.append(matrix.dtype)
         return matrix
 
-    monkeypatch.setattr(SafetensorsSource, "load_stored", load_stored)
+    monkeypatch.setattr(kind, "load_stored", load_stored)
     monkeypatch.setattr(analyzer, "check_device", lambda device: device)
-    on_device = analyze(tmp_path / "model.safetensors", device="cpu:0", progress=False,
-                        cache=False)
+    on_device = analyze(source, device="cpu:0", progress=False, cache=False)
     assert set(stored) == {torch.bfloat16} and len(stored) == len(on_device)
     assert on_device.attrs["alphasel"]["workers"] == 2
-    cpu = analyze(tmp_path / "model.safetensors", progress=False, cache=False)
+    cpu = analyze(source, progress=False, cache=False)
     assert (on_device["status"] == STATUS_OK).all()
     np.testing.assert_allclose(on_device["alpha"], cpu["alpha"], rtol=1e-9)
 

@@ -92,6 +92,31 @@ def test_pytorch_bin_fallback(tmp_path):
         open_source(tmp_path)
 
 
+def test_pytorch_bin_shards_read_from_two_threads(tmp_path):
+    """Workers straddling a shard boundary each get their own tensor (the open shard is
+    switched under a lock), stored precision included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    generator = torch.Generator().manual_seed(0)
+    shards = [{f"model.layers.{block}.mlp.up_proj.weight":
+               torch.randn(24, 16, generator=generator).bfloat16()} for block in range(2)]
+    for index, shard in enumerate(shards):
+        torch.save(shard, tmp_path / f"pytorch_model-0000{index + 1}-of-00002.bin")
+    expected = {name: tensor for shard in shards for name, tensor in shard.items()}
+    with open_source(tmp_path) as source:
+        refs = source.matrices() * 100  # alternating shards: a switch before nearly every read
+
+        def read(ref):
+            stored = source.load_stored(ref)
+            assert stored.dtype == torch.bfloat16
+            return ref.key, source.load(ref), stored
+
+        with ThreadPoolExecutor(2) as pool:
+            for key, loaded, stored in pool.map(read, refs):
+                assert torch.equal(stored, expected[key])
+                np.testing.assert_array_equal(loaded, expected[key].float().numpy())
+
+
 def test_directory_without_weights_and_missing_paths(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SourceError, match="no weights"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,7 @@ class TorchBinSource(WeightSource):
         self._files: dict[Path, dict] = {}
         self._open_path: Path | None = None
         self._open_state: dict | None = None
+        self._switching = threading.Lock()
         refs = []
         for path in files:
             self._files[path] = file_identity(path)
@@ -174,15 +176,25 @@ class TorchBinSource(WeightSource):
         return {"file": self._files[self._shard_of[ref.key]], "tensor": ref.key,
                 "dtype": self._dtype_of[ref.key], "shape": list(ref.shape)}
 
-    def load(self, ref: MatrixRef) -> np.ndarray:
+    def _mapped(self, ref: MatrixRef) -> torch.Tensor:
+        """The memory-mapped tensor (it keeps its shard's mapping alive while referenced).
+        Under a lock: two workers straddling a shard boundary would otherwise swap the open
+        shard under each other's lookup."""
         path = self._shard_of[ref.key]
-        if path != self._open_path:
-            self._open_state = None  # drop the previous shard's mapping before mapping the next
-            self._open_state = self._load_shard(path)
-            self._open_path = path
-        tensor = self._open_state[ref.key]
-        return tensor.detach().to(torch.float32 if tensor.element_size() < 4 else tensor.dtype
-                                  ).clone().numpy()
+        with self._switching:
+            if path != self._open_path:
+                self._open_state = None  # drop the previous shard's mapping before the next
+                self._open_state = self._load_shard(path)
+                self._open_path = path
+            return self._open_state[ref.key].detach()
+
+    def load(self, ref: MatrixRef) -> np.ndarray:
+        tensor = self._mapped(ref)
+        return tensor.to(torch.float32 if tensor.element_size() < 4 else tensor.dtype
+                         ).clone().numpy()
+
+    def load_stored(self, ref: MatrixRef) -> torch.Tensor:
+        return self._mapped(ref).clone()
 
     def close(self) -> None:
         self._open_state = None

@@ -34,3 +34,8 @@ class ModuleSource(WeightSource):
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.float()
         return weight.cpu().numpy()
+
+    def load_stored(self, ref: MatrixRef) -> torch.Tensor:
+        """The weight where it lives, in its own dtype: a model already on the GPU is analysed
+        there without a round trip through host memory."""
+        return self._weights[ref.key].detach()
