@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from alphasel import analyze
 from alphasel.sources import open_source, packaged_model
 from alphasel.spectra import eigenvalues
+from analysis.bench_scale import analyze_in_child, run_block, run_full
 
 
 def _weightwatcher_model(alias: str) -> torch.nn.Module:
@@ -103,20 +102,6 @@ def _write_checkpoint(folder: Path, gigabytes: float) -> Path:
     return folder
 
 
-def _peak_rss_of_analysis(folder: Path) -> tuple[float, float]:
-    code = (f"import alphasel; print(len(alphasel.analyze({str(folder)!r}, progress=False, "
-            "cache=False)))")
-    started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
-    # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the largest of all
-    # children ever waited for); ru_maxrss is in KiB on Linux.
-    _, status, usage = os.wait4(child.pid, 0)
-    elapsed = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"the RSS analysis run failed (exit {status})")
-    return usage.ru_maxrss / 1024, elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "minilm"])
@@ -154,7 +139,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
             folder = _write_checkpoint(Path(tmp), args.rss_gb)
             size = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9
-            peak_mb, elapsed = _peak_rss_of_analysis(folder)
+            result, _ = analyze_in_child(folder)
+            peak_mb, elapsed = result["peak_rss_mb"], result["elapsed_s"]
         print(f"peak RSS analysing a {size:.2f} GB checkpoint   {peak_mb:7.0f} MB "
               f"({elapsed:.1f} s; largest matrix 32000x4096 float32 = 524 MB, Gram up to 4096²)")
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
@@ -200,8 +186,6 @@ def main() -> None:
 
 
 def _scale(args: argparse.Namespace) -> None:
-    from analysis.bench_scale import run_block, run_full
-
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         folder = args.keep or Path(tmp) / args.shape
         if args.full_model:
