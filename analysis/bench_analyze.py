@@ -36,6 +36,7 @@ from alphasel import analyze
 from alphasel.sources import open_source, packaged_model
 from alphasel.spectra import eigenvalues
 from analysis.bench_scale import analyze_in_child, run_block, run_full
+from analysis.synthetic_llama import LLAMA_2_7B, block_shapes
 
 
 def _weightwatcher_model(alias: str) -> torch.nn.Module:
@@ -84,10 +85,7 @@ def _write_checkpoint(folder: Path, gigabytes: float) -> Path:
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(0)
-    llama_block = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 4096),
-                   "self_attn.v_proj": (4096, 4096), "self_attn.o_proj": (4096, 4096),
-                   "mlp.gate_proj": (11008, 4096), "mlp.up_proj": (11008, 4096),
-                   "mlp.down_proj": (4096, 11008)}
+    llama_block = block_shapes(LLAMA_2_7B["hidden"], LLAMA_2_7B["intermediate"])
     filler = {"mlp.up_proj": (11008, 1024), "mlp.down_proj": (1024, 11008)}
     shards = {"embed": {"model.embed_tokens": (32000, 4096)},
               "block-0": {f"model.layers.0.{name}": shape for name, shape in llama_block.items()}}
