@@ -43,7 +43,6 @@ from alphasel.spectra import (
     sample_generator,
     sample_submatrix,
     shares_cores,
-    torch_eigenvalues,
     working_bytes,
 )
 from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
@@ -116,12 +115,7 @@ def _analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str
     try:
         if downsampling.active:
             return _analyze_samples(matrix, name, estimator, device, downsampling)
-        if gram is not None:
-            evals = gram_eigenvalues(gram, share)
-        elif device == "cpu":
-            evals = eigenvalues(matrix)
-        else:
-            evals = torch_eigenvalues(torch.as_tensor(matrix), torch.device(device))
+        evals = gram_eigenvalues(gram, share) if gram is not None else eigenvalues(matrix, device)
     except NonFiniteError:
         return _non_finite_status(matrix)
     if evals[-1] <= EVALS_THRESHOLD:
