@@ -55,10 +55,9 @@ def _write_shard(folder: Path, shard: str, shape: dict) -> dict[str, str]:
     from safetensors.torch import save_file
 
     file_name = f"model-{shard}.safetensors"
-    tensors = {}
-    for index, (name, matrix_shape) in enumerate(_shard_tensors(shard, shape).items()):
-        block = -1 if shard == "embed" else int(shard.removeprefix("block-"))
-        tensors[name] = student_t(matrix_shape, [block + 1, index])
+    seed = 0 if shard == "embed" else int(shard.removeprefix("block-")) + 1
+    tensors = {name: student_t(matrix_shape, [seed, index])
+               for index, (name, matrix_shape) in enumerate(_shard_tensors(shard, shape).items())}
     partial = folder / f"{file_name}.partial"  # renamed when whole: a killed write leaves no shard
     save_file(tensors, partial)
     partial.replace(folder / file_name)
