@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import threading
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata as package_metadata
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +16,10 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-import alphasel
 from alphasel.cache import ResultCache
+from alphasel.columns import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK, TOTAL_MATRIX_PARAMS
 from alphasel.downsample import (
+    NO_DOWNSAMPLING,
     Downsampling,
     parse_downsampling,
     resolve_shape,
@@ -31,6 +29,7 @@ from alphasel.errors import AnalysisOptionError
 from alphasel.lapack import CoreShare
 from alphasel.layout import block_of, kind_of
 from alphasel.powerlaw import EVALS_THRESHOLD, check_estimator, fit_power_law
+from alphasel.provenance import package_versions, utc_now
 from alphasel.sources import MatrixRef, WeightSource, open_source
 from alphasel.sources.adapter import AdapterOverlay
 from alphasel.spectra import (
@@ -45,13 +44,14 @@ from alphasel.spectra import (
     shares_cores,
     working_bytes,
 )
-from alphasel.table import COLUMNS, DOWNSAMPLE_COLUMNS, META_KEY, STATUS_OK
 
 # Share of the RAM available when an analysis starts that its matrices may hold at once.
 _MEMORY_SHARE = 0.5
 # Threads that work on the GPU path at once: one reads (and upcasts) the next matrix while
 # another's Gram matrix and eigenvalues are on the GPU.
 _GPU_WORKERS = 2
+# Packages whose versions an analysis records.
+_RECORDED_PACKAGES = ("numpy", "scipy", "torch", "pandas", "safetensors", "gguf")
 # Packages whose code computes a cached result (eigenvalues, dequantization): a new version of
 # one may change the last bits, so it is part of the cache key.
 _COMPUTING_PACKAGES = ("alphasel", "numpy", "torch", "gguf")
@@ -106,10 +106,14 @@ def _non_finite_status(matrix: np.ndarray | torch.Tensor) -> dict:
     return {"status": f"non-finite weights ({bad} NaN/inf entries)"}
 
 
-def _analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str, device: str,
-                    downsampling: Downsampling, gram: np.ndarray | None = None,
-                    share: CoreShare | None = None) -> dict:
-    """``matrix`` is float32/64 numpy, or on a torch device path a tensor in its stored
+def analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str = "ks",
+                   device: str = "cpu", downsampling: Downsampling = NO_DOWNSAMPLING,
+                   gram: np.ndarray | None = None, share: CoreShare | None = None) -> dict:
+    """The fit and norm metrics of one weight matrix, as a row of the alpha table holds them
+    (from ``alpha`` on, with ``status``): the one per-matrix code path of every analysis and of
+    the alpha measured during training.
+
+    ``matrix`` is float32/64 numpy, or on a torch device path a tensor in its stored
     precision (see :meth:`WeightSource.load_stored`); ``gram``, its Gram matrix when already
     formed (then its eigensolve takes a core of ``share``)."""
     try:
@@ -150,16 +154,6 @@ def _analyze_samples(matrix: np.ndarray, name: str, estimator: str, device: str,
     return row
 
 
-def _versions() -> dict:
-    versions = {"alphasel": alphasel.__version__, "python": platform.python_version()}
-    for package in ("numpy", "scipy", "torch", "pandas", "safetensors", "gguf"):
-        try:
-            versions[package] = package_metadata.version(package)
-        except package_metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def analyze(
     model: str | Path | torch.nn.Module,
     estimator: str = "ks",
@@ -194,18 +188,9 @@ def analyze(
     the same file stored it, and stores the others as they finish (``alphasel.cache``;
     in-memory modules are never cached); ``meta["cached"]`` counts the matrices read back.
     """
-    check_estimator(estimator)
-    check_device(device)
-    if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
-        raise AnalysisOptionError(f"--min-evals must be an integer ≥ 2, got {min_evals!r}")
-    downsampling = parse_downsampling(downsample, samples, seed)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 1):
-        raise AnalysisOptionError(f"--workers must be ≥ 1, got {workers}")
-    if memory_gb is not None and not (isinstance(memory_gb, int | float) and memory_gb > 0):
-        raise AnalysisOptionError(f"--memory-gb must be a positive number, got {memory_gb!r}")
-    started = time.perf_counter()
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    downsampling = _checked_options(estimator, device, min_evals, downsample, samples, seed,
+                                    workers, memory_gb)
+    started, started_at = time.perf_counter(), utc_now()
     with open_source(model, revision) as base:
         source = AdapterOverlay(base, adapter) if adapter is not None else base
         all_refs = source.matrices()
@@ -216,19 +201,18 @@ def analyze(
                 f"({len(all_refs)} found before --include/--exclude): loosen the filters")
         fitted_shapes = {ref.name: ref.shape for ref in refs if min(ref.shape) >= min_evals}
         downsampling = resolve_shape(downsampling, fitted_shapes)
-        versions = _versions()
+        versions = package_versions(_RECORDED_PACKAGES)
         solver = eigensolver() if device == "cpu" else f"torch {torch.__version__} {device}"
         store = ResultCache() if cache else None
-        options = {"estimator": estimator, "downsampling": downsampling.describe(),
-                   "min_evals": min_evals, "device": device, "eigensolver": solver,
-                   "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES}}
+        key = {"estimator": estimator, "downsampling": downsampling.describe(),
+               "min_evals": min_evals, "device": device, "eigensolver": solver,
+               "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES}}
         limit = int(memory_gb * 1e9) if memory_gb is not None \
             else int(_MEMORY_SHARE * available_memory())
         plan = schedule(list(fitted_shapes.values()), usable_cores(), limit,
                         workers if device == "cpu" or workers is not None else _GPU_WORKERS)
-        rows, cached = _analyze_source(source, refs, estimator, device, min_evals,
-                                       downsampling, progress, plan, store, options)
-        table = pd.DataFrame(rows)
+        fits = _MatrixFits(source, estimator, device, downsampling, plan, store, key)
+        rows, cached = _fit_all(fits, refs, min_evals, plan, progress)
         meta = {
             "model_id": source.model_id,
             "revision": source.revision,
@@ -245,22 +229,48 @@ def analyze(
             "downsample": downsampling.describe(),
             "adapter": str(adapter) if adapter is not None else None,
             "num_matrices": len(refs),
-            "total_matrix_params": int(sum(r.shape[0] * r.shape[1] for r in all_refs)),
+            TOTAL_MATRIX_PARAMS: int(sum(r.shape[0] * r.shape[1] for r in all_refs)),
             "versions": versions,
             "started": started_at,
             "cache": str(store.folder) if store is not None else None,
             "cached": cached,
         }
+        adapted = source.adapted if adapter is not None else None
+    table = _table(rows, downsampling, adapted)
+    meta["elapsed_s"] = round(time.perf_counter() - started, 3)
+    table.attrs[META_KEY] = meta
+    return table
+
+
+def _checked_options(estimator: str, device: str, min_evals: int, downsample: str, samples: int,
+                     seed: int, workers: int | None, memory_gb: float | None) -> Downsampling:
+    """Refuse a bad option before anything is read; the downsampling the options ask for."""
+    check_estimator(estimator)
+    check_device(device)
+    if isinstance(min_evals, bool) or not isinstance(min_evals, int) or min_evals < 2:
+        raise AnalysisOptionError(f"--min-evals must be an integer ≥ 2, got {min_evals!r}")
+    downsampling = parse_downsampling(downsample, samples, seed)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise AnalysisOptionError(f"--workers must be ≥ 1, got {workers}")
+    if memory_gb is not None and not (isinstance(memory_gb, int | float) and memory_gb > 0):
+        raise AnalysisOptionError(f"--memory-gb must be a positive number, got {memory_gb!r}")
+    return downsampling
+
+
+def _table(rows: list[dict], downsampling: Downsampling, adapted: set[str] | None
+           ) -> pd.DataFrame:
+    """The rows as an alpha table: every column of :data:`COLUMNS` in order (plus the
+    downsampling columns, and ``adapted`` over an adapter), whole-number columns nullable."""
+    table = pd.DataFrame(rows)
     columns = COLUMNS + (DOWNSAMPLE_COLUMNS if downsampling.active else [])
-    if adapter is not None:
-        table["adapted"] = table["name"].isin(source.adapted)
+    if adapted is not None:
+        table["adapted"] = table["name"].isin(adapted)
         columns = columns + ["adapted"]
     table = table.reindex(columns=columns)
     table["block"] = table["block"].astype("Int64")
     for column in ("num_pl_spikes",) + (("samples",) if downsampling.active else ()):
         table[column] = table[column].astype("Int64")
-    meta["elapsed_s"] = round(time.perf_counter() - started, 3)
-    table.attrs[META_KEY] = meta
     return table
 
 
@@ -356,70 +366,86 @@ class _MemoryBudget:
             self._changed.notify_all()
 
 
-def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str, device: str,
-                    min_evals: int, downsampling: Downsampling, progress: bool,
-                    plan: Schedule, store: ResultCache | None = None,
-                    options: dict | None = None) -> tuple[list[dict], int]:
-    """One row per ref, in order, and how many fits came from ``store``.
+class _MatrixFits:
+    """Fits one matrix of an analysis, on whichever worker thread calls it.
 
-    A matrix whose key (``options`` with the source's identity of the tensor, see
+    A matrix whose key (``key_options`` with the source's identity of the tensor, see
     :meth:`WeightSource.identity`) has an entry in ``store`` is not read at all; every other
     fit is stored the moment it finishes, so an analysis stopped half-way keeps what it did.
-
-    ``plan.workers`` threads each read (and dequantize) a matrix and fit it with
-    ``plan.blas_threads`` BLAS threads (see :func:`schedule`); reads, numpy's dequantization,
-    the Gram matrix and the eigensolvers all release the GIL. (A separate reader thread, tried
-    too, only added handoffs: SmolLM2 2.6 s against 2.4 s this way.) On a torch device the
+    A matrix is read only when its working memory fits the budget beside the others in flight.
+    Reads, numpy's dequantization, the Gram matrix and the eigensolvers all release the GIL.
+    (A separate reader thread, tried too, only added handoffs: SmolLM2 2.6 s against 2.4 s
+    this way.) Large matrices share the cores (:class:`CoreShare`). On a torch device the
     matrix travels in its stored precision and is upcast there, and with two workers one
     thread's read overlaps the other's GPU work.
     """
-    budget = _MemoryBudget(plan.memory_limit)
-    stored_precision = device != "cpu" and not downsampling.active
-    share = CoreShare(usable_cores(), plan.blas_threads) if device == "cpu" else None
 
-    def run(ref: MatrixRef) -> tuple[dict, bool]:
-        identity = source.identity(ref) if store is not None else None
-        key = {**(options or {}), "name": ref.name, "tensor": identity}
+    def __init__(self, source: WeightSource, estimator: str, device: str,
+                 downsampling: Downsampling, plan: Schedule, store: ResultCache | None,
+                 key_options: dict) -> None:
+        self.source, self.estimator, self.device = source, estimator, device
+        self.downsampling, self.store, self.key_options = downsampling, store, key_options
+        self.budget = _MemoryBudget(plan.memory_limit)
+        self.share = CoreShare(usable_cores(), plan.blas_threads) if device == "cpu" else None
+        self.stored_precision = device != "cpu" and not downsampling.active
+
+    def __call__(self, ref: MatrixRef) -> tuple[dict, bool]:
+        """(the matrix's metrics, whether they came from the store)."""
+        identity = self.source.identity(ref) if self.store is not None else None
+        key = {**self.key_options, "name": ref.name, "tensor": identity}
         if identity is not None:
-            stored = store.get(key)
+            stored = self.store.get(key)
             if stored is not None:
                 return stored, True
         cost = working_bytes(ref.shape)
-        budget.acquire(cost)
+        self.budget.acquire(cost)
         try:
-            if not downsampling.active and shares_cores(ref.shape, share):
-                # The read is part of the Gram turn, so turns go in the order work started
-                # (costliest first), not in the order reads happen to finish.
-                with share.gram():
-                    matrix = source.load(ref)
-                    gram = gram_matrix(matrix, share.gram_slice)
-                result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling,
-                                         gram, share)
-            else:
-                matrix = source.load_stored(ref) if stored_precision else source.load(ref)
-                result = _analyze_matrix(matrix, ref.name, estimator, device, downsampling)
+            result = self._fit(ref)
         finally:
-            budget.release(cost)
+            self.budget.release(cost)
         if identity is not None:
-            store.put(key, result)
+            self.store.put(key, result)
         return result, False
 
+    def _fit(self, ref: MatrixRef) -> dict:
+        if not self.downsampling.active and shares_cores(ref.shape, self.share):
+            # The read is part of the Gram turn, so turns go in the order work started
+            # (costliest first), not in the order reads happen to finish.
+            with self.share.gram():
+                matrix = self.source.load(ref)
+                gram = gram_matrix(matrix, self.share.gram_slice)
+            return analyze_matrix(matrix, ref.name, self.estimator, self.device,
+                                  self.downsampling, gram, self.share)
+        matrix = self.source.load_stored(ref) if self.stored_precision else self.source.load(ref)
+        return analyze_matrix(matrix, ref.name, self.estimator, self.device, self.downsampling)
+
+    def stop(self) -> None:
+        """Refuse every matrix still waiting for memory (the analysis stops)."""
+        self.budget.close()
+
+
+def _fit_all(fits: _MatrixFits, refs: list[MatrixRef], min_evals: int, plan: Schedule,
+             progress: bool) -> tuple[list[dict], int]:
+    """One row per ref, in order, and how many fits came from the result cache.
+
+    ``plan.workers`` threads each fit matrices with ``plan.blas_threads`` BLAS threads (see
+    :func:`schedule`), in :func:`_work_order`; the first error (a corrupt tensor, Ctrl-C)
+    stops the rest at once.
+    """
     rows, cached = [], 0
-    bar = tqdm(total=len(refs), desc=f"alpha {source.model_id}", unit="matrix",
+    bar = tqdm(total=len(refs), desc=f"alpha {fits.source.model_id}", unit="matrix",
                disable=not progress, dynamic_ncols=True)
     with threadpool_limits(limits=plan.blas_threads), \
             ThreadPoolExecutor(plan.workers, thread_name_prefix="alphasel") as pool:
         # Everything is queued at once, so a slow matrix (an embedding) never idles the other
         # workers; memory stays bounded by the budget, which a matrix acquires before its read
         # and releases after its fit, in the same task.
-        pending = {index: pool.submit(run, refs[index]) for index in _work_order(refs)
+        pending = {index: pool.submit(fits, refs[index]) for index in _work_order(refs)
                    if min(refs[index].shape) >= min_evals}
         try:
             for index, ref in enumerate(refs):
-                rows_count, cols_count = ref.shape
-                row = {"name": ref.name, "block": block_of(ref.name),
-                       "kind": kind_of(ref.name), "rows": rows_count, "cols": cols_count,
-                       "num_evals": min(ref.shape)}
+                row = {"name": ref.name, "block": block_of(ref.name), "kind": kind_of(ref.name),
+                       "rows": ref.shape[0], "cols": ref.shape[1], "num_evals": min(ref.shape)}
                 if index in pending:
                     result, from_store = pending.pop(index).result()
                     row.update(result)
@@ -431,10 +457,8 @@ def _analyze_source(source: WeightSource, refs: list[MatrixRef], estimator: str,
                 bar.update(1)
                 bar.set_postfix_str(ref.name[-40:], refresh=False)
         except BaseException:
-            # Stop at the first error (a corrupt tensor, Ctrl-C) instead of analysing the rest.
-            budget.close()
+            fits.stop()
             pool.shutdown(cancel_futures=True)
             raise
     bar.close()
     return rows, cached
-

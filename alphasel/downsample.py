@@ -37,9 +37,24 @@ class Downsampling:
         return self.mode != "none"
 
     def describe(self) -> dict:
+        """As a table's metadata records it (see :meth:`from_description`)."""
         return {"mode": self.mode, "shape": list(self.shape) if self.shape else None,
                 "samples": self.samples if self.active else None,
                 "seed": self.seed if self.active else None}
+
+    @classmethod
+    def from_description(cls, described: object) -> Downsampling:
+        """The downsampling a table's metadata describes (:meth:`describe`); none when it
+        describes none or is not a description."""
+        if not isinstance(described, dict) or described.get("mode") in (None, "none"):
+            return NO_DOWNSAMPLING
+        shape = described.get("shape")
+        return cls(described["mode"], tuple(shape) if shape else None,
+                   int(described.get("samples") or 1), int(described.get("seed") or 0))
+
+
+#: Whole matrices, as WeightWatcher fits them (the default).
+NO_DOWNSAMPLING = Downsampling("none")
 
 
 def parse_downsampling(mode: str, samples: int = 1, seed: int = 0) -> Downsampling:

@@ -1,4 +1,6 @@
-"""Model layout: which transformer block a weight matrix belongs to and what kind it is.
+"""Model layout: which transformer block a weight matrix belongs to, what kind it is, and the
+vocabulary of kinds every other module uses (:data:`KINDS`, :data:`KIND_GROUPS`,
+:data:`BLOCK_KINDS`, :data:`CANDIDATE_KINDS`) and the model order they sort by.
 
 Works on full module names (``model.layers.3.self_attn.q_proj``) for Llama/Mistral/Qwen2-style,
 BERT-style, GPT-2-style (Conv1D, fused ``c_attn``), Phi-style and GGUF names, with a generic
@@ -9,6 +11,18 @@ that match no rule are kind ``other``.
 from __future__ import annotations
 
 import re
+
+#: Module kinds, in the order tables and figures show them.
+KINDS = ("q", "k", "v", "o", "qkv", "gate", "up", "down", "embed", "head", "other")
+#: Named groups of kinds (``--kinds attn``, ``--kinds mlp``).
+KIND_GROUPS = {"attn": ("q", "k", "v", "o", "qkv"), "mlp": ("gate", "up", "down")}
+#: Kinds that live inside transformer blocks, in :data:`KINDS` order: the projections.
+BLOCK_KINDS = KIND_GROUPS["attn"] + KIND_GROUPS["mlp"]
+#: Kinds that may be chosen (for an adapter, or to train): the block kinds. Never embed or head
+#: (not the projections LoRA targets here, and vocabulary-sized), never other: a module the
+#: layout could not name has unknown structure, so its place in a block and its meaning are
+#: guesses.
+CANDIDATE_KINDS = BLOCK_KINDS
 
 # A block index is an integer path component right after a container of blocks.
 _BLOCK = re.compile(
@@ -79,3 +93,14 @@ def kind_of(name: str) -> str:
         if pattern.search(inner):
             return kind
     return "other"
+
+
+def model_order(name: str, block: int | None, kind: str) -> tuple:
+    """Sort key of model order: embeddings first, then the blocks by depth (each block's kinds
+    in :data:`KINDS` order, unknown kinds last), then everything else; ties by name."""
+    if block is None:
+        group, depth = (0 if kind == "embed" else 2), 0
+    else:
+        group, depth = 1, block
+    rank = KINDS.index(kind) if kind in KINDS else len(KINDS)
+    return group, depth, rank, name

@@ -12,13 +12,12 @@ import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alphasel.atomic import write_text
 from alphasel.errors import PlanError
-from alphasel.table import model_slug, runs_dir
+from alphasel.paths import model_slug, plans_dir, utc_stamp
 
 if TYPE_CHECKING:
     import peft
@@ -321,6 +320,5 @@ def check_adapted(plan: InjectionPlan, peft_model: torch.nn.Module,
 
 def default_plan_path(plan: InjectionPlan) -> Path:
     """``runs/plans/<model>-<scheme>-k<k>-<time>.json``: unique per call, sortable by time."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     model = model_slug(plan.model_id) if plan.model_id else "model"
-    return runs_dir() / "plans" / f"{model}-{plan.scheme}-k{plan.k}-{stamp}.json"
+    return plans_dir() / f"{model}-{plan.scheme}-k{plan.k}-{utc_stamp()}.json"

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import alphasel
+from alphasel import __version__
+from alphasel.columns import STATUS_OK, metadata
 from alphasel.errors import PlanError, TableError
+from alphasel.layout import CANDIDATE_KINDS, KIND_GROUPS
 from alphasel.plan import InjectionPlan, PlannedModule
-from alphasel.table import STATUS_OK, check_table, metadata
+from alphasel.table import check_table
 
 SCHEMES = ("alora", "blora", "random", "first", "last", "band", "all")
 #: Schemes that rank by alpha and therefore take ``order``.
@@ -37,11 +39,6 @@ SCHEME_UNITS = {"alora": "matrix", "blora": "block", "first": "block", "last": "
 UNITS = ("matrix", "block")
 ORDERS = ("high", "low")
 RANK_ALLOCS = ("uniform", "alpha")
-KIND_GROUPS = {"attn": ("q", "k", "v", "o", "qkv"), "mlp": ("gate", "up", "down")}
-#: Kinds that may receive an adapter. Never embed or head (not the projections LoRA targets
-#: here, and vocabulary-sized), never other: a module the layout could not name has unknown
-#: structure, so its place in a block and its meaning are guesses.
-CANDIDATE_KINDS = KIND_GROUPS["attn"] + KIND_GROUPS["mlp"]
 DEFAULT_RANK = 8
 DEFAULT_BETA = 1.0
 #: How far a budget-matched plan may miss the target, relative to it.
@@ -420,6 +417,6 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
         analysis_sha256=_file_sha256(analysis), model_id=meta.get("model_id"),
         revision=meta.get("revision"), estimator=meta.get("estimator"),
         total_params=int(total_params) if total_params else None,
-        analysed_params=int(analysed), notes=notes, alphasel_version=alphasel.__version__,
+        analysed_params=int(analysed), notes=notes, alphasel_version=__version__,
         created=datetime.now(UTC).isoformat(timespec="seconds"))
 

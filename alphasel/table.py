@@ -1,63 +1,23 @@
-"""The alpha table: the contract between ANALYZE and PLAN (and PLOT).
+"""The alpha table on disk: written, read back, checked, saved under runs/ and combined.
 
-One row per weight matrix. Metadata (model id, revision, estimator, options, versions, time)
-travels in ``DataFrame.attrs["alphasel"]`` in memory, and in a ``meta.json`` beside the table
-(or inside a parquet file) on disk.
+One row per weight matrix (the columns are in :mod:`alphasel.columns`). Metadata (model id,
+revision, estimator, options, versions, time) travels in ``DataFrame.attrs["alphasel"]`` in
+memory, and in a ``meta.json`` beside the table (or inside a parquet file) on disk.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 from alphasel.atomic import replacing, write_text
+from alphasel.columns import META_KEY, REQUIRED_COLUMNS, metadata
 from alphasel.errors import TableError
+from alphasel.paths import analyses_dir, latest_analysis_pointer, model_slug, utc_stamp
 
-#: Columns every alpha table has, in this order.
-COLUMNS = [
-    "name", "block", "kind", "rows", "cols",
-    "alpha", "xmin", "D", "sigma", "num_evals", "num_pl_spikes",
-    "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
-    "status",
-]
-#: Columns added by downsampled analyses.
-DOWNSAMPLE_COLUMNS = ["alpha_std", "samples"]
-#: What a table must hold for the planner and the plots to use it.
-REQUIRED_COLUMNS = ["name", "block", "kind", "alpha"]
-#: Module kinds, in the order figures show them.
-KINDS = ["q", "k", "v", "o", "qkv", "gate", "up", "down", "embed", "head", "other"]
-#: status of a row whose fit succeeded.
-STATUS_OK = "ok"
-
-META_KEY = "alphasel"
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".json")
-
-
-def runs_dir() -> Path:
-    """Where commands write by default: ``$ALPHASEL_RUNS`` or ``./runs``."""
-    return Path(os.environ.get("ALPHASEL_RUNS", "runs"))
-
-
-def model_slug(model_id: str) -> str:
-    """A filesystem-safe name for a model id or path (``meta-llama/Llama-2-7b-hf`` →
-    ``meta-llama--Llama-2-7b-hf``)."""
-    text = str(model_id).rstrip("/\\")
-    if os.sep in text or "/" in text:
-        path = Path(text)
-        # Local paths: the last component is what a user recognises; hub ids keep the org.
-        text = path.name if path.exists() else text.replace("/", "--")
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return slug or "model"
-
-
-def metadata(table: pd.DataFrame) -> dict:
-    """The metadata that travels with a table (empty dict when none)."""
-    return dict(table.attrs.get(META_KEY, {}))
 
 
 def table_format(path: Path) -> str:
@@ -146,22 +106,17 @@ def check_table(table: pd.DataFrame, required: list[str] | None = None,
         raise TableError(f"{source} is empty: analyze a model with at least one weight matrix")
 
 
-def _latest_pointer() -> Path:
-    return runs_dir() / "analyses" / "LATEST"
-
-
 def save_analysis(table: pd.DataFrame, model_id: str) -> Path:
     """Save under ``runs/analyses/<model-slug>/<time>-<estimator>/alpha.csv`` with ``meta.json``
     beside it, and remember it as the latest analysis. Returns the table's path."""
     meta = metadata(table)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     estimator = meta.get("estimator", "ks")
-    folder = runs_dir() / "analyses" / model_slug(model_id) / f"{stamp}-{estimator}"
+    folder = analyses_dir() / model_slug(model_id) / f"{utc_stamp()}-{estimator}"
     folder.mkdir(parents=True, exist_ok=False)
     path = write_table(table, folder / "alpha.csv")
     (folder / "meta.json").write_text(json.dumps({"table": path.name, **meta}, indent=1,
                                                  default=str))
-    pointer = _latest_pointer()
+    pointer = latest_analysis_pointer()
     pointer.write_text(str(path.resolve()) + "\n")
     return path
 
@@ -221,9 +176,8 @@ def save_analyses(tables: list[tuple[str, pd.DataFrame]],
     combined = combine_tables(tables)
     if out is not None:
         return paths, write_table(combined, out / "combined.csv")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     estimator = metadata(tables[0][1]).get("estimator", "ks")
-    folder = runs_dir() / "analyses" / "combined" / f"{stamp}-{estimator}"
+    folder = analyses_dir() / "combined" / f"{utc_stamp()}-{estimator}"
     folder.mkdir(parents=True, exist_ok=False)
     path = write_table(combined, folder / "combined.csv")
     write_text(folder / "meta.json", json.dumps({"table": path.name, **metadata(combined)},
@@ -233,10 +187,10 @@ def save_analyses(tables: list[tuple[str, pd.DataFrame]],
 
 def latest_analysis() -> Path:
     """The path of the latest analysis saved under ``runs/`` (raises if there is none)."""
-    pointer = _latest_pointer()
+    pointer = latest_analysis_pointer()
     if pointer.is_file():
         path = Path(pointer.read_text().strip())
         if path.is_file():
             return path
-    raise TableError(f"no analysis found under '{runs_dir() / 'analyses'}': run "
+    raise TableError(f"no analysis found under '{analyses_dir()}': run "
                      "`alphasel analyze MODEL` first or pass a table with --analysis")

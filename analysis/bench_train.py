@@ -30,7 +30,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_alphasel(args: argparse.Namespace) -> dict:
-    from alphasel.train import TrainConfig, train
+    from alphasel.training import TrainConfig, train
 
     config = TrainConfig(method=args.method, max_steps=args.steps, batch_size=args.batch_size,
                          max_seq_len=args.max_seq_len, max_samples=args.max_samples,
@@ -77,7 +77,7 @@ def run_bare(args: argparse.Namespace) -> dict:
 
     from alphasel.plan import InjectionPlan
     from alphasel.sources import packaged_model
-    from alphasel.train.data import load_data
+    from alphasel.training.data import load_data
 
     path, _ = packaged_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

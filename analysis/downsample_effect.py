@@ -15,7 +15,8 @@ import argparse
 import pandas as pd
 
 from alphasel import analyze, make_plan
-from alphasel.table import KINDS, STATUS_OK
+from alphasel.columns import STATUS_OK
+from alphasel.layout import KINDS
 
 
 def compare(model: str, samples: int, seed: int, k: int) -> None:

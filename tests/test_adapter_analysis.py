@@ -17,7 +17,7 @@ import alphasel
 import alphasel.cli
 from alphasel.errors import SourceError
 from alphasel.planner import make_plan
-from alphasel.train import TrainConfig, train
+from alphasel.training import TrainConfig, train
 
 
 def tiny_gpt2() -> torch.nn.Module:

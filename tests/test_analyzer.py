@@ -7,9 +7,9 @@ from safetensors.torch import save_file
 
 from alphasel import analyze
 from alphasel.analyzer import schedule, usable_cores
+from alphasel.columns import COLUMNS, STATUS_OK
 from alphasel.errors import AnalysisOptionError
 from alphasel.spectra import working_bytes
-from alphasel.table import COLUMNS, STATUS_OK
 
 
 def test_table_for_an_in_memory_llama():
@@ -144,13 +144,13 @@ def test_a_failing_read_stops_the_analysis_promptly(monkeypatch):
         return original(self, ref)
 
     monkeypatch.setattr(ModuleSource, "load", load)
-    slow_fit = analyzer._analyze_matrix
+    slow_fit = analyzer.analyze_matrix
 
     def fit(*args, **kwargs):
         time.sleep(0.05)  # the reader runs ahead and fills the budget before m3 is reached
         return slow_fit(*args, **kwargs)
 
-    monkeypatch.setattr(analyzer, "_analyze_matrix", fit)
+    monkeypatch.setattr(analyzer, "analyze_matrix", fit)
     # Room for two matrices: the reader blocks behind loaded, not yet fitted ones.
     room_gb = 2 * working_bytes((64, 64)) / 1e9
     outcome = []

@@ -64,13 +64,13 @@ def _entries(folder: Path) -> list[Path]:
 def fit_calls(monkeypatch) -> list[str]:
     """The names of the matrices the analyzer fits (not read from the cache)."""
     calls = []
-    fit = analyzer._analyze_matrix
+    fit = analyzer.analyze_matrix
 
     def counting(matrix, name, *args, **kwargs):
         calls.append(name)
         return fit(matrix, name, *args, **kwargs)
 
-    monkeypatch.setattr(analyzer, "_analyze_matrix", counting)
+    monkeypatch.setattr(analyzer, "analyze_matrix", counting)
     return calls
 
 
@@ -166,7 +166,7 @@ def test_an_option_that_changes_results_is_a_miss(changed, hits, checkpoint):
 
 def test_an_interrupted_analysis_resumes_where_it_stopped(checkpoint, alpha_cache,
                                                           monkeypatch):
-    fit = analyzer._analyze_matrix
+    fit = analyzer.analyze_matrix
     calls, stop_after = [], [5]
 
     def fitting(matrix, name, *args, **kwargs):
@@ -175,7 +175,7 @@ def test_an_interrupted_analysis_resumes_where_it_stopped(checkpoint, alpha_cach
             raise KeyboardInterrupt  # as Ctrl-C in the middle of the analysis
         return fit(matrix, name, *args, **kwargs)
 
-    monkeypatch.setattr(analyzer, "_analyze_matrix", fitting)
+    monkeypatch.setattr(analyzer, "analyze_matrix", fitting)
     with pytest.raises(KeyboardInterrupt):
         analyze(checkpoint, progress=False, workers=1)
     assert len(_entries(alpha_cache)) == 5
@@ -238,7 +238,7 @@ def test_an_entry_under_another_key_is_a_miss(tmp_path):
 def test_two_concurrent_analyses_give_correct_tables_and_whole_entries(checkpoint, alpha_cache,
                                                                         monkeypatch):
     reference = analyze(checkpoint, progress=False, cache=False)
-    fit = analyzer._analyze_matrix
+    fit = analyzer.analyze_matrix
     both_started = threading.Barrier(2)
 
     def slow_start(*args, **kwargs):
@@ -248,7 +248,7 @@ def test_two_concurrent_analyses_give_correct_tables_and_whole_entries(checkpoin
             pass
         return fit(*args, **kwargs)
 
-    monkeypatch.setattr(analyzer, "_analyze_matrix", slow_start)
+    monkeypatch.setattr(analyzer, "analyze_matrix", slow_start)
     tables, errors = [None, None], []
 
     def run(slot: int) -> None:

@@ -8,7 +8,8 @@ import pytest
 from plan_helpers import alpha_table, name, tiny_llama
 
 import alphasel.cli
-from alphasel.table import runs_dir, save_analysis, write_table
+from alphasel.paths import runs_dir
+from alphasel.table import save_analysis, write_table
 
 
 @pytest.fixture

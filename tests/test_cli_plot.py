@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alphasel import plots
 from alphasel.cli import main
+from alphasel.plots import output
+from alphasel.plots import tables as plots
 from alphasel.table import save_analysis, write_table
 
 KINDS = [("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
@@ -116,7 +117,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, message, table_path, tmp
     elif case == "bad suffix":
         out = tmp_path / "out" / "fig.txt"
     elif case == "png without kaleido":
-        monkeypatch.setattr(plots, "static_exporter_available", lambda: False)
+        monkeypatch.setattr(output, "static_exporter_available", lambda: False)
         out = tmp_path / "out" / "fig.png"
     assert main(["plot", plot, table, *extra, "--out", str(out)]) == 2
     line = error_line(capsys)

@@ -13,7 +13,7 @@ import pytest
 from train_helpers import byte_tokenizer, save_causal_lm, tiny_causal_lm
 
 import alphasel.cli
-from alphasel.train.record import is_complete
+from alphasel.training.record import is_complete
 
 FAST = ["--max-steps", "2", "--max-seq-len", "64", "--batch-size", "2", "--quiet",
         "--max-new-tokens", "4"]
@@ -152,7 +152,7 @@ def test_resume_from_the_command_line(checkpoint, code, tmp_path, capsys, runs):
     from transformers import TrainerCallback
 
     from alphasel.plan import InjectionPlan
-    from alphasel.train import TrainConfig, train
+    from alphasel.training import TrainConfig, train
 
     class Crash(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -12,7 +12,7 @@ from train_helpers import tiny_causal_lm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from alphasel.errors import AlphaselError
-from alphasel.train.effective import EffectiveWeightError, effective_weight, effective_weights
+from alphasel.training.effective import EffectiveWeightError, effective_weight, effective_weights
 
 LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_fc", "c_proj"]

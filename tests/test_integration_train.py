@@ -10,7 +10,7 @@ import pytest
 
 import alphasel
 import alphasel.cli
-from alphasel.train import RunRecord
+from alphasel.training import RunRecord
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from alphasel import plots
 from alphasel.errors import PlotError, TableError
+from alphasel.plots import output
+from alphasel.plots import tables as plots
 from alphasel.table import read_table, write_table
 
 LLAMA_KINDS = [("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
@@ -108,7 +109,7 @@ def test_fused_qkv_in_the_order_of_table_kinds():
     gpt2 = make_table("transformer.h", [("down", "mlp.c_proj"), ("qkv", "attn.c_attn"),
                                         ("up", "mlp.c_fc"), ("o", "attn.c_proj")], 2)
     grid = plots.alpha_grid(gpt2)
-    assert grid.labels == ["o", "qkv", "up", "down"]  # table.KINDS order, not row order
+    assert grid.labels == ["o", "qkv", "up", "down"]  # layout.KINDS order, not row order
     assert grid.value(1, "qkv") == pytest.approx(2.0 + 1 + 0.1)
 
 
@@ -261,7 +262,7 @@ def test_bad_tables_raise(llama):
 # ---- saving ----------------------------------------------------------------------------------
 
 def test_html_is_self_contained(llama, tmp_path):
-    path = plots.save_figure(plots.heatmap_figure(llama), tmp_path / "sub" / "h.html")
+    path = output.save_figure(plots.heatmap_figure(llama), tmp_path / "sub" / "h.html")
     text = path.read_text()
     assert "Plotly.newPlot" in text and '<script src="http' not in text
     assert len(text) > 1_000_000  # plotly.js itself is inlined
@@ -270,14 +271,14 @@ def test_html_is_self_contained(llama, tmp_path):
 
 def test_unknown_suffix_writes_nothing(llama, tmp_path):
     with pytest.raises(PlotError, match=r"\.html"):
-        plots.save_figure(plots.kinds_figure(llama), tmp_path / "k.txt")
+        output.save_figure(plots.kinds_figure(llama), tmp_path / "k.txt")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_png_without_exporter_says_how_to_get_one(llama, tmp_path, monkeypatch):
-    monkeypatch.setattr(plots, "static_exporter_available", lambda: False)
+    monkeypatch.setattr(output, "static_exporter_available", lambda: False)
     with pytest.raises(PlotError, match="pip install kaleido"):
-        plots.save_figure(plots.kinds_figure(llama), tmp_path / "k.png")
+        output.save_figure(plots.kinds_figure(llama), tmp_path / "k.png")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -288,9 +289,9 @@ def test_png_with_exporter_is_written_atomically(llama, tmp_path, monkeypatch):
         formats.append(format)
         open(file, "wb").write(b"\x89PNG fake")
 
-    monkeypatch.setattr(plots, "static_exporter_available", lambda: True)
+    monkeypatch.setattr(output, "static_exporter_available", lambda: True)
     monkeypatch.setattr(go.Figure, "write_image", fake_write_image)
-    path = plots.save_figure(plots.kinds_figure(llama), tmp_path / "k.png")
+    path = output.save_figure(plots.kinds_figure(llama), tmp_path / "k.png")
     assert formats == ["png"] and path.read_bytes() == b"\x89PNG fake"
     assert [p.name for p in tmp_path.iterdir()] == ["k.png"]
 
@@ -300,5 +301,5 @@ def test_png_with_exporter_is_written_atomically(llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(go.Figure, "write_image", broken_write_image)
     with pytest.raises(PlotError, match="plotly_get_chrome"):
-        plots.save_figure(plots.kinds_figure(llama), tmp_path / "broken.png")
+        output.save_figure(plots.kinds_figure(llama), tmp_path / "broken.png")
     assert [p.name for p in tmp_path.iterdir()] == ["k.png"]

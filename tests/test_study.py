@@ -12,8 +12,9 @@ from train_helpers import save_causal_lm, tiny_causal_lm, write_code_files
 import alphasel
 import alphasel.cli
 from alphasel.errors import StudyError
+from alphasel.study.directory import RunState, open_study, run_folder, run_state
+from alphasel.study.launch import create_study, run_study
 from alphasel.study.matrix import expand, unit_budget
-from alphasel.study.runner import create_study, open_study, run_state, run_study
 from alphasel.study.spec import SchemeSpec, StudySpec, load_spec, parse_schemes, parse_sweep
 
 
@@ -144,7 +145,8 @@ def test_study_runs_resumes_without_repeating_and_survives_a_failed_run(checkpoi
         assert (study / "runs" / run / "summary.json").read_text() == text  # not repeated
     assert sorted(p.name for p in (study / "runs").iterdir()) == sorted(
         entry.run_id for entry in entries)  # nothing duplicated
-    assert all(run_state(study, entry) == "complete" for entry in entries)
+    assert all(run_state(run_folder(study, entry.run_id)) == RunState.COMPLETE
+               for entry in entries)
     record = json.loads((study / "runs" / entries[0].run_id / "config.json").read_text())
     assert record["config"]["seed"] == entries[0].seed and record["config"]["max_steps"] == 2
 

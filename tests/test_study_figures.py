@@ -16,18 +16,18 @@ from plotly.offline import get_plotlyjs
 from alphasel.cli import main
 from alphasel.errors import PlotError, StudyError
 from alphasel.plan import InjectionPlan, PlannedModule
-from alphasel.study import figures
-from alphasel.study.collect import collect_runs, collect_study
-from alphasel.study.figures import (
+from alphasel.plots import comparison as figures
+from alphasel.plots.comparison import (
     alpha_shift_figure,
     cost_figure,
     final_loss_figure,
     loss_curves_figure,
     study_figures,
 )
-from alphasel.study.report import write_report
+from alphasel.plots.report import write_report
+from alphasel.study.collect import collect_runs, collect_study
 from alphasel.study.stats import format_interval
-from alphasel.train.record import RunWriter
+from alphasel.training.record import RunWriter
 
 #: t quantiles 0.975 with 1 and 2 degrees of freedom, from a printed table.
 T_975 = {1: 12.7062047, 2: 4.3026527}

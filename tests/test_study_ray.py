@@ -14,8 +14,9 @@ from train_helpers import save_causal_lm, write_code_files
 import alphasel.cli
 from alphasel.errors import StudyError
 from alphasel.study.collect import collect_study
+from alphasel.study.directory import RunState, open_study, run_folder, run_state
+from alphasel.study.launch import create_study, run_study
 from alphasel.study.ray_executor import check_address, pack, run_ray, run_task, unpack
-from alphasel.study.runner import create_study, open_study, run_state, run_study
 from alphasel.study.spec import StudySpec, parse_schemes
 
 
@@ -42,9 +43,10 @@ def test_a_run_trained_where_the_study_is_not_comes_back_whole(spec, tmp_path):
     outcome = run_task(str(tmp_path / "elsewhere"), (study / "spec.json").read_text(),
                        entry.to_dict(), ship=True)
     assert outcome["state"] == "complete" and outcome["archive"]
-    assert run_state(study, entry) == "pending"  # nothing was written into the study yet
+    # nothing was written into the study yet
+    assert run_state(run_folder(study, entry.run_id)) == RunState.MISSING
     unpack(study, entry.run_id, outcome["archive"])
-    assert run_state(study, entry) == "complete"
+    assert run_state(run_folder(study, entry.run_id)) == RunState.COMPLETE
     assert (study / "logs" / f"{entry.run_id}.log").is_file()
     config = json.loads((study / "runs" / entry.run_id / "config.json").read_text())
     assert config["config"]["seed"] == entry.seed

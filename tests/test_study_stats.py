@@ -15,7 +15,7 @@ from alphasel.errors import StudyError
 from alphasel.plan import InjectionPlan, PlannedModule
 from alphasel.study.collect import collect_runs, collect_study
 from alphasel.study.stats import comparison_table, paired_differences, summarize, t_interval
-from alphasel.train.record import RunWriter
+from alphasel.training.record import RunWriter
 
 #: t quantile 0.975 with 2 degrees of freedom, from a printed table.
 T_975_2 = 4.302652729911275
@@ -78,7 +78,8 @@ def write_study(root: Path, entries: list[dict]) -> Path:
         elif "eval_loss" in entry:
             write_run(run_dir, scheme, listed["seed"], entry["eval_loss"],
                       entry.get("model_id", "toy/llama"))
-    (root / "spec.json").write_text(json.dumps({"model": "toy", "data": "toy"}))
+    (root / "spec.json").write_text(json.dumps({"record": "alphasel-study", "model": "toy",
+                                                "data": "toy"}))
     (root / "matrix.json").write_text(json.dumps({"runs": runs}))
     return root
 

@@ -16,10 +16,10 @@ from transformers import TrainerCallback
 import alphasel
 from alphasel.errors import DataError, PlanError, RunError, TrainConfigError
 from alphasel.planner import make_plan
-from alphasel.train import RunRecord, TrainConfig, list_runs, resume, train
-from alphasel.train.data import TrainData
-from alphasel.train.record import is_complete
-from alphasel.train.trainer import build_trainer, prepare_model
+from alphasel.training import RunRecord, TrainConfig, list_runs, resume, train
+from alphasel.training.data import TrainData
+from alphasel.training.record import is_complete
+from alphasel.training.trainer import build_trainer, prepare_model
 
 FAST = dict(batch_size=4, max_new_tokens=4, log_every=1)
 
@@ -241,7 +241,7 @@ def test_a_new_classifier_head_is_seeded_by_the_training_seed(tmp_path):
 def test_plan_from_a_base_checkpoint_aligns_to_the_task_model():
     """A plan from the bare encoder's checkpoint (`encoder.layer.0...`) fits the classifier,
     which holds the same modules under `bert.`; unrelated names are left to fail."""
-    from alphasel.train.trainer import align_plan
+    from alphasel.training.trainer import align_plan
 
     model = tiny_bert(num_labels=2)
     plan = make_plan(alphasel.analyze(model.bert, progress=False), "blora", 1)
@@ -332,7 +332,7 @@ def test_method_and_plan_must_agree(tmp_path, tokenizer, blora_plan):
 
 
 def test_alphasel_train_stays_callable_after_its_package_is_imported(tokenizer):
-    import alphasel.train.data  # noqa: F401  (binds the subpackage's modules)
+    import alphasel.training.data  # noqa: F401  (binds the subpackage's modules)
 
     config = alphasel.TrainConfig(method="full")
     plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
@@ -381,7 +381,7 @@ def test_config_reports_every_problem_at_once():
 def test_4bit_error_is_one_line_when_bitsandbytes_is_missing(monkeypatch):
     import sys
 
-    from alphasel.train.models import check_4bit_supported
+    from alphasel.training.models import check_4bit_supported
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
@@ -397,7 +397,7 @@ class _KeepModel(TrainerCallback):
 def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer):
     """Hidden 64: on CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference
     (the step-0 evaluation) in blocks of 64 input features, which a 32-wide layer lacks."""
-    from alphasel.train.models import check_4bit_supported
+    from alphasel.training.models import check_4bit_supported
 
     try:
         check_4bit_supported()

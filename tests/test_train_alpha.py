@@ -10,7 +10,7 @@ from train_helpers import byte_tokenizer, tiny_causal_lm
 
 import alphasel
 from alphasel.planner import make_plan
-from alphasel.train import TrainConfig, train
+from alphasel.training import TrainConfig, train
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pytest
 from train_helpers import byte_tokenizer
 
 from alphasel.errors import DataError
-from alphasel.train import stdlib_data
-from alphasel.train.data import BUILTIN, alpaca_prompt, load_data
-from alphasel.train.splits import NUM_PROMPTS
+from alphasel.training import stdlib_data
+from alphasel.training.data import BUILTIN, alpaca_prompt, load_data
+from alphasel.training.splits import NUM_PROMPTS
 
 EOS = 1  # the byte tokenizer's <eos>
 

@@ -19,8 +19,8 @@ from train_helpers import byte_tokenizer, tiny_causal_lm
 import alphasel
 from alphasel.errors import RunError, TrainConfigError
 from alphasel.planner import make_plan
-from alphasel.train import TrainConfig, train
-from alphasel.train.reselect import (
+from alphasel.training import TrainConfig, train
+from alphasel.training.reselect import (
     candidate_table,
     fold_adapters,
     replan,

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphasel import training_plots
 from alphasel.cli import main
 from alphasel.errors import PlotError
-from alphasel.training_plots import (
+from alphasel.plots import training as training_plots
+from alphasel.plots.training import (
     alpha_change_figure,
     kind_colour,
     read_history,

@@ -12,13 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from alphasel.analyzer import analyze
+from alphasel.columns import STATUS_OK
 from alphasel.downsample import MODES
 from alphasel.errors import AnalysisOptionError
+from alphasel.layout import KINDS
 from alphasel.powerlaw import ESTIMATORS
 from alphasel.spectra import DEVICES
 from alphasel.table import (
-    KINDS,
-    STATUS_OK,
     SUPPORTED_SUFFIXES,
     check_tables_directory,
     save_analyses,

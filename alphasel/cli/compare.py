@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from alphasel.errors import StudyError
-from alphasel.study.collect import collect_runs, collect_study, is_study
+from alphasel.study.collect import collect_runs, collect_study
+from alphasel.study.directory import TABLE_FILE, is_study
 from alphasel.study.display import display_table
-from alphasel.study.runner import TABLE_FILE
 from alphasel.study.stats import comparison_table
 from alphasel.table import table_format, write_table
 

@@ -16,13 +16,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from alphasel.columns import metadata
 from alphasel.errors import PlotError
-from alphasel.plots import PLOT_NAMES, check_output_path, check_plot_name, figure, save_figure
-from alphasel.study.collect import collect_runs, collect_study, is_study
-from alphasel.study.figures import STUDY_FIGURES, check_figure_options, study_figure
-from alphasel.study.report import FIGURES_DIR, REPORT_FILE, write_report
-from alphasel.table import latest_analysis, metadata, model_slug, read_table, runs_dir
-from alphasel.training_plots import TRAINING_FIGURES, training_figure
+from alphasel.paths import model_slug, runs_dir
+from alphasel.plots.comparison import STUDY_FIGURES, check_figure_options, study_figure
+from alphasel.plots.output import check_output_path, save_figure
+from alphasel.plots.report import write_report
+from alphasel.plots.tables import PLOT_NAMES, check_plot_name, figure
+from alphasel.plots.training import TRAINING_FIGURES, training_figure
+from alphasel.study.collect import collect_runs, collect_study
+from alphasel.study.directory import FIGURES_DIR, REPORT_FILE, is_study
+from alphasel.table import latest_analysis, read_table
 
 #: The PLOT that draws a training run's alpha history (RUN_DIR in place of TABLE).
 TRAINING_PLOT = "training"

@@ -99,7 +99,8 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> None:
-    from alphasel.study.runner import EXECUTORS, create_study, failures, open_study, run_study
+    from alphasel.study.directory import failures, open_study
+    from alphasel.study.launch import EXECUTORS, create_study, run_study
 
     given = _given(args)
     if args.resume is not None and (given or args.spec or args.out):
@@ -110,7 +111,7 @@ def run_command(args: argparse.Namespace) -> None:
         raise StudyError(f"the spec file decides the study: drop {', '.join(given)} (or edit "
                          f"{args.spec})")
     if args.smooth is not None:
-        from alphasel.study.figures import check_smooth
+        from alphasel.plots.comparison import check_smooth
 
         check_smooth(args.smooth)
     if args.executor not in EXECUTORS:
@@ -142,7 +143,7 @@ def run_command(args: argparse.Namespace) -> None:
                        cpus_per_run=args.cpus_per_run)
     counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
     print(_table(study))
-    from alphasel.study.report import write_report
+    from alphasel.plots.report import write_report
 
     report_path = write_report(study, smooth=args.smooth)
     print(f"study: {study} ({counts['complete']} of {total} runs complete)")
@@ -158,7 +159,7 @@ def _table(study: Path) -> str:
     """The comparison table, written to the study's table.csv and returned for printing."""
     from alphasel.cli.compare import format_table
     from alphasel.study.collect import collect_study
-    from alphasel.study.runner import TABLE_FILE
+    from alphasel.study.directory import TABLE_FILE
     from alphasel.study.stats import comparison_table
     from alphasel.table import write_table
 

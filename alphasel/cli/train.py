@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alphasel.errors import TrainConfigError
-from alphasel.train.config import (
+from alphasel.training.config import (
     LORA_INITS,
     METHODS,
     REPORTERS,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from alphasel.plan import InjectionPlan
-    from alphasel.train.record import RunRecord
+    from alphasel.training.record import RunRecord
 
 #: Options that shape an inline plan (--scheme without --plan); dest → make_plan keyword.
 PLAN_OPTIONS = {"k": "k", "order": "order", "kinds": "kinds", "unit": "unit",
@@ -171,7 +171,7 @@ def _check(args: argparse.Namespace) -> None:
     if problems:
         raise TrainConfigError("; ".join(problems))
     if args.out is not None:  # before minutes of analysis and loading
-        from alphasel.train.record import RunWriter
+        from alphasel.training.record import RunWriter
 
         RunWriter.check_target(args.out, args.overwrite)
 
@@ -190,7 +190,7 @@ def inline_plan(args: argparse.Namespace) -> tuple[pd.DataFrame, InjectionPlan]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from alphasel.train.trainer import resume, train
+    from alphasel.training.trainer import resume, train
 
     _check(args)
     if args.resume is not None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alphasel.layout import block_of, kind_of
-from alphasel.table import KINDS
+from alphasel.layout import block_of, kind_of, model_order
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,9 @@ def file_identity(path: Path) -> dict:
 
 
 def reading_order(refs: list[MatrixRef]) -> list[MatrixRef]:
-    """Embeddings first, then blocks in depth order (kinds in canonical order), then the rest."""
-
-    def key(ref: MatrixRef) -> tuple:
-        block = block_of(ref.name)
-        kind = kind_of(ref.name)
-        group = 0 if block is None and kind == "embed" else (1 if block is not None else 2)
-        return (group, block if block is not None else 0, KINDS.index(kind), ref.name)
-
-    return sorted(refs, key=key)
+    """``refs`` in model order (:func:`alphasel.layout.model_order`)."""
+    return sorted(refs, key=lambda ref: model_order(ref.name, block_of(ref.name),
+                                                    kind_of(ref.name)))
 
 
 class WeightSource(ABC):

@@ -1,15 +1,15 @@
 """Training runs as one table: a study's matrix joined with its run records, or loose runs.
 
-One row per run, in the columns :data:`RUN_COLUMNS` lists (with the sweep columns after
+One row per run, in the columns :data:`TABLE_COLUMNS` lists (with the sweep columns after
 ``seed``). What varies between runs besides scheme, k, rank and seed is a *sweep*, and each
 swept field is a column named ``sweep.<field>`` (``sweep.grad_checkpointing``): the prefix keeps
 a swept training option apart from the run's own columns and tells the statistics which columns
 define a group. A study's sweep comes from its matrix.json; loose runs get one from the training
 options they differ in (see :func:`collect_runs`).
 
-``status`` is ``complete`` (a finished run record), ``failed`` (the study recorded an
-error.json), ``incomplete`` (a run directory without a finished record or an error: still
-running, or killed) or ``missing`` (never started). Only complete runs carry results.
+``status`` is the run's :class:`alphasel.study.directory.RunState`: ``complete``, ``failed``,
+``incomplete`` or ``missing``; a run whose record cannot be read is ``incomplete``, with the
+reason in ``error``. Only complete runs carry results.
 """
 
 from __future__ import annotations
@@ -22,14 +22,22 @@ from typing import Any
 import pandas as pd
 
 from alphasel.errors import AlphaselError, StudyError
-from alphasel.study.runner import ERROR_FILE, MATRIX_FILE, RUNS_DIR
+from alphasel.study.directory import (
+    MATRIX_FILE,
+    RunState,
+    check_study,
+    error_text,
+    is_study,
+    matrix_entries,
+    run_folder,
+    run_state,
+)
 from alphasel.study.spec import UNMATCHED
-from alphasel.train.record import ALPHA_FILE, RunRecord, holds_run
+from alphasel.training.config import RECORD_ONLY_FIELDS
+from alphasel.training.history import alpha_shift
+from alphasel.training.record import RunRecord, holds_run
 
 SWEEP_PREFIX = "sweep."
-
-STATUS_COMPLETE, STATUS_FAILED = "complete", "failed"
-STATUS_INCOMPLETE, STATUS_MISSING = "incomplete", "missing"
 
 #: Columns before the sweep columns: what the run is.
 IDENTITY_COLUMNS = ["label", "scheme", "k", "rank", "seed"]
@@ -39,24 +47,14 @@ RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "eval_loss
                   "trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
                   "run_id", "path"]
 #: Every column, with the sweep columns where ``sweep.*`` stands.
-RUN_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
+TABLE_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
 #: summary.json fields copied as they are (NaN when absent or null).
 SUMMARY_FIELDS = ("eval_loss", "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s",
                   "peak_memory_mb", "trainable_params")
 #: Whole-number columns: nullable integers, so a missing value does not make them floats.
 INTEGER_COLUMNS = ("k", "rank", "seed", "budget")
-#: TrainConfig fields that only shape the record, not the training: loose runs that differ in
-#: them are still replicates of one another.
-RECORD_ONLY_FIELDS = frozenset({"report_to", "generate", "max_new_tokens", "save_adapter",
-                                "save_every", "log_every", "eval_every", "remeasure",
-                                "alpha_every"})
 #: TrainConfig fields the label or the seed column already carry.
 LABELLED_FIELDS = frozenset({"seed", "reselect", "reselect_every"})
-
-
-def is_study(path: str | Path) -> bool:
-    """Whether ``path`` is a study directory (it holds matrix.json)."""
-    return (Path(path) / MATRIX_FILE).is_file()
 
 
 def sweep_columns(runs: pd.DataFrame) -> list[str]:
@@ -71,17 +69,12 @@ def collect_study(study_dir: str | Path) -> pd.DataFrame:
     matrix, so a failed or missing run still has its place; results come from the record. The
     model of a run without a record is the study's model when its finished runs agree on one.
     """
-    study_dir = _existing(study_dir)
-    if not is_study(study_dir):
-        hint = (" (it is a run record: compare it with others as `alphasel compare RUN RUN`)"
-                if holds_run(study_dir) else "")
-        raise StudyError(f"'{study_dir}' holds no {MATRIX_FILE}{hint}: pass a study directory "
-                         "written by `alphasel study` (runs/studies/<id>)")
-    entries = _matrix_entries(study_dir / MATRIX_FILE)
+    study_dir = check_study(_existing(study_dir))
+    entries = matrix_entries(study_dir)
     sweep_fields = list(dict.fromkeys(key for entry in entries for key in entry["sweep"]))
     rows = []
     for entry in entries:
-        run_dir = study_dir / RUNS_DIR / str(entry["run_id"])
+        run_dir = run_folder(study_dir, str(entry["run_id"]))
         row = {"label": entry["label"], "scheme": entry.get("scheme"), "k": entry.get("k"),
                "rank": entry.get("rank"), "seed": entry.get("seed"),
                **{SWEEP_PREFIX + key: _scalar(entry["sweep"].get(key)) for key in sweep_fields},
@@ -90,7 +83,7 @@ def collect_study(study_dir: str | Path) -> pd.DataFrame:
                "run_id": str(entry["run_id"]), "path": str(run_dir)}
         rows.append({**row, **_outcome(run_dir)})
     frame = _frame(rows, [SWEEP_PREFIX + key for key in sweep_fields])
-    models = frame.loc[frame["status"] == STATUS_COMPLETE, "model_id"].dropna().unique()
+    models = frame.loc[frame["status"] == RunState.COMPLETE, "model_id"].dropna().unique()
     if len(models) == 1:
         frame["model_id"] = frame["model_id"].fillna(models[0])
     return frame
@@ -149,64 +142,24 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _matrix_entries(path: Path) -> list[dict[str, Any]]:
-    """matrix.json's run entries, checked for the fields the table needs."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StudyError(f"cannot read '{path}' ({err}): re-create the study's matrix with "
-                         "`alphasel study`") from None
-    runs = data.get("runs") if isinstance(data, dict) else None
-    if not isinstance(runs, list) or not runs:
-        raise StudyError(f"'{path}' lists no runs (a JSON object with a non-empty \"runs\" "
-                         "list is expected): re-create the study's matrix with `alphasel study`")
-    for index, entry in enumerate(runs):
-        missing = [key for key in ("run_id", "label", "seed")
-                   if not isinstance(entry, dict) or entry.get(key) is None]
-        if missing:
-            raise StudyError(f"'{path}': run entry {index} lacks {', '.join(missing)}: "
-                             "re-create the study's matrix with `alphasel study`")
-        if not isinstance(entry.get("sweep") or {}, dict):
-            raise StudyError(f"'{path}': run entry {index} has a sweep that is not an object: "
-                             "re-create the study's matrix with `alphasel study`")
-        entry["sweep"] = entry.get("sweep") or {}
-    return runs
-
-
 def _outcome(run_dir: Path, record: RunRecord | None = None) -> dict[str, Any]:
     """status, error and the results of the run in ``run_dir`` (NaN unless complete)."""
-    outcome: dict[str, Any] = {"error": None}
+    outcome: dict[str, Any] = {"status": run_state(run_dir), "error": None}
     if record is None and holds_run(run_dir):
         try:
             record = RunRecord.load(run_dir)
         except AlphaselError as err:
             # A study's run killed while writing: the study goes on, and the row says why.
-            outcome["error"] = str(err)
+            outcome.update(status=RunState.INCOMPLETE, error=str(err))
     if record is not None and record.config.get("model_id") is not None:
         outcome["model_id"] = record.config["model_id"]
-    if record is not None and record.complete:
-        outcome["status"] = STATUS_COMPLETE
+    if outcome["status"] == RunState.COMPLETE and record is None:
+        outcome["status"] = RunState.INCOMPLETE  # a summary without the record it finishes
+    if outcome["status"] == RunState.COMPLETE:
         outcome.update(_results(record))
-    elif (run_dir / ERROR_FILE).is_file():
-        outcome["status"] = STATUS_FAILED
-        outcome["error"] = _error_text(run_dir / ERROR_FILE)
-    elif record is not None or outcome["error"]:
-        outcome["status"] = STATUS_INCOMPLETE
-    else:
-        outcome["status"] = STATUS_MISSING
+    elif outcome["status"] == RunState.FAILED:
+        outcome["error"] = error_text(run_dir)
     return outcome
-
-
-def _error_text(path: Path) -> str:
-    """error.json as one line: ``Type: message``."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return f"unreadable {ERROR_FILE}"
-    if not isinstance(data, dict):
-        return str(data)
-    message = " ".join(str(data.get("error", "")).split())
-    return f"{data['type']}: {message}" if data.get("type") else message
 
 
 def _results(record: RunRecord) -> dict[str, Any]:
@@ -217,41 +170,8 @@ def _results(record: RunRecord) -> dict[str, Any]:
     results["adapted_modules"] = len(plan.modules) if plan is not None else math.nan
     results["adapted_blocks"] = (len({m.block for m in plan.modules if m.block is not None})
                                  if plan is not None else math.nan)
-    results["alpha_shift"] = alpha_shift(record.path / ALPHA_FILE)
+    results["alpha_shift"] = alpha_shift(record.alpha_history())
     return results
-
-
-def alpha_shift(path: str | Path) -> float:
-    """Mean over adapted modules of alpha at the last measured epoch minus alpha at epoch 0.
-
-    A module counts when it had an adapter in some epoch (``adapted`` true in any row; with
-    re-selection the rounds adapt different modules) and has a fit at both ends. NaN when the
-    run kept no alpha history, or measured nothing after epoch 0.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return math.nan
-    try:
-        history = pd.read_csv(path)
-    except (OSError, ValueError) as err:
-        raise StudyError(f"cannot read '{path}' ({err}): the run's alpha history is corrupt; "
-                         "run it again") from None
-    if history.empty or not {"epoch", "name", "alpha", "adapted"} <= set(history.columns):
-        return math.nan
-    epochs = pd.to_numeric(history["epoch"], errors="coerce")
-    alphas = pd.to_numeric(history["alpha"], errors="coerce")
-    adapted = history["adapted"].astype(str).str.lower() == "true"
-    names = set(history.loc[adapted, "name"])
-    last = epochs.max()
-    if not names or not last > 0:
-        return math.nan
-
-    def at(epoch: float) -> pd.Series:
-        chosen = (epochs == epoch) & history["name"].isin(names)
-        return alphas[chosen].groupby(history.loc[chosen, "name"]).mean()
-
-    shift = (at(last) - at(0)).dropna()
-    return float(shift.mean()) if len(shift) else math.nan
 
 
 def _loose_label(record: RunRecord) -> str:

@@ -29,18 +29,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alphasel.errors import StudyError
-from alphasel.study.matrix import RunEntry
-from alphasel.study.runner import (
+from alphasel.study.directory import (
     LOGS_DIR,
     MATRIX_FILE,
     RUNS_DIR,
     SPEC_FILE,
-    execute,
+    RunState,
     is_study,
-    prepare,
+    run_folder,
     run_state,
     write_error,
 )
+from alphasel.study.matrix import RunEntry
+from alphasel.study.runner import execute, prepare
 
 #: Seconds to wait for a TCP answer from a given cluster address.
 CONNECT_TIMEOUT_S = 5.0
@@ -139,8 +140,8 @@ def unpack(study: Path, run_id: str, data: bytes) -> None:
 
 def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
             gpus_per_run: float = 0, cpus_per_run: float = 1,
-            report: Callable[[RunEntry, str, float], None] | None = None,
-            ship: bool | None = None) -> dict[str, str]:
+            report: Callable[[RunEntry, RunState, float], None] | None = None,
+            ship: bool | None = None) -> dict[str, RunState]:
     """Run ``entries`` as Ray tasks; returns run id → state. Connects to ``address`` (or
     starts Ray here) unless Ray is already initialised in this process, and disconnects only
     what it connected."""
@@ -162,7 +163,7 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
             prepare(study, entry)
             ref = task.remote(str(study.resolve()), spec_text, entry.to_dict(), ship)
             pending[ref] = entry
-        states: dict[str, str] = {}
+        states: dict[str, RunState] = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             entry = pending.pop(done[0])
@@ -171,12 +172,14 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
                 outcome = ray.get(done[0])
             except Exception as err:  # the task itself died (its node lost, out of memory)
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                write_error(study, entry, f"the run's Ray task failed: {first}")
-                state = "failed"
+                write_error(run_folder(study, entry.run_id),
+                            f"the run's Ray task failed: {first}")
+                state = RunState.FAILED
             else:
                 if outcome["archive"] is not None:
                     unpack(study, entry.run_id, outcome["archive"])
-                state, seconds = run_state(study, entry), outcome["seconds"]
+                state = run_state(run_folder(study, entry.run_id))
+                seconds = outcome["seconds"]
             states[entry.run_id] = state
             if report is not None:
                 report(entry, state, seconds)

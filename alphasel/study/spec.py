@@ -29,7 +29,7 @@ from typing import Any
 
 from alphasel.errors import StudyError, TrainConfigError
 from alphasel.planner import SCHEMES, UNITS, parse_kinds
-from alphasel.train.config import TrainConfig
+from alphasel.training.config import TrainConfig
 
 STUDY_SCHEMES = (*SCHEMES, "full")
 #: The unmatched upper baselines: they train more than the budget by design.

@@ -25,7 +25,6 @@ from alphasel.planner import ALPHA_SCHEMES, make_plan
 from alphasel.powerlaw import ESTIMATORS
 from alphasel.study.matrix import RunEntry
 
-STABILITY_FILE = "stability.csv"
 #: Downsampled analyses compared with one another.
 DRAWS = 3
 COLUMNS = ["label", "k", "comparison", "a", "b", "jaccard", "selected_a", "selected_b"]

@@ -26,13 +26,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from alphasel.errors import StudyError
-from alphasel.study.collect import (
-    STATUS_COMPLETE,
-    STATUS_FAILED,
-    STATUS_INCOMPLETE,
-    STATUS_MISSING,
-    sweep_columns,
-)
+from alphasel.study.collect import sweep_columns
+from alphasel.study.directory import RunState
 
 CONFIDENCE = 0.95
 #: Metrics reported with their interval; eval_accuracy only where some run has one.
@@ -105,14 +100,15 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     rows = []
     if not runs.empty:
         for _, group in runs.groupby(by, dropna=False, sort=False):
-            done = group[group["status"] == STATUS_COMPLETE]
+            done = group[group["status"] == RunState.COMPLETE]
             row: dict[str, Any] = _group_values(group, by)
             for column in described:
                 row[column] = _mean(group[column])
             row["matched"] = bool(group["matched"].all()) if "matched" in group else True
             row["n"] = len(done)
-            row["failed"] = int((group["status"] == STATUS_FAILED).sum())
-            row["missing"] = int(group["status"].isin([STATUS_MISSING, STATUS_INCOMPLETE]).sum())
+            row["failed"] = int((group["status"] == RunState.FAILED).sum())
+            row["missing"] = int(group["status"].isin([RunState.MISSING,
+                                                       RunState.INCOMPLETE]).sum())
             for metric in metrics:
                 mean, std, low, high = t_interval(done[metric])
                 row.update({f"{metric}_mean": mean, f"{metric}_std": std,
@@ -149,7 +145,7 @@ def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "e
     cell = [column for column in by if column != "label"]
     _check_columns(runs, [*by, "label", "status", "seed", metric])
     columns = [*cell, *PAIRED_COLUMNS]
-    done = runs[runs["status"] == STATUS_COMPLETE]
+    done = runs[runs["status"] == RunState.COMPLETE]
     baseline = done[done["label"] == baseline_label]
     others = done[done["label"] != baseline_label]
     if baseline.empty or others.empty:

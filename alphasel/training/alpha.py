@@ -1,7 +1,7 @@
 """Alpha across training: the alpha of each adapted module's effective weight, before training
 (epoch 0), after every epoch and, with ``--alpha-every N``, every N steps.
 
-Effective weights come from the adapter tensors (:mod:`alphasel.train.effective`), never from
+Effective weights come from the adapter tensors (:mod:`alphasel.training.effective`), never from
 merging into the live model; alpha comes from the analyzer's own per-matrix function with the
 estimator and downsampling of the analysis behind the plan, so a row of ``alpha_history.csv``
 and a row of the alpha table mean the same thing.
@@ -18,19 +18,15 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from alphasel.analyzer import _analyze_matrix
-from alphasel.downsample import Downsampling
-from alphasel.layout import block_of, kind_of
+from alphasel.analyzer import analyze_matrix
+from alphasel.columns import metadata
+from alphasel.downsample import NO_DOWNSAMPLING, Downsampling
+from alphasel.layout import CANDIDATE_KINDS, block_of, kind_of
 from alphasel.plan import InjectionPlan
-from alphasel.planner import CANDIDATE_KINDS
-from alphasel.table import metadata, read_table, write_table
-from alphasel.train.effective import effective_weights
-from alphasel.train.record import ALPHA_FILE, RunWriter
-
-REMEASURE = ("adapted", "candidates", "none")
-#: alpha_history.csv's columns, as DESIGN.md lays them out.
-ALPHA_COLUMNS = ["epoch", "step", "name", "block", "kind", "alpha", "xmin", "D",
-                 "num_pl_spikes", "adapted"]
+from alphasel.table import read_table
+from alphasel.training.effective import effective_weights
+from alphasel.training.history import ALPHA_COLUMNS
+from alphasel.training.record import RunWriter
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class AlphaOptions:
     """How alpha is measured: the analysis's estimator and downsampling."""
 
     estimator: str = "ks"
-    downsampling: Downsampling = Downsampling("none")
+    downsampling: Downsampling = NO_DOWNSAMPLING
     min_evals: int = 10
 
 
@@ -52,13 +48,7 @@ def alpha_options(plan: InjectionPlan | None, analysis: pd.DataFrame | None) -> 
         except ValueError:
             meta = {}
     estimator = meta.get("estimator") or (plan.estimator if plan else None) or "ks"
-    described = meta.get("downsample") or {}
-    downsampling = Downsampling("none")
-    if isinstance(described, dict) and described.get("mode") not in (None, "none"):
-        shape = described.get("shape")
-        downsampling = Downsampling(described["mode"], tuple(shape) if shape else None,
-                                    int(described.get("samples") or 1),
-                                    int(described.get("seed") or 0))
+    downsampling = Downsampling.from_description(meta.get("downsample"))
     return AlphaOptions(estimator, downsampling, int(meta.get("min_evals") or 10))
 
 
@@ -92,7 +82,7 @@ def measure(model: torch.nn.Module, names: list[str], adapted: set[str], options
         row = {"epoch": epoch, "step": step, "name": name, "block": block_of(name),
                "kind": kind_of(name), "adapted": name in adapted}
         if min(matrix.shape) >= options.min_evals:
-            row.update(_analyze_matrix(matrix, name, options.estimator, "cpu",
+            row.update(analyze_matrix(matrix, name, options.estimator, "cpu",
                                        options.downsampling))
         rows.append({column: row.get(column) for column in ALPHA_COLUMNS})
     return rows
@@ -119,9 +109,7 @@ class AlphaCallback(TrainerCallback):
         started = time.perf_counter()
         rows = measure(model, self.names, self.adapted, self.options, epoch, state.global_step)
         self.last_rows = rows
-        path = self.writer.path / ALPHA_FILE
-        pd.DataFrame(rows, columns=ALPHA_COLUMNS).to_csv(path, mode="a", index=False,
-                                                         header=not path.exists())
+        self.writer.append_alpha(rows)
         seconds = time.perf_counter() - started
         self.seconds += seconds
         self.writer.log_metrics({"step": state.global_step, "epoch": epoch,
@@ -148,11 +136,3 @@ class AlphaCallback(TrainerCallback):
                     **kwargs: Any) -> None:
         if self.every and state.global_step % self.every == 0:
             self._measure(state, model, state.epoch)
-
-
-def keep_alpha_through(path: Path, step: int) -> None:
-    """Drop alpha rows measured after ``step``: a resumed run measures them again."""
-    file = Path(path) / ALPHA_FILE
-    if file.is_file():
-        table = pd.read_csv(file)
-        write_table(table[table["step"] <= step], file)

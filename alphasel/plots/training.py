@@ -1,8 +1,9 @@
 """Figures of a training run's alpha history (plotly): trajectories, animated surface, change.
 
 A run directory's ``alpha_history.csv`` holds one row per measured module per measurement
-(epoch 0 is before training). Every figure here starts from :func:`read_history`, which takes
-the run directory, the CSV itself, or the history as a DataFrame.
+(epoch 0 is before training; see :mod:`alphasel.training.history`). Every figure here starts
+from :func:`read_history`, which takes the run directory, the CSV itself, or the history as a
+DataFrame.
 
     fig = trajectories_figure("runs/train/<run-id>")
     save_figure(fig, "trajectories.html")
@@ -18,14 +19,18 @@ import plotly.colors
 import plotly.graph_objects as go
 
 from alphasel.errors import PlotError
-from alphasel.plots import AlphaGrid, alpha_grid, grid_surface, is_bert_style, kind_label
-from alphasel.table import KINDS
-from alphasel.train.record import ALPHA_FILE
+from alphasel.layout import KINDS
+from alphasel.plots.tables import AlphaGrid, alpha_grid, grid_surface, is_bert_style, kind_label
+from alphasel.training.history import (
+    alpha_changes,
+    alpha_history_table,
+    module_names,
+    read_alpha_history,
+)
+from alphasel.training.record import ALPHA_FILE
 
 #: Figures of a run (also the CLI's `alphasel plot training RUN --figure NAME`).
 TRAINING_FIGURES = ("trajectories", "surface", "change")
-#: Columns a history must have to be drawn.
-HISTORY_COLUMNS = ["epoch", "step", "name", "block", "kind", "alpha", "adapted"]
 #: One colour per module kind, fixed by the kind's place in KINDS so that every figure of
 #: every run shows a kind in the same colour.
 KIND_COLOURS = {kind: plotly.colors.qualitative.D3[index % len(plotly.colors.qualitative.D3)]
@@ -41,69 +46,25 @@ def kind_colour(kind: str) -> str:
     return KIND_COLOURS.get(kind, _UNKNOWN_COLOUR)
 
 
-def _as_bool(column: pd.Series) -> pd.Series:
-    # CSV round trips give "True"/"False" strings; hand-made frames give bools or 0/1.
-    if column.dtype == bool:
-        return column
-    text = column.astype(str).str.strip().str.lower()
-    return text.isin(("true", "1", "1.0", "yes"))
-
-
 def read_history(run: Run) -> pd.DataFrame:
-    """The alpha history of ``run`` (a run directory, its alpha_history.csv, or a DataFrame),
-    types fixed and rows in measurement order (step, then model order).
+    """The alpha history of ``run`` (a run directory, its alpha_history.csv, or a DataFrame) in
+    measurement order, types fixed (:func:`alphasel.training.history.alpha_history_table`).
 
-    Raises :class:`PlotError` naming the run when the history is missing, empty or malformed.
+    Raises :class:`PlotError` naming the run when the history is missing or empty.
     """
     if isinstance(run, pd.DataFrame):
-        history, source = run, "the alpha history"
-    else:
-        path = Path(run)
-        file = path / ALPHA_FILE if path.is_dir() or path.suffix != ".csv" else path
-        source = f"run '{path}'"
-        if not file.is_file():
-            raise PlotError(f"{source} has no {ALPHA_FILE}: {_FIX} (not --remeasure none)")
-        try:
-            history = pd.read_csv(file)
-        except pd.errors.EmptyDataError:
-            history = pd.DataFrame()
+        if run.empty:
+            raise PlotError(f"the alpha history has an empty {ALPHA_FILE}: no alpha was "
+                            f"measured; {_FIX}")
+        return alpha_history_table(run)
+    path = Path(run)
+    file = path / ALPHA_FILE if path.is_dir() or path.suffix != ".csv" else path
+    history = read_alpha_history(file)
+    if history is None:
+        raise PlotError(f"run '{path}' has no {ALPHA_FILE}: {_FIX} (not --remeasure none)")
     if history.empty:
-        raise PlotError(f"{source} has an empty {ALPHA_FILE}: no alpha was measured; {_FIX}")
-    missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
-    if missing:
-        raise PlotError(f"{source}'s {ALPHA_FILE} lacks column(s) {', '.join(missing)}: "
-                        "use a history written by `alphasel train`")
-    frame = history.copy()
-    frame["name"] = frame["name"].astype(str)
-    frame["kind"] = frame["kind"].astype(str)
-    frame["block"] = pd.to_numeric(frame["block"], errors="coerce").astype("Float64")
-    for column in ("epoch", "alpha"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    frame["step"] = pd.to_numeric(frame["step"], errors="coerce").astype("int64")
-    frame["adapted"] = _as_bool(frame["adapted"])
-    order = module_order(frame)
-    frame["_module"] = frame["name"].map({name: i for i, name in enumerate(order)})
-    frame = frame.sort_values(["step", "epoch", "_module"], kind="stable")
-    return frame.drop(columns="_module").reset_index(drop=True)
-
-
-def module_order(history: pd.DataFrame) -> list[str]:
-    """Module names in model order: embeddings, then blocks by depth and kind, then the rest."""
-    modules = history.drop_duplicates("name")
-    kind_rank = {kind: i for i, kind in enumerate(KINDS)}
-
-    def key(row: pd.Series) -> tuple:
-        block = row["block"]
-        if row["kind"] == "embed":
-            group, depth = 0, 0.0
-        elif pd.notna(block):
-            group, depth = 1, float(block)
-        else:
-            group, depth = 2, 0.0
-        return group, depth, kind_rank.get(row["kind"], len(KINDS)), row["name"]
-
-    return [row["name"] for _, row in
-            sorted(modules.iterrows(), key=lambda item: key(item[1]))]
+        raise PlotError(f"run '{path}' has an empty {ALPHA_FILE}: no alpha was measured; {_FIX}")
+    return history
 
 
 def measurements(history: pd.DataFrame) -> list[tuple[int, float]]:
@@ -132,7 +93,7 @@ def trajectories_figure(run: Run) -> go.Figure:
     bert_style = is_bert_style(history)
     fig = go.Figure()
     titled: set[str] = set()
-    for name in module_order(history):
+    for name in module_names(history):
         rows = history[history["name"] == name]
         kind = rows["kind"].iloc[0]
         adapted = bool(rows["adapted"].any())
@@ -223,28 +184,10 @@ def _aligned(grid: AlphaGrid, union: AlphaGrid) -> AlphaGrid:
     return AlphaGrid(union.blocks, union.kinds, union.labels, values, names, extra)
 
 
-def alpha_changes(run: Run) -> pd.DataFrame:
-    """One row per module, in model order: name, kind, adapted, first and last alpha and
-    ``change`` = alpha(last measurement) − alpha(first)."""
-    history = read_history(run)
-    rows = []
-    for name in module_order(history):
-        module = history[history["name"] == name]
-        rows.append(dict(name=name, kind=module["kind"].iloc[0],
-                         adapted=bool(module["adapted"].any()),
-                         first=float(module["alpha"].iloc[0]),
-                         last=float(module["alpha"].iloc[-1]),
-                         first_epoch=float(module["epoch"].iloc[0]),
-                         last_epoch=float(module["epoch"].iloc[-1])))
-    changes = pd.DataFrame(rows)
-    changes["change"] = changes["last"] - changes["first"]
-    return changes
-
-
 def alpha_change_figure(run: Run) -> go.Figure:
     """A bar per module of alpha(last measurement) − alpha(first), coloured by kind, in model
     order; adapted modules' bars are outlined in black and hatched."""
-    changes = alpha_changes(run)
+    changes = alpha_changes(read_history(run))
     bert_style = is_bert_style(changes)
     fig = go.Figure()
     for kind in dict.fromkeys(changes["kind"]):

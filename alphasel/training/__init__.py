@@ -1,6 +1,6 @@
 """TRAIN: fine-tune an injection plan with PEFT (or every weight) and record the run.
 
-    from alphasel.train import TrainConfig, train
+    from alphasel.training import TrainConfig, train
     record = train("smollm2", plan, "stdlib-code", TrainConfig(epochs=3))
     record.summary["best_eval_loss"], record.metrics()
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "TrainConfig": "alphasel.train.config",
-    "RunRecord": "alphasel.train.record",
-    "list_runs": "alphasel.train.record",
-    "resume": "alphasel.train.trainer",
-    "train": "alphasel.train.trainer",
-    "trained_model": "alphasel.train.reselect",
+    "TrainConfig": "alphasel.training.config",
+    "RunRecord": "alphasel.training.record",
+    "list_runs": "alphasel.training.record",
+    "resume": "alphasel.training.trainer",
+    "train": "alphasel.training.trainer",
+    "trained_model": "alphasel.training.reselect",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,4 +33,4 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'alphasel.train' has no attribute '{name}'")
+    raise AttributeError(f"module 'alphasel.training' has no attribute '{name}'")

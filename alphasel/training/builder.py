@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from alphasel.errors import DataError
-from alphasel.train.config import TrainConfig
-from alphasel.train.data import TrainData
-from alphasel.train.reselect import ContinuesSchedule
+from alphasel.training.config import TrainConfig
+from alphasel.training.data import TrainData
+from alphasel.training.reselect import ContinuesSchedule
 
 
 def cpu_only() -> bool:

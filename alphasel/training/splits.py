@@ -1,6 +1,6 @@
 """Deterministic, leak-free train/eval splits and their tokenized rows.
 
-Every source (`alphasel.train.data`, `alphasel.train.stdlib_data`) hands this module units —
+Every source (`alphasel.training.data`, `alphasel.training.stdlib_data`) hands this module units —
 files or records — and how to turn one into rows; this module decides the sides, gathers,
 dedupes, caps, tokenizes and formats, and builds the `TrainData` with its fingerprint.
 

@@ -27,19 +27,18 @@ import torch
 
 from alphasel.errors import PlanError, RunError, TrainConfigError
 from alphasel.plan import InjectionPlan
-from alphasel.train.alpha import (
+from alphasel.training.alpha import (
     AlphaCallback,
     alpha_options,
-    keep_alpha_through,
     measured_modules,
 )
-from alphasel.train.builder import build_trainer, cpu_only
-from alphasel.train.callbacks import MetricsCallback, peak_memory, start_memory_tracking
-from alphasel.train.config import ADAPTER_METHODS, TrainConfig
-from alphasel.train.data import TrainData, load_data
-from alphasel.train.generations import format_prompt, read_prompts, record_generations
-from alphasel.train.models import ModelInfo, check_4bit_supported, load_model, load_tokenizer
-from alphasel.train.record import (
+from alphasel.training.builder import build_trainer, cpu_only
+from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
+from alphasel.training.config import ADAPTER_METHODS, TrainConfig
+from alphasel.training.data import TrainData, load_data
+from alphasel.training.generations import format_prompt, read_prompts, record_generations
+from alphasel.training.models import ModelInfo, check_4bit_supported, load_model, load_tokenizer
+from alphasel.training.record import (
     CHECKPOINTS_DIR,
     FOLDED_DIR,
     GENERATIONS_FILE,
@@ -53,7 +52,7 @@ from alphasel.train.record import (
     read_jsonl,
     train_runs_dir,
 )
-from alphasel.train.reselect import (
+from alphasel.training.reselect import (
     Reselector,
     candidate_table,
     fold_adapters,
@@ -206,7 +205,7 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
 
     ``model`` is what ``alphasel analyze`` takes (hub id, checkpoint dir, .gguf, ``smollm2``,
     ``minilm``) or an in-memory module with its ``tokenizer``. ``data`` is a built-in name,
-    file, directory or hub dataset id (see :func:`alphasel.train.data.load_data`). The record
+    file, directory or hub dataset id (see :func:`alphasel.training.data.load_data`). The record
     goes to ``out`` (default ``runs/train/<run-id>/``); ``resume`` continues an interrupted
     run in place from its last checkpoint. ``analysis`` is stored beside an inline plan;
     ``callbacks`` are extra transformers ``TrainerCallback``s. Nothing is written until the
@@ -297,7 +296,7 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         metrics.writer = alpha.writer = writer
         if resume:
             writer.keep_metrics_through(resumed_step)
-            keep_alpha_through(writer.path, resumed_step)
+            writer.keep_alpha_through(resumed_step)
         else:
             writer.write_config(_config_record(model, revision, info, data, plan, config,
                                                command, state.num_processes, prompt_list))
@@ -544,7 +543,7 @@ def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokeniz
     source = model if model is not None else recorded.config.get("model")
     if source is None:
         raise RunError(f"--resume '{run_dir}' trained an in-memory model: resume it from Python "
-                       "with alphasel.train.resume(run_dir, model=..., tokenizer=...)")
+                       "with alphasel.training.resume(run_dir, model=..., tokenizer=...)")
     config = TrainConfig.from_dict(recorded.config["config"])
     spec = recorded.config.get("data_source") or recorded.config["data"]
     return train(source, recorded.plan, data if data is not None else spec, config,

@@ -6,7 +6,7 @@ local data set directories and Hugging Face hub ids (through `datasets.load_data
 honours the HF cache and offline switches itself).
 
 This module reads the sources and hands their units (files or records) to
-`alphasel.train.splits`, which splits them by a stable hash of each unit, so eval text is never
+`alphasel.training.splits`, which splits them by a stable hash of each unit, so eval text is never
 trained on whatever the seed and `max_samples` are, and tokenizes and formats the rows.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 import datasets
 
 from alphasel.errors import DataError
-from alphasel.train.splits import (
+from alphasel.training.config import TASKS, TEMPLATES
+from alphasel.training.splits import (
     ALPACA_PROMPT,
     ALPACA_PROMPT_NO_INPUT,
     MIN_CHUNK,
@@ -35,13 +36,13 @@ from alphasel.train.splits import (
     label_names,
     text_data,
 )
-from alphasel.train.stdlib_data import load_builtin
+from alphasel.training.stdlib_data import load_builtin
 
 __all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BUILTIN", "TrainData", "alpaca_prompt",
            "load_data"]
 
 #: Built-in data set name → one-line description; built from the installed standard library
-#: by `alphasel.train.stdlib_data`, so they work offline.
+#: by `alphasel.training.stdlib_data`, so they work offline.
 BUILTIN = {
     "stdlib-code": "Python standard library source files as plain code for causal LM (kind text)",
     "stdlib-instruct": "stdlib functions and methods: signature + docstring → source "
@@ -50,8 +51,6 @@ BUILTIN = {
                      "(kind classification)",
 }
 
-TASKS = ("causal", "classification")
-TEMPLATES = ("alpaca", "chat")
 #: Files read as records (Alpaca, classification) rather than as plain text.
 RECORD_SUFFIXES = (".json", ".jsonl", ".csv")
 #: A directory holding only files like these (and READMEs) is a data set for `load_dataset`.

@@ -20,20 +20,18 @@ directory without a complete summary.json is not a finished run, whatever else i
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from alphasel.atomic import write_text
 from alphasel.errors import RunError
+from alphasel.jsonfiles import append_jsonl, read_jsonl, write_json
+from alphasel.paths import model_slug, train_runs_dir, utc_stamp
 from alphasel.plan import InjectionPlan
-from alphasel.table import model_slug, runs_dir
+from alphasel.training.history import ALPHA_COLUMNS, read_alpha_history
 
 STATUS_COMPLETE = "complete"
 #: Marks config.json and summary.json as an alphasel run record (a model checkpoint's
@@ -58,51 +56,9 @@ RUN_FILES = (CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, METRICS_FILE, GENERATIONS_FI
 RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR, FOLDED_DIR)
 
 
-def train_runs_dir() -> Path:
-    """Where runs go by default: ``runs/train`` (``$ALPHASEL_RUNS/train``)."""
-    return runs_dir() / "train"
-
-
 def make_run_id(model_id: str, label: str) -> str:
     """``<UTC time>-<model>-<label>``: sortable by time, readable, unique per call."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{stamp}-{model_slug(model_id)}-{label}"
-
-
-def finite_or_none(value: Any) -> Any:
-    """JSON has no NaN/inf: such floats (a diverged loss) are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(item) for item in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON through a temporary file renamed into place."""
-    return write_text(path, json.dumps(finite_or_none(data), indent=1, allow_nan=False,
-                                       default=str) + "\n", sync=True)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The objects of a JSON-lines file; a torn last line (a killed writer) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break
-            raise RunError(f"'{path}' line {number} is not JSON ({err}): the run record is "
-                           "corrupt; start the run again with --overwrite") from err
-    return rows
+    return f"{utc_stamp()}-{model_slug(model_id)}-{label}"
 
 
 def _is_record_file(path: Path) -> bool:
@@ -220,11 +176,7 @@ class RunWriter:
 
     def append(self, name: str, row: dict) -> None:
         """Append one JSON line, flushed and synced, so a killed run keeps every line written."""
-        line = json.dumps(finite_or_none(row), allow_nan=False, default=str)
-        with open(self.path / name, "a") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.path / name, row)
 
     def log_metrics(self, row: dict) -> None:
         self.append(METRICS_FILE, row)
@@ -235,6 +187,20 @@ class RunWriter:
         path = self.path / METRICS_FILE
         kept = [row for row in read_jsonl(path) if row.get("step", 0) <= step]
         write_text(path, "".join(json.dumps(row, allow_nan=False) + "\n" for row in kept))
+
+    def append_alpha(self, rows: list[dict]) -> None:
+        """Append one measurement's rows to alpha_history.csv (its header with the first)."""
+        path = self.path / ALPHA_FILE
+        pd.DataFrame(rows, columns=ALPHA_COLUMNS).to_csv(path, mode="a", index=False,
+                                                         header=not path.exists())
+
+    def keep_alpha_through(self, step: int) -> None:
+        """Drop alpha rows measured after ``step``: a resumed run measures them again."""
+        from alphasel.table import write_table
+
+        history = read_alpha_history(self.path / ALPHA_FILE)
+        if history is not None and not history.empty:
+            write_table(history[history["step"] <= step], self.path / ALPHA_FILE)
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json; call it last, after everything else is on disk."""
@@ -283,9 +249,14 @@ class RunRecord:
     def generations(self) -> list[dict]:
         return read_jsonl(self.path / GENERATIONS_FILE)
 
+    def alpha_history(self) -> pd.DataFrame | None:
+        """alpha_history.csv in measurement order, types fixed (see
+        :func:`alphasel.training.history.read_alpha_history`); None when the run measured none."""
+        return read_alpha_history(self.path / ALPHA_FILE)
+
 
 #: Columns of :func:`list_runs`, in order.
-RUN_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_params",
+LIST_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_params",
                "best_eval_loss", "wall_s", "peak_memory_mb", "status"]
 
 
@@ -310,7 +281,7 @@ def list_runs(root: str | Path | None = None) -> pd.DataFrame:
     default = root is None
     root = Path(root) if root is not None else train_runs_dir()
     if default and not root.exists():
-        return pd.DataFrame(columns=RUN_COLUMNS)  # no run recorded yet
+        return pd.DataFrame(columns=LIST_COLUMNS)  # no run recorded yet
     if not root.is_dir():
         raise RunError(f"'{root}' is not a directory: pass a directory of runs (default "
                        f"{train_runs_dir()})")
@@ -333,4 +304,4 @@ def list_runs(root: str | Path | None = None) -> pd.DataFrame:
             "peak_memory_mb": summary.get("peak_memory_mb"),
             "status": STATUS_COMPLETE if record.complete else "incomplete",
         })
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return pd.DataFrame(rows, columns=LIST_COLUMNS)

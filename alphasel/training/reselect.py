@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
+from alphasel.columns import META_KEY
 from alphasel.errors import PlanError
 from alphasel.plan import InjectionPlan
 from alphasel.planner import BUDGET_TOLERANCE, make_plan
-from alphasel.table import META_KEY
-from alphasel.train.effective import effective_weight
+from alphasel.training.effective import effective_weight
 
 #: In a checkpoint: its adapters are fresh (re-selected), so the optimizer starts anew.
 RESELECTED_MARKER = "alphasel-reselected.json"
@@ -164,7 +164,7 @@ def selection_row(round_: int, plan: InjectionPlan, step: int, epoch: float,
 def mark_reselected(checkpoint: Path, model: torch.nn.Module, round_: int) -> None:
     """Put the fresh adapters into the checkpoint the Trainer resumes from, and the marker
     that keeps it from loading the folded adapters' optimizer state."""
-    from alphasel.train.record import write_json
+    from alphasel.training.record import write_json
 
     model.save_pretrained(str(checkpoint))
     write_json(checkpoint / RESELECTED_MARKER, {"round": round_})
@@ -196,7 +196,7 @@ def trained_model(base: torch.nn.Module, run_dir: str | Path) -> torch.nn.Module
     the last round's adapter/ on top. A run without re-selection gets its adapter only."""
     from peft import PeftModel
 
-    from alphasel.train.record import ADAPTER_DIR, FOLDED_DIR
+    from alphasel.training.record import ADAPTER_DIR, FOLDED_DIR
 
     run = Path(run_dir)
     rounds = sorted((run / FOLDED_DIR).glob("round-*"),

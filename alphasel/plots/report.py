@@ -3,7 +3,7 @@
     runs/studies/<id>/
       report.html            title (model, data), the study's settings, run counts, the
                              comparison table, failed runs with their errors, every figure
-      figures/<name>.html    each figure of :data:`alphasel.study.figures.STUDY_FIGURES` alone
+      figures/<name>.html    each figure of :data:`alphasel.plots.comparison.STUDY_FIGURES` alone
 
 plotly.js is inlined once in report.html (and in each figure file), so every page works
 offline and can be mailed or archived as one file. Everything is written to a temporary name
@@ -25,22 +25,20 @@ import plotly.graph_objects as go
 
 from alphasel.atomic import write_text
 from alphasel.errors import PlotError
-from alphasel.plots import save_figure
-from alphasel.study.collect import (
-    STATUS_COMPLETE,
-    STATUS_FAILED,
-    STATUS_INCOMPLETE,
-    STATUS_MISSING,
-    collect_study,
+from alphasel.plots.comparison import check_smooth, study_figures
+from alphasel.plots.output import save_figure
+from alphasel.study.collect import collect_study
+from alphasel.study.directory import (
+    FIGURES_DIR,
+    REPORT_FILE,
+    STABILITY_FILE,
+    RunState,
+    spec_fields,
 )
 from alphasel.study.display import display_table
-from alphasel.study.figures import check_smooth, study_figures
-from alphasel.study.runner import SPEC_FILE
-from alphasel.study.stability import STABILITY_FILE, stability_summary
+from alphasel.study.stability import stability_summary
 from alphasel.study.stats import comparison_table
 
-REPORT_FILE = "report.html"
-FIGURES_DIR = "figures"
 #: Settings of spec.json shown under the title, in this order (when present).
 SPEC_FIELDS = ("schemes", "k", "unit", "rank", "seeds", "task", "method", "estimator", "sweep",
                "train", "created")
@@ -76,9 +74,9 @@ def write_report(study_dir: str | Path, smooth: int | None = None,
         raise PlotError(f"cannot write the study report to '{out}': the report is one HTML "
                         "page; use a file ending in .html")
     runs = collect_study(study_dir)
-    spec = _read_spec(study_dir / SPEC_FILE)
+    spec = spec_fields(study_dir)
     table = comparison_table(runs)
-    done = bool((runs["status"] == STATUS_COMPLETE).any())
+    done = bool((runs["status"] == RunState.COMPLETE).any())
     figures = study_figures(runs, smooth) if done else {}
     figure_paths = {name: save_figure(fig, study_dir / FIGURES_DIR / f"{name}.html")
                     for name, fig in figures.items()}
@@ -105,7 +103,7 @@ def render_report(spec: dict[str, Any], runs: pd.DataFrame, table: pd.DataFrame,
              f"<p class='settings'>{_escape(name)} · written "
              f"{datetime.now(UTC).isoformat(timespec='seconds')}</p>",
              _settings(spec), f"<p>{_escape(_counts(runs))}</p>"]
-    if not (runs["status"] == STATUS_COMPLETE).any():
+    if not (runs["status"] == RunState.COMPLETE).any():
         parts.append("<p class='empty'>No run has completed yet, so there is nothing to "
                      "compare or draw. Continue the study with <code>alphasel study --resume "
                      f"{_escape(name or 'STUDY_DIR')}</code>; the table below counts the runs "
@@ -135,15 +133,6 @@ def render_report(spec: dict[str, Any], runs: pd.DataFrame, table: pd.DataFrame,
             f"{body}\n</body>\n</html>\n")
 
 
-def _read_spec(path: Path) -> dict[str, Any]:
-    """spec.json's fields; an absent or unreadable spec only costs the page its title."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _settings(spec: dict[str, Any]) -> str:
     items = []
     for key in SPEC_FIELDS:
@@ -161,7 +150,7 @@ def _counts(runs: pd.DataFrame) -> str:
     """``12 runs: 9 complete, 1 failed, 1 incomplete, 1 missing`` (zero counts left out)."""
     statuses = runs["status"].value_counts()
     counts = [f"{int(statuses[status])} {status}" for status in
-              (STATUS_COMPLETE, STATUS_FAILED, STATUS_INCOMPLETE, STATUS_MISSING)
+              (RunState.COMPLETE, RunState.FAILED, RunState.INCOMPLETE, RunState.MISSING)
               if statuses.get(status, 0)]
     return f"{len(runs)} runs: {', '.join(counts)}"
 
@@ -182,7 +171,7 @@ def _table_html(table: pd.DataFrame, several_models: bool) -> str:
 
 def _failures_html(runs: pd.DataFrame) -> str:
     """The failed runs with their one-line errors: why a group has fewer seeds."""
-    failed = runs[runs["status"] == STATUS_FAILED]
+    failed = runs[runs["status"] == RunState.FAILED]
     if failed.empty:
         return ""
     rows = "\n".join(

@@ -1,9 +1,9 @@
-"""The built-in data sets (`alphasel.train.data.BUILTIN`), from the installed standard library.
+"""The built-in data sets (`alphasel.training.data.BUILTIN`), from the installed standard library.
 
 The standard library is a real corpus that is always on disk, so the built-in sets work offline
 and in CI. This module finds the files and pulls text out of them (source, functions with
 docstrings, docstrings by package); the split, format and tokenizing steps, shared with every
-other source, are in `alphasel.train.splits`. Files are keyed by their path relative to the
+other source, are in `alphasel.training.splits`. Files are keyed by their path relative to the
 stdlib root (posix form), which is what the split hashes: the same file lands on the same side
 on every machine with that Python.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alphasel.errors import DataError
-from alphasel.train.splits import (
+from alphasel.training.splits import (
     NUM_PROMPTS,
     SplitOptions,
     TrainData,
@@ -176,7 +176,7 @@ def topic_of(relative: str) -> str | None:
 
 
 def load_builtin(name: str, options: SplitOptions) -> TrainData:
-    """One of the built-in sets, split by file (see `alphasel.train.data.load_data`)."""
+    """One of the built-in sets, split by file (see `alphasel.training.data.load_data`)."""
     root = stdlib_root()
     files = stdlib_files(root)
     details: dict = {"source": "builtin", "stdlib": str(root), "stdlib_files": len(files)}

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from alphasel.errors import DataError
-from alphasel.train.record import GENERATIONS_FILE, RunWriter
+from alphasel.training.record import GENERATIONS_FILE, RunWriter
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -62,7 +62,7 @@ def format_prompt(prompt: str, kind: str, template: str, tokenizer: Any) -> str:
     if template == "chat":
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                              tokenize=False, add_generation_prompt=True)
-    from alphasel.train.data import alpaca_prompt
+    from alphasel.training.data import alpaca_prompt
 
     return alpaca_prompt(prompt, "")
 

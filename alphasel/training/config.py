@@ -20,6 +20,8 @@ METHODS = ("lora", "dora", "rslora", "full")
 ADAPTER_METHODS = ("lora", "dora", "rslora")
 QUANTIZE = ("4bit",)
 TEMPLATES = ("alpaca", "chat")
+#: What alpha is measured on after every epoch (--remeasure).
+REMEASURE = ("adapted", "candidates", "none")
 #: transformers' scheduler names (SchedulerType) offered by --scheduler: those that need no
 #: extra arguments (cosine_with_min_lr and warmup_stable_decay do).
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -197,7 +199,7 @@ class TrainConfig:
         number(self.weight_decay, "--weight-decay", 0)
         number(self.eval_fraction, "--eval-fraction", 0, 0.5, open_low=True)
         whole(self.max_new_tokens, "--max-new-tokens", 1)
-        one_of(self.remeasure, ("adapted", "candidates", "none"), "--remeasure")
+        one_of(self.remeasure, REMEASURE, "--remeasure")
         whole(self.alpha_every, "--alpha-every", 1, optional=True)
         if self.alpha_every and self.remeasure == "none":
             problems.append("--alpha-every measures alpha; it contradicts --remeasure none")
@@ -240,3 +242,10 @@ class TrainConfig:
             raise TrainConfigError(f"unknown training option(s) {', '.join(unknown)}: this "
                                    "alphasel reads " + ", ".join(sorted(known)))
         return cls(**data)
+
+
+#: TrainConfig fields that only shape the record, not the training: runs that differ in them
+#: are still replicates of one another.
+RECORD_ONLY_FIELDS = frozenset({"report_to", "generate", "max_new_tokens", "save_adapter",
+                                "save_every", "log_every", "eval_every", "remeasure",
+                                "alpha_every"})

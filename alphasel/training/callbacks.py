@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from alphasel.train.record import RunWriter
+from alphasel.training.record import RunWriter
 
 #: Trainer log keys → metrics.jsonl keys.
 _TRAIN_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm"}

@@ -5,31 +5,26 @@ the full module name, xmin and D of each cell for hover. Cells without a matrix,
 matrix had no power-law fit, hold NaN and show as gaps; they never break a figure.
 
     fig = surface_figure(read_table("runs/analyses/.../alpha.csv"))
-    save_figure(fig, "surface.html")
+    save_figure(fig, "surface.html")        # alphasel.plots.output
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from alphasel.atomic import replacing
+from alphasel.columns import REQUIRED_COLUMNS, metadata
 from alphasel.errors import PlotError
-from alphasel.table import KINDS, REQUIRED_COLUMNS, check_table, metadata
+from alphasel.layout import BLOCK_KINDS, KINDS
+from alphasel.table import check_table
 
 #: Figures :func:`figure` can draw, by name (also the CLI's `alphasel plot NAME`).
 PLOT_NAMES = ("surface", "heatmap", "layers", "kinds")
-#: Kinds that live inside transformer blocks, in the order figures show them.
-BLOCK_KINDS = [kind for kind in KINDS if kind not in ("embed", "head", "other")]
 #: The band where HT-SR reads a matrix as well trained (shaded on alpha axes).
 WELL_TRAINED_BAND = (2.0, 6.0)
-#: File types save_figure writes; all but HTML need a static exporter (kaleido).
-STATIC_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".webp")
 
 # BERT names its block matrices by role rather than by projection; researchers read those names.
 _BERT_LABELS = {"q": "query", "k": "key", "v": "value", "o": "attn-out",
@@ -354,41 +349,3 @@ def figure(name: str, table: pd.DataFrame, other: pd.DataFrame | None = None) ->
     draw = {"surface": surface_figure, "heatmap": heatmap_figure,
             "layers": layers_figure, "kinds": kinds_figure}[name]
     return draw(table)
-
-
-# ---- output ------------------------------------------------------------------------------------
-
-def static_exporter_available() -> bool:
-    """Whether plotly can write PNG/SVG/PDF here (it needs the kaleido package)."""
-    return importlib.util.find_spec("kaleido") is not None
-
-
-def check_output_path(path: str | Path) -> Path:
-    """Raise :class:`PlotError` unless ``path`` is a file type save_figure can write here."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix != ".html" and suffix not in STATIC_SUFFIXES:
-        raise PlotError(f"cannot write a figure to '{path}': use a file ending in .html "
-                        f"(or {', '.join(STATIC_SUFFIXES)} with kaleido installed)")
-    if suffix in STATIC_SUFFIXES and not static_exporter_available():
-        raise PlotError(f"writing '{path}' needs a static image exporter: `pip install kaleido` "
-                        "(or write .html, which needs nothing more)")
-    return path
-
-
-def save_figure(fig: go.Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path``: self-contained HTML (plotly.js inlined, works offline), or a
-    static image by extension when kaleido is installed. No partial file is left on failure."""
-    path = check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        if path.suffix.lower() == ".html":
-            fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-        else:
-            try:
-                fig.write_image(tmp, format=path.suffix.lower().lstrip("."))
-            except (RuntimeError, ValueError, OSError) as err:
-                raise PlotError(f"could not write '{path}' with kaleido ({err}): kaleido needs "
-                                "Chrome, which `plotly_get_chrome` installs; or write .html") \
-                    from err
-    return path

@@ -24,9 +24,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from alphasel.errors import PlotError
-from alphasel.study.collect import STATUS_COMPLETE, SWEEP_PREFIX
+from alphasel.study.collect import SWEEP_PREFIX
+from alphasel.study.directory import RunState
 from alphasel.study.stats import grouping_columns, t_interval
-from alphasel.train.record import METRICS_FILE, read_jsonl
+from alphasel.training.record import RunRecord
 
 #: Figures of a study, in the order the report shows them (also `alphasel plot compare
 #: --figure NAME`).
@@ -58,7 +59,7 @@ class Group:
 
     @property
     def complete(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == STATUS_COMPLETE]
+        return self.runs[self.runs["status"] == RunState.COMPLETE]
 
 
 def study_groups(runs: pd.DataFrame) -> list[Group]:
@@ -94,17 +95,17 @@ def study_groups(runs: pd.DataFrame) -> list[Group]:
 
 def run_curve(path: str | Path, metric: str = "eval_loss", smooth: int | None = None
               ) -> pd.Series:
-    """One run's ``metric`` by step from its metrics.jsonl (float64, steps ascending).
+    """One run's ``metric`` by step from its metrics.jsonl (:meth:`RunRecord.metrics`; float64,
+    steps ascending).
 
     A step logged twice keeps its last value (what a resumed run wrote last); null values (a
     diverged loss) are left out. ``smooth``: a centred moving average over that many logged
     points, each end averaging the points it has; centred so that a smoothed curve does not
     lag behind its run and shift one scheme's progress against another's."""
-    rows = [row for row in read_jsonl(Path(path) / METRICS_FILE)
-            if "step" in row and row.get(metric) is not None]
-    if not rows:
+    metrics = RunRecord.load(path).metrics()
+    if metrics.empty or not {"step", metric} <= set(metrics.columns):
         return pd.Series(dtype="float64", name=metric)
-    frame = pd.DataFrame(rows)[["step", metric]]
+    frame = metrics[["step", metric]].copy()
     frame["step"] = pd.to_numeric(frame["step"], errors="coerce")
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     frame = frame.dropna().drop_duplicates("step", keep="last").sort_values("step")

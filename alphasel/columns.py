@@ -1,0 +1,32 @@
+"""What an alpha table holds: its columns, the status of a fitted row, and where its metadata
+travels. The analyzer writes to this contract; :mod:`alphasel.table` reads, writes and checks
+tables by it, and the planner and the figures read them (DESIGN.md, "The alpha table")."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+#: Columns every alpha table has, in this order.
+COLUMNS = [
+    "name", "block", "kind", "rows", "cols",
+    "alpha", "xmin", "D", "sigma", "num_evals", "num_pl_spikes",
+    "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
+    "status",
+]
+#: Columns added by downsampled analyses.
+DOWNSAMPLE_COLUMNS = ["alpha_std", "samples"]
+#: What a table must hold for the planner and the plots to use it.
+REQUIRED_COLUMNS = ["name", "block", "kind", "alpha"]
+#: status of a row whose fit succeeded.
+STATUS_OK = "ok"
+
+#: Where a table's metadata lives: ``DataFrame.attrs[META_KEY]`` in memory, the parquet
+#: schema's metadata under this key on disk (or a meta.json beside a CSV/JSON table).
+META_KEY = "alphasel"
+#: The metadata key holding the parameters of every weight matrix of the analysed model.
+TOTAL_MATRIX_PARAMS = "total_matrix_params"
+
+
+def metadata(table: pd.DataFrame) -> dict:
+    """The metadata that travels with a table (empty dict when none)."""
+    return dict(table.attrs.get(META_KEY, {}))
