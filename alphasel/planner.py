@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from alphasel import __version__
-from alphasel.columns import STATUS_OK, metadata
+from alphasel.columns import STATUS_OK, TOTAL_MATRIX_PARAMS, metadata
 from alphasel.errors import PlanError, TableError
 from alphasel.layout import CANDIDATE_KINDS, KIND_GROUPS
 from alphasel.plan import InjectionPlan, PlannedModule
+from alphasel.provenance import utc_now
 from alphasel.table import check_table
 
 SCHEMES = ("alora", "blora", "random", "first", "last", "band", "all")
@@ -325,18 +325,16 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
     ``budget_from`` (a plan or its path) sets the budget to that plan's trainable count; see
     the module docstring for how k or the rank is then chosen.
     """
-    has_budget_from = budget_from is not None
     _check_options(scheme, k, order, unit, seed, start, rank, rank_alloc, beta, budget,
-                   has_budget_from)
+                   budget_from is not None)
     kind_list = parse_kinds(kinds)
-    meta = metadata(table)
     frame = candidates(table, kind_list)
     if frame.empty:
         raise PlanError(f"the alpha table has no candidate matrices of kind(s) "
                         f"{', '.join(kind_list)}: choose other --kinds")
     unit = unit or SCHEME_UNITS.get(scheme, "matrix")
-    if scheme in ALPHA_SCHEMES:
-        order = order or "high"
+    order = (order or "high") if scheme in ALPHA_SCHEMES else order
+    beta = (DEFAULT_BETA if beta is None else float(beta)) if rank_alloc == "alpha" else None
     notes: list[str] = []
     if scheme == "random" and seed is None:
         seed = secrets.randbelow(2**31)  # drawn, then recorded, so the plan is reproducible
@@ -347,50 +345,82 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
         raise PlanError(f"scheme {scheme} finds no selectable {unit} among the candidates of "
                         f"kind(s) {', '.join(kind_list)}" + (f" ({unit_notes[0]})"
                                                               if unit_notes else ""))
-
-    budget_from_path = None
-    if isinstance(budget_from, str | Path):
-        budget_from_path = str(budget_from)
-        budget_from = InjectionPlan.load(budget_from)
-    if budget_from is not None:
-        budget = budget_from.trainable_params
-    budget = None if budget is None else int(budget)
-
+    budget, budget_from_path = _target_budget(budget, budget_from)
     costs = frame["rows"].to_numpy() + frame["cols"].to_numpy()
-    prefix_cost = np.cumsum([int(costs[rows].sum()) for rows in units])
+    k, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
+                            _what_units_count(scheme, unit, start), kind_list)
+    chosen = sorted(((row, score) for rows, score in zip(units[:k], scores[:k], strict=True)
+                     for row in rows), key=lambda item: int(frame.at[item[0], "position"]))
+    rows = [row for row, _ in chosen]
+    if rank_alloc == "alpha":
+        ranks = _alpha_ranks(frame.loc[rows], costs[rows], beta, budget, notes)
+    else:
+        ranks = np.full(len(rows), uniform_rank)
+    return InjectionPlan(
+        modules=_planned_modules(frame, chosen, ranks, lora_alpha), scheme=scheme, k=int(k),
+        unit=unit, kinds=kind_list, order=order, seed=seed, start=start, rank_alloc=rank_alloc,
+        beta=beta, budget=budget, budget_from=budget_from_path,
+        notes=notes, alphasel_version=__version__, created=utc_now(),
+        **_provenance(table, analysis_path))
+
+
+def _what_units_count(scheme: str, unit: str, start: int | None) -> str:
+    """What a scheme's k counts, as an error about too large a k names it."""
+    return {"alora": "candidate matrices with an alpha", "blora": "blocks with an alpha",
+            "band": f"contiguous blocks from block {start}"}.get(scheme, f"candidate {unit}s")
+
+
+def _target_budget(budget: int | None, budget_from: InjectionPlan | str | Path | None
+                   ) -> tuple[int | None, str | None]:
+    """(the trainable-parameter budget, the path of the plan it came from)."""
+    if budget_from is None:
+        return (None if budget is None else int(budget)), None
+    path = None
+    if isinstance(budget_from, str | Path):
+        path, budget_from = str(budget_from), InjectionPlan.load(budget_from)
+    return int(budget_from.trainable_params), path
+
+
+def _size(scheme: str, units: list[list[int]], costs: np.ndarray, k: int | None,
+          rank: int | None, rank_alloc: str, budget: int | None, notes: list[str], what: str,
+          kinds: list[str]) -> tuple[int, int | None]:
+    """k, and the uniform rank (None for ranks allocated by alpha): as given, every unit for
+    scheme all, or matched to ``budget`` (the module docstring's policy)."""
     if scheme == "all":
         k = len(units)
     if k is not None and k > len(units):
-        what = {"alora": "candidate matrices with an alpha", "blora": "blocks with an alpha",
-                "band": f"contiguous blocks from block {start}"}.get(scheme, f"candidate {unit}s")
         raise PlanError(f"k={k} is larger than the {len(units)} {what} (kinds "
-                        f"{', '.join(kind_list)}): use --k between 1 and {len(units)}")
-    if budget is not None and rank_alloc == "uniform":
-        k, rank, note = _match_uniform(prefix_cost, budget, k, rank)
-        notes.append(note)
-    assert k is not None  # _check_options demands k unless a budget or scheme all sets it
-
-    chosen: list[tuple[int, float | None]] = [
-        (row, score) for rows, score in zip(units[:k], scores[:k], strict=True) for row in rows]
-    chosen.sort(key=lambda item: int(frame.at[item[0], "position"]))
-    rows = [row for row, _ in chosen]
-    picked = frame.loc[rows]
-
+                        f"{', '.join(kinds)}): use --k between 1 and {len(units)}")
     if rank_alloc == "alpha":
-        lacking = picked.loc[~picked["usable"], "name"].tolist()
-        if lacking:
-            raise PlanError(f"--rank-alloc alpha needs an alpha for every chosen module, but "
-                            f"{', '.join(lacking[:5])} have none: use --rank-alloc uniform or "
-                            "narrow --kinds")
-        beta = DEFAULT_BETA if beta is None else float(beta)
-        ranks = allocate_ranks(picked["alpha"].to_numpy() ** beta, costs[rows],
-                               np.minimum(picked["rows"], picked["cols"]).to_numpy(), budget)
-        total = int((ranks * costs[rows]).sum())
-        notes.append(f"ranks ∝ alpha^{beta:g} under budget {budget:,} → {total:,} "
-                     f"({(total - budget) / budget:+.2%})")
-    else:
-        ranks = np.full(len(rows), rank or DEFAULT_RANK)
+        assert k is not None  # _check_options demands k for rank allocation by alpha
+        return k, None
+    if budget is None:
+        assert k is not None  # _check_options demands k unless a budget or scheme all sets it
+        return k, rank or DEFAULT_RANK
+    prefix_cost = np.cumsum([int(costs[rows].sum()) for rows in units])
+    k, rank, note = _match_uniform(prefix_cost, budget, k, rank)
+    notes.append(note)
+    return k, rank
 
+
+def _alpha_ranks(picked: pd.DataFrame, costs: np.ndarray, beta: float, budget: int,
+                 notes: list[str]) -> np.ndarray:
+    """Ranks ∝ alpha^beta of the chosen modules under ``budget`` (:func:`allocate_ranks`)."""
+    lacking = picked.loc[~picked["usable"], "name"].tolist()
+    if lacking:
+        raise PlanError(f"--rank-alloc alpha needs an alpha for every chosen module, but "
+                        f"{', '.join(lacking[:5])} have none: use --rank-alloc uniform or "
+                        "narrow --kinds")
+    ranks = allocate_ranks(picked["alpha"].to_numpy() ** beta, costs,
+                           np.minimum(picked["rows"], picked["cols"]).to_numpy(), budget)
+    total = int((ranks * costs).sum())
+    notes.append(f"ranks ∝ alpha^{beta:g} under budget {budget:,} → {total:,} "
+                 f"({(total - budget) / budget:+.2%})")
+    return ranks
+
+
+def _planned_modules(frame: pd.DataFrame, chosen: list[tuple[int, float | None]],
+                     ranks: np.ndarray, lora_alpha: float | None) -> list[PlannedModule]:
     if lora_alpha is not None and float(lora_alpha) == int(lora_alpha):
         lora_alpha = int(lora_alpha)  # 16, not 16.0, in the plan file and the LoraConfig
     modules = []
@@ -404,19 +434,18 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
             lora_alpha=int(module_rank) if lora_alpha is None else lora_alpha,
             alpha=float(item["alpha"]) if item["usable"] else None,
             selection_alpha=None if score is None else float(score)))
+    return modules
 
+
+def _provenance(table: pd.DataFrame, analysis_path: str | Path | None) -> dict:
+    """The plan's fields that say which analysis of which model it came from."""
+    meta = metadata(table)
     analysis = str(analysis_path) if analysis_path is not None else meta.get("path")
     analysed = (pd.to_numeric(table["rows"], errors="coerce").fillna(0)
                 * pd.to_numeric(table["cols"], errors="coerce").fillna(0)).sum()
-    total_params = meta.get("total_params")
-    return InjectionPlan(
-        modules=modules, scheme=scheme, k=int(k), unit=unit, kinds=kind_list, order=order,
-        seed=seed, start=start, rank_alloc=rank_alloc,
-        beta=beta if rank_alloc == "alpha" else None, budget=budget,
-        budget_from=budget_from_path, analysis_path=analysis,
-        analysis_sha256=_file_sha256(analysis), model_id=meta.get("model_id"),
-        revision=meta.get("revision"), estimator=meta.get("estimator"),
-        total_params=int(total_params) if total_params else None,
-        analysed_params=int(analysed), notes=notes, alphasel_version=__version__,
-        created=datetime.now(UTC).isoformat(timespec="seconds"))
-
+    total_params = meta.get(TOTAL_MATRIX_PARAMS)
+    return dict(analysis_path=analysis, analysis_sha256=_file_sha256(analysis),
+                model_id=meta.get("model_id"), revision=meta.get("revision"),
+                estimator=meta.get("estimator"),
+                total_params=int(total_params) if total_params else None,
+                analysed_params=int(analysed))

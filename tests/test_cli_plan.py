@@ -103,3 +103,21 @@ def test_table_without_required_columns(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "lacks column(s) kind" in err and err.count("\n") == 1
     assert plan_files(runs) == []
+
+
+def test_plan_from_an_analysis_carries_the_models_total_params(runs, tmp_path, capsys):
+    """The analyzer records the parameters of every weight matrix; `alphasel plan` puts them
+    in the plan, so its share of the model is known without training."""
+    from alphasel import analyze
+
+    table = analyze(tiny_llama(), progress=False)
+    expected = sum(module.weight.numel() for module in tiny_llama().modules()
+                   if getattr(module, "weight", None) is not None and module.weight.ndim == 2)
+    assert table.attrs["alphasel"]["total_matrix_params"] == expected
+    save_analysis(table, "tiny-llama")
+    assert alphasel.cli.main(["plan", "--scheme", "blora", "--k", "1"]) == 0
+    [path] = plan_files(runs)
+    data = json.loads(path.read_text())
+    assert data["total_params"] == expected
+    assert data["trainable_share"] == pytest.approx(data["trainable_params"] / expected)
+    assert "of the model" in capsys.readouterr().out

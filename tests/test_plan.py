@@ -67,7 +67,7 @@ def test_provenance_records_analysis_hash_model_and_version(table, tmp_path):
     path = write_table(table, tmp_path / "alpha.csv")
     (tmp_path / "meta.json").write_text(json.dumps(
         {"table": "alpha.csv", "model_id": "tiny-llama", "revision": "abc",
-         "total_params": 100_000}))
+         "total_matrix_params": 100_000}))
     plan = make_plan(read_table(path), "blora", k=1)
     assert plan.analysis_path == str(path)
     assert plan.analysis_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

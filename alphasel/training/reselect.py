@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from alphasel.columns import META_KEY
+from alphasel.columns import META_KEY, TOTAL_MATRIX_PARAMS
 from alphasel.errors import PlanError
 from alphasel.plan import InjectionPlan
 from alphasel.planner import BUDGET_TOLERANCE, make_plan
@@ -64,8 +64,9 @@ def candidate_table(rows: list[dict[str, Any]], model: torch.nn.Module,
     shapes = [tuple(model.get_submodule(name).weight.shape) for name in table["name"]]
     table["rows"] = [shape[0] for shape in shapes]
     table["cols"] = [shape[1] for shape in shapes]
+    # The re-planned plans keep the initial plan's model size (its share of the model).
     table.attrs[META_KEY] = {"model_id": plan.model_id, "revision": plan.revision,
-                             "estimator": plan.estimator, "total_params": plan.total_params}
+                             "estimator": plan.estimator, TOTAL_MATRIX_PARAMS: plan.total_params}
     return table
 
 
