@@ -17,9 +17,10 @@ import alphasel
 from alphasel.errors import DataError, PlanError, RunError, TrainConfigError
 from alphasel.planner import make_plan
 from alphasel.training import RunRecord, TrainConfig, list_runs, resume, train
+from alphasel.training.adapters import prepare_model
+from alphasel.training.builder import build_trainer
 from alphasel.training.data import TrainData
 from alphasel.training.record import is_complete
-from alphasel.training.trainer import build_trainer, prepare_model
 
 FAST = dict(batch_size=4, max_new_tokens=4, log_every=1)
 
@@ -241,7 +242,7 @@ def test_a_new_classifier_head_is_seeded_by_the_training_seed(tmp_path):
 def test_plan_from_a_base_checkpoint_aligns_to_the_task_model():
     """A plan from the bare encoder's checkpoint (`encoder.layer.0...`) fits the classifier,
     which holds the same modules under `bert.`; unrelated names are left to fail."""
-    from alphasel.training.trainer import align_plan
+    from alphasel.training.adapters import align_plan
 
     model = tiny_bert(num_labels=2)
     plan = make_plan(alphasel.analyze(model.bert, progress=False), "blora", 1)

@@ -8,27 +8,18 @@ leak into a run.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from alphasel.errors import DataError
+from alphasel.errors import DataError, TrainConfigError
 from alphasel.training.config import TrainConfig
 from alphasel.training.data import TrainData
+from alphasel.training.distributed import cpu_only
 from alphasel.training.reselect import ContinuesSchedule
-
-
-def cpu_only() -> bool:
-    """No accelerator to choose from: tell accelerate/transformers so explicitly.
-
-    That pins nothing (there is nothing else), but without it accelerate treats a torchrun
-    launch on CPUs as separate single processes (each would train alone and write the same
-    record), and transformers refuses --bf16 ("doesn't support bf16/gpu")."""
-    accelerators = (torch.cuda.is_available(), torch.backends.mps.is_available(),
-                    hasattr(torch, "xpu") and torch.xpu.is_available())
-    return not any(accelerators)
 
 
 def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress: bool,
@@ -71,10 +62,42 @@ def _accuracy(prediction: Any) -> dict[str, float]:
     return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
+def check_reporters(config: TrainConfig) -> None:
+    """--report-to names integrations whose packages are installed (transformers would fail
+    deep inside the Trainer's construction otherwise)."""
+    if config.report_to in (["none"], ["all"]):
+        return
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = set(get_available_reporting_integrations())
+    missing = [name for name in config.report_to if name not in available]
+    if missing:
+        raise TrainConfigError(f"--report-to {','.join(missing)}: the package is not installed "
+                               f"(`pip install {' '.join(missing)}`), or drop it from --report-to")
+
+
 def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: TrainConfig,
                   output_dir: Path, callbacks: list, progress: bool = True,
-                  evaluate_first: bool = True) -> Any:
-    """The transformers Trainer (SFTTrainer for language models) for this run."""
+                  evaluate_first: bool = True, tensorboard_dir: Path | None = None) -> Any:
+    """The transformers Trainer (SFTTrainer for language models) for this run; with
+    ``tensorboard_dir``, TensorBoard (--report-to) logs there.
+
+    transformers reads TensorBoard's directory from the environment when it builds its
+    callbacks: it is set for the construction only, so the next run in this process logs into
+    its own directory."""
+    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if tensorboard_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = previous or str(tensorboard_dir)
+    try:
+        return _trainer(model, tokenizer, data, config, output_dir, callbacks, progress,
+                        evaluate_first)
+    finally:
+        if previous is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
+
+def _trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: TrainConfig,
+             output_dir: Path, callbacks: list, progress: bool, evaluate_first: bool) -> Any:
     args = _arguments(config, output_dir, data, progress, evaluate_first)
     if data.kind == "classification":
         from transformers import DataCollatorWithPadding

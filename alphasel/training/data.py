@@ -18,11 +18,12 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import datasets
 
-from alphasel.errors import DataError
-from alphasel.training.config import TASKS, TEMPLATES
+from alphasel.errors import DataError, TrainConfigError
+from alphasel.training.config import TASKS, TEMPLATES, TrainConfig
 from alphasel.training.splits import (
     ALPACA_PROMPT,
     ALPACA_PROMPT_NO_INPUT,
@@ -95,6 +96,29 @@ def load_data(spec: str, tokenizer, *, task: str = "causal", template: str = "al
         return _from_records(spec, _hub_records(spec, spec), options, unit="records")
     raise DataError(f"'{spec}' does not exist: pass an existing file or directory, one of the "
                     f"built-in sets ({', '.join(BUILTIN)}) or a hub dataset id like org/name")
+
+
+def tokenizer_and_data(model: Any, tokenizer: Any, data: str | TrainData, config: TrainConfig,
+                       revision: str | None = None) -> tuple[Any, TrainData]:
+    """A run's tokenizer (``model``'s own unless given), then its data tokenized by it (the
+    data's labels size a classifier's head), checked against ``config.task``."""
+    import torch
+
+    from alphasel.training.models import load_tokenizer
+
+    if tokenizer is None and not isinstance(model, torch.nn.Module):
+        tokenizer = load_tokenizer(str(model), revision=revision)
+    if tokenizer is None:
+        raise TrainConfigError("an in-memory model needs its tokenizer: pass tokenizer=...")
+    if not isinstance(data, TrainData):
+        data = load_data(data, tokenizer, task=config.task, template=config.template,
+                         max_seq_len=config.max_seq_len, max_samples=config.max_samples,
+                         eval_fraction=config.eval_fraction, seed=config.seed)
+    if (data.kind == "classification") != (config.task == "classification"):
+        raise TrainConfigError(f"data '{data.name}' is {data.kind} data but --task is "
+                               f"{config.task}: use --task "
+                               f"{'classification' if data.kind == 'classification' else 'causal'}")
+    return tokenizer, data
 
 
 def _check_options(tokenizer, task, template, max_seq_len, max_samples, eval_fraction,

@@ -208,6 +208,30 @@ class RunWriter:
                                               **summary})
 
 
+def run_directory(out: str | Path | None, resume: str | Path | None, overwrite: bool,
+                  model_id: str, label: str, data_name: str, data_fingerprint: str,
+                  world_size: int) -> Path:
+    """Where a run's record goes, checked before anything is written there: ``out``, or a new
+    ``runs/train/<run-id>``; for ``resume``, the interrupted run's directory, refused unless it
+    started with the same data and as many processes."""
+    if resume is None:
+        path = Path(out) if out is not None else train_runs_dir() / make_run_id(model_id, label)
+        RunWriter.check_target(path, overwrite)
+        return path
+    path = RunWriter.reopen(Path(resume)).path
+    recorded = RunRecord.load(path).config
+    if recorded.get("data_fingerprint") != data_fingerprint:
+        raise RunError(f"--resume '{path}': the data '{data_name}' differs from what the "
+                       "run started with (fingerprint changed): resume with the same data and "
+                       "options, or start a new run")
+    if recorded.get("world_size") != world_size:
+        raise RunError(f"--resume '{path}': the run started with "
+                       f"{recorded.get('world_size')} process(es), this launch has {world_size}"
+                       f" (the global batch would change mid-run): launch "
+                       f"{recorded.get('world_size')} process(es)")
+    return path
+
+
 @dataclass
 class RunRecord:
     """A run directory read back: what ``alphasel.train`` returns and studies read."""

@@ -16,6 +16,9 @@ never train: the pitfall of LISA re-implementations) and continues the data orde
 from __future__ import annotations
 
 import dataclasses
+import math
+import shutil
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,14 @@ from transformers import TrainerCallback
 
 from alphasel.columns import META_KEY, TOTAL_MATRIX_PARAMS
 from alphasel.errors import PlanError
+from alphasel.jsonfiles import write_json
 from alphasel.plan import InjectionPlan
 from alphasel.planner import BUDGET_TOLERANCE, make_plan
+from alphasel.training.adapters import prepare_model
+from alphasel.training.config import TrainConfig
+from alphasel.training.distributed import agree, check_same_modules
 from alphasel.training.effective import effective_weight
+from alphasel.training.record import ADAPTER_DIR, FOLDED_DIR, SELECTIONS_FILE, RunWriter
 
 #: In a checkpoint: its adapters are fresh (re-selected), so the optimizer starts anew.
 RESELECTED_MARKER = "alphasel-reselected.json"
@@ -165,8 +173,6 @@ def selection_row(round_: int, plan: InjectionPlan, step: int, epoch: float,
 def mark_reselected(checkpoint: Path, model: torch.nn.Module, round_: int) -> None:
     """Put the fresh adapters into the checkpoint the Trainer resumes from, and the marker
     that keeps it from loading the folded adapters' optimizer state."""
-    from alphasel.training.record import write_json
-
     model.save_pretrained(str(checkpoint))
     write_json(checkpoint / RESELECTED_MARKER, {"round": round_})
 
@@ -197,11 +203,63 @@ def trained_model(base: torch.nn.Module, run_dir: str | Path) -> torch.nn.Module
     the last round's adapter/ on top. A run without re-selection gets its adapter only."""
     from peft import PeftModel
 
-    from alphasel.training.record import ADAPTER_DIR, FOLDED_DIR
-
     run = Path(run_dir)
     rounds = sorted((run / FOLDED_DIR).glob("round-*"),
                     key=lambda folder: int(folder.name.removeprefix("round-")))
     for folder in rounds:
         base = fold_adapters(PeftModel.from_pretrained(base, str(folder)))
     return PeftModel.from_pretrained(base, str(run / ADAPTER_DIR))
+
+
+def reselection_budget(plan: InjectionPlan) -> int:
+    """The trainable-parameter budget every re-selection round is held to."""
+    return int(plan.budget or plan.trainable_params)
+
+
+def run_rounds(trainer: Any, reselector: Reselector, alpha: Any, state: Any,
+               writer: RunWriter | None, plan: InjectionPlan, config: TrainConfig) -> float:
+    """Re-select every time the Trainer stopped for it, then let it continue; returns the
+    seconds spent folding, re-planning and injecting. ``writer`` is None off the main process.
+
+    Each round: the main process saves the round's adapter under folded/round-N, every process
+    folds it into its base weights, the main process re-plans from the alpha just measured and
+    every process receives that plan (so all ranks adapt the same modules), fresh adapters are
+    injected with a seed from (run seed, round), and the Trainer resumes from the checkpoint it
+    saved, with a fresh optimizer and the scheduler restored."""
+    from transformers import set_seed
+
+    total = 0.0
+    current, round_ = plan, 1
+    budget = reselection_budget(plan)
+    while reselector.pending is not None:
+        step, reselector.pending = reselector.pending, None
+        checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+        started = time.perf_counter()
+        if writer is not None:
+            trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"))
+        base = fold_adapters(trainer.model)
+        round_ += 1
+        # The initial plan is the recipe every round (its k, its seed for random).
+        table = candidate_table(alpha.last_rows, base, plan) if writer is not None else None
+        chosen = agree(state, lambda table=table, round_=round_: replan(
+            plan, table, round_, budget))
+        set_seed(config.seed + round_)
+        model = prepare_model(base, chosen, config)
+        check_same_modules(state, chosen)
+        if writer is not None:
+            mark_reselected(checkpoint, model, round_)
+            seconds = time.perf_counter() - started
+            writer.append(SELECTIONS_FILE, selection_row(
+                round_, chosen, step, math.floor(trainer.state.epoch + 1e-9) + 1, current,
+                budget, seconds))
+        alpha.adapted = set(chosen.module_names)
+        state.wait_for_everyone()
+        total += time.perf_counter() - started
+        current = chosen
+        trainer.model = trainer.model_wrapped = model
+        trainer.optimizer = trainer.lr_scheduler = None
+        trainer.args.eval_on_start = False  # the loss was just evaluated at this point
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        if writer is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return total

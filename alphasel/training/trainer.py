@@ -7,40 +7,38 @@ The loop, logging, evaluation, checkpoints and multi-process training are transf
 ``Trainer`` (TRL's ``SFTTrainer`` for language models: it tokenizes instruction data, appends
 EOS and masks the prompt from the loss). alphasel adds the model/plan/data plumbing and the run
 record. Launched by ``torchrun`` or ``accelerate launch``, every process runs this same code;
-only the main process writes the record.
+only the main process writes the record. :func:`train` reads as its phases: check the inputs,
+load the data and the model with its adapters, open the run, build the Trainer, start the
+record, train (with the re-selection rounds), finish the record.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import os
 import shutil
-import sys
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from alphasel.errors import PlanError, RunError, TrainConfigError
+from alphasel.errors import RunError, TrainConfigError
+from alphasel.jsonfiles import read_jsonl
 from alphasel.plan import InjectionPlan
-from alphasel.training.alpha import (
-    AlphaCallback,
-    alpha_options,
-    measured_modules,
-)
-from alphasel.training.builder import build_trainer, cpu_only
+from alphasel.training.adapters import parameter_counts, trainable_model
+from alphasel.training.alpha import AlphaCallback, alpha_options, measured_modules
+from alphasel.training.builder import build_trainer, check_reporters
 from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
 from alphasel.training.config import ADAPTER_METHODS, TrainConfig
-from alphasel.training.data import TrainData, load_data
+from alphasel.training.data import TrainData, tokenizer_and_data
+from alphasel.training.distributed import agree, process_state
 from alphasel.training.generations import format_prompt, read_prompts, record_generations
-from alphasel.training.models import ModelInfo, check_4bit_supported, load_model, load_tokenizer
+from alphasel.training.models import ModelInfo, check_4bit_supported
+from alphasel.training.provenance import config_record
 from alphasel.training.record import (
+    ADAPTER_DIR,
     CHECKPOINTS_DIR,
-    FOLDED_DIR,
     GENERATIONS_FILE,
     METRICS_FILE,
     SELECTIONS_FILE,
@@ -48,149 +46,37 @@ from alphasel.training.record import (
     RunRecord,
     RunWriter,
     last_checkpoint,
-    make_run_id,
-    read_jsonl,
-    train_runs_dir,
+    run_directory,
 )
-from alphasel.training.reselect import (
-    Reselector,
-    candidate_table,
-    fold_adapters,
-    mark_reselected,
-    replan,
-    selection_row,
-)
-
-#: Versions of the packages that decide a run's numbers, recorded in config.json.
-_VERSIONED = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
+from alphasel.training.reselect import Reselector, reselection_budget, run_rounds, selection_row
+from alphasel.training.summary import run_summary
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
+@dataclass
+class _Run:
+    """What the phases of one training run hand on to each other."""
 
-    import alphasel
-
-    versions = {"alphasel": alphasel.__version__, "python": sys.version.split()[0]}
-    for package in _VERSIONED:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _distributed() -> Any:
-    """accelerate's process state: starts the process group under torchrun/accelerate launch
-    (gloo on CPU, NCCL on GPUs) and is a single process otherwise."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=cpu_only())
-
-
-def _agree(state: Any, make: Any) -> Any:
-    """Run ``make()`` on the main process and give its result (or its error) to every process,
-    so all ranks use one run directory and fail together instead of waiting on each other."""
-    if state.num_processes == 1:
-        return make()
-    from torch.distributed import broadcast_object_list
-
-    payload: list[Any] = [None]
-    if state.is_main_process:
-        try:
-            payload = [("ok", make())]
-        except Exception as err:  # re-raised on every rank below
-            payload = [("error", err)]
-    broadcast_object_list(payload, src=0)
-    status, value = payload[0]
-    if status == "error":
-        raise value
-    return value
-
-
-def _label(plan: InjectionPlan | None, config: TrainConfig) -> str:
-    if plan is None:
-        return config.method
-    return f"{plan.scheme}-k{plan.k}-{config.method}"
-
-
-def _adapter_overrides(config: TrainConfig, task: str) -> dict[str, Any]:
-    init: bool | str = True if config.lora_init == "default" else config.lora_init
-    return {"use_dora": config.method == "dora", "use_rslora": config.method == "rslora",
-            "lora_dropout": config.lora_dropout, "init_lora_weights": init,
-            "task_type": "SEQ_CLS" if task == "classification" else "CAUSAL_LM"}
-
-
-def align_plan(plan: InjectionPlan, model: torch.nn.Module) -> InjectionPlan:
-    """The plan with module names as ``model`` holds them.
-
-    A checkpoint's names and a task model's differ by the base model's prefix: MiniLM's
-    safetensors say ``encoder.layer.0...`` while ``BertForSequenceClassification`` holds
-    ``bert.encoder.layer.0...``. When adding or removing that prefix makes every planned
-    module exist, the plan is renamed (and says so); otherwise it is returned as it is, and
-    applying it names the missing modules."""
-    present = {name for name, _ in model.named_modules()}
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    if all(module.name in present for module in plan.modules) or not prefix:
-        return plan
-    for rename in (lambda name: f"{prefix}.{name}",
-                   lambda name: name.removeprefix(f"{prefix}.")):
-        names = [rename(module.name) for module in plan.modules]
-        if all(name in present for name in names):
-            modules = [dataclasses.replace(module, name=name)
-                       for module, name in zip(plan.modules, names, strict=True)]
-            note = (f"module names aligned to the trained model ({plan.modules[0].name} → "
-                    f"{names[0]}, base model prefix '{prefix}')")
-            return dataclasses.replace(plan, modules=modules, notes=[*plan.notes, note])
-    return plan
-
-
-def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
-                  config: TrainConfig) -> torch.nn.Module:
-    """The model with the plan's adapters (all weights trainable for full fine-tuning)."""
-    if config.method == "full":
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
-        return model
-    if config.quantize:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.grad_checkpointing)
-    if plan is None:
-        raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
-    return plan.apply(model, **_adapter_overrides(config, config.task))
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; PEFT's count knows 4-bit packing."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        trainable, total = model.get_nb_trainable_parameters()
-        return int(trainable), int(total)
-    parameters = list(model.parameters())
-    return (sum(p.numel() for p in parameters if p.requires_grad),
-            sum(p.numel() for p in parameters))
-
-
-def _check_reporters(config: TrainConfig) -> None:
-    """--report-to names integrations whose packages are installed (transformers would fail
-    deep inside the Trainer's construction otherwise)."""
-    if config.report_to in (["none"], ["all"]):
-        return
-    from transformers.integrations import get_available_reporting_integrations
-
-    available = set(get_available_reporting_integrations())
-    missing = [name for name in config.report_to if name not in available]
-    if missing:
-        raise TrainConfigError(f"--report-to {','.join(missing)}: the package is not installed "
-                               f"(`pip install {' '.join(missing)}`), or drop it from --report-to")
-
-
-def _resolved(spec: Any) -> Any:
-    """An existing local path as an absolute path (so --resume works from any directory);
-    anything else (hub id, alias, built-in name, module) unchanged."""
-    if isinstance(spec, str | Path) and Path(spec).expanduser().exists():
-        return str(Path(spec).expanduser().resolve())
-    return spec
+    config: TrainConfig
+    state: Any
+    """accelerate's process state (one process, or this rank of several)."""
+    plan: InjectionPlan | None
+    data: TrainData
+    tokenizer: Any
+    info: ModelInfo
+    model: torch.nn.Module
+    """The model as it trains: the plan's adapters injected (or every weight trainable)."""
+    path: Path
+    resumed: bool
+    checkpoint: str | None
+    resumed_step: int
+    metrics: MetricsCallback
+    alpha: AlphaCallback
+    reselector: Reselector | None
+    counts: tuple[int, int]
+    """(trainable, total) parameters of the model as it starts training."""
+    trainer: Any = None
+    writer: RunWriter | None = None
+    """The run directory's writer, on the main process only."""
 
 
 def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path | None = None,
@@ -213,6 +99,35 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     """
     started = time.perf_counter()
     config = config or TrainConfig()
+    plan = _checked_inputs(plan, config, resume)
+    prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
+    if not progress:
+        _quiet_libraries()
+    state = process_state()
+    tokenizer, data = tokenizer_and_data(model, tokenizer, data, config, revision)
+    prepared, tokenizer, info, plan = trainable_model(model, plan, data.labels, tokenizer, config,
+                                                      revision)
+    run = _open_run(state, config, plan, data, tokenizer, info, prepared, out, resume,
+                    overwrite, analysis)
+    _build(run, callbacks, progress)
+    _start_record(run, config_record(model, revision, info, data, plan, config, command,
+                                     state.num_processes, prompt_list), analysis, overwrite)
+    prompt_texts = _prompt_texts(run, prompt_list)
+    _generate(run, "before", prompt_texts)
+    reselect_seconds = _fit(run)
+    memory = peak_memory()
+    if config.save_adapter:
+        run.trainer.save_model(str(run.path / ADAPTER_DIR))
+    _generate(run, "after", prompt_texts)
+    if run.writer is not None:
+        _finish_record(run, memory, started, reselect_seconds)
+    state.wait_for_everyone()
+    return RunRecord.load(run.path)
+
+
+def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig,
+                    resume: str | Path | None) -> InjectionPlan | None:
+    """The plan (read from its file), once the plan, method, resume and reporters agree."""
     if isinstance(plan, str | Path):
         plan = InjectionPlan.load(plan)
     if config.method == "full" and plan is not None:
@@ -225,231 +140,133 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         raise RunError(f"--resume '{resume}': the run re-selects its modules, and re-selecting "
                        "runs cannot be resumed yet (no checkpoint holds the folded base "
                        "weights): start it again")
-    _check_reporters(config)
+    check_reporters(config)
     if config.quantize:
         check_4bit_supported()
-    prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
-    if not progress:
-        _quiet_libraries()
-    state = _distributed()
+    return plan
 
-    # Tokenizer → data (its labels size a classifier head) → model → adapters.
-    if tokenizer is None and not isinstance(model, torch.nn.Module):
-        tokenizer = load_tokenizer(str(model), revision=revision)
-    if tokenizer is None:
-        raise TrainConfigError("an in-memory model needs its tokenizer: pass tokenizer=...")
-    if not isinstance(data, TrainData):
-        data = load_data(data, tokenizer, task=config.task, template=config.template,
-                         max_seq_len=config.max_seq_len, max_samples=config.max_samples,
-                         eval_fraction=config.eval_fraction, seed=config.seed)
-    if (data.kind == "classification") != (config.task == "classification"):
-        raise TrainConfigError(f"data '{data.name}' is {data.kind} data but --task is "
-                               f"{config.task}: use --task "
-                               f"{'classification' if data.kind == 'classification' else 'causal'}")
-    from transformers import set_seed
 
-    # A classifier's new head is initialised while loading: seeded, so that runs with the same
-    # seed start from the same head whatever else ran in the process before (paired design).
-    set_seed(config.seed)
-    loaded, tokenizer, info = load_model(model, task=config.task, revision=revision,
-                                         tokenizer=tokenizer, labels=data.labels,
-                                         quantize=config.quantize)
-    set_seed(config.seed)  # adapter initialisation is part of the paired design
-    if plan is not None:
-        plan = align_plan(plan, loaded)
-    try:
-        prepared = prepare_model(loaded, plan, config)
-    except PlanError as err:
-        raise PlanError(f"{err} (model '{info.model_id}')") from err
-    trainable, total = parameter_counts(prepared)
-    if plan is not None and plan.total_params is None:
-        plan = dataclasses.replace(plan, total_params=total)
-
-    path = _agree(state, lambda: _run_path(out, resume, overwrite, info, plan, config,
-                                           data, state.num_processes))
-    existed = path.exists()
+def _open_run(state: Any, config: TrainConfig, plan: InjectionPlan | None, data: TrainData,
+              tokenizer: Any, info: ModelInfo, model: torch.nn.Module, out: str | Path | None,
+              resume: str | Path | None, overwrite: bool, analysis: pd.DataFrame | None) -> _Run:
+    """The run's directory (agreed by every process, checked before anything is written) and
+    the callbacks that observe it; a resumed run continues from its last checkpoint."""
+    label = config.method if plan is None else f"{plan.scheme}-k{plan.k}-{config.method}"
+    path = agree(state, lambda: run_directory(out, resume, overwrite, info.model_id, label,
+                                              data.name, data.fingerprint, state.num_processes))
     checkpoint, resumed_step = last_checkpoint(path / CHECKPOINTS_DIR) if resume else (None, 0)
-    recorded = [row for row in read_jsonl(path / METRICS_FILE)
-                if row.get("step", 0) <= resumed_step] if resume else []
-    metrics = MetricsCallback(None)
     # Re-selection re-plans from every candidate, so it measures them all.
-    names, adapted = measured_modules(prepared, plan, "candidates" if config.reselecting
+    names, adapted = measured_modules(model, plan, "candidates" if config.reselecting
                                       else config.remeasure)
     alpha = AlphaCallback(names, adapted, alpha_options(plan, analysis), config.alpha_every)
-    own = [metrics, alpha]
     reselector = Reselector(alpha, config.reselect_every) if config.reselecting else None
-    if reselector is not None:
-        own.append(reselector)
+    return _Run(config, state, plan, data, tokenizer, info, model, path, resume is not None,
+                checkpoint, resumed_step, MetricsCallback(None), alpha, reselector,
+                parameter_counts(model))
+
+
+def _build(run: _Run, callbacks: list | None, progress: bool) -> None:
+    """The Trainer (TensorBoard logs into the run); a failure leaves no folder behind."""
+    existed = run.path.exists()
+    recorded = [row for row in read_jsonl(run.path / METRICS_FILE)
+                if row.get("step", 0) <= run.resumed_step] if run.resumed else []
+    own = [run.metrics, run.alpha, *([run.reselector] if run.reselector else [])]
     try:
-        trainer = _with_tensorboard_dir(path, lambda: build_trainer(
-            prepared, tokenizer, data, config, path / CHECKPOINTS_DIR,
+        run.trainer = build_trainer(
+            run.model, run.tokenizer, run.data, run.config, run.path / CHECKPOINTS_DIR,
             [*own, *(callbacks or [])], progress,
             evaluate_first=not any(row.get("step") == 0 and "eval_loss" in row
-                                   for row in recorded)))
+                                   for row in recorded),
+            tensorboard_dir=run.path / TENSORBOARD_DIR)
     except BaseException:
-        if state.is_main_process and not existed:
-            _remove_if_empty(path)  # the Trainer made empty folders; leave nothing behind
+        if run.state.is_main_process and not existed:
+            _remove_if_empty(run.path)  # the Trainer made empty folders; leave nothing behind
         raise
-    writer = _agree(state, lambda: _open_run(path, resume, overwrite))
-    main = state.is_main_process
-    if main:
-        metrics.writer = alpha.writer = writer
-        if resume:
-            writer.keep_metrics_through(resumed_step)
-            writer.keep_alpha_through(resumed_step)
-        else:
-            writer.write_config(_config_record(model, revision, info, data, plan, config,
-                                               command, state.num_processes, prompt_list))
-            if plan is not None:
-                writer.write_plan(plan)
-            if analysis is not None:
-                writer.write_analysis(analysis)
-            if reselector is not None and plan is not None:
-                writer.append(SELECTIONS_FILE, selection_row(1, plan, 0, 1, None,
-                                                             _budget(plan)))
-
-    language_model = data.kind != "classification"
-    prompt_texts = [format_prompt(p, data.kind, config.template, tokenizer)
-                    for p in (prompt_list or data.prompts)] if language_model else []
-    generate = config.generate and language_model and bool(prompt_texts)
-    # TRL tokenizes Alpaca prompts with the tokenizer's special tokens (BOS); chat templates
-    # and code chunks carry their own.
-    special = data.kind == "instruction" and config.template == "alpaca"
-    if generate and main and not any(row.get("when") == "before" for row in
-                                     read_jsonl(writer.path / GENERATIONS_FILE)):
-        record_generations(writer, "before", trainer.model, tokenizer, prompt_texts,
-                           config.max_new_tokens, special)
-    state.wait_for_everyone()
-
-    start_memory_tracking()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    reselect_seconds = 0.0
-    if reselector is not None and plan is not None:
-        reselect_seconds = _reselect_rounds(trainer, reselector, alpha, state, writer if main
-                                            else None, plan, config)
-    step = trainer.state.global_step
-    if not any("eval_loss" in entry and entry.get("step") == step
-               for entry in trainer.state.log_history):  # the same answer on every rank
-        trainer.evaluate()  # the final eval loss belongs to the final weights
-    state.wait_for_everyone()
-    memory = peak_memory()
-    if config.save_adapter:
-        trainer.save_model(str(writer.adapter_dir))
-    if generate and main:
-        record_generations(writer, "after", trainer.model, tokenizer, prompt_texts,
-                           config.max_new_tokens, special)
-    if main:
-        if writer.checkpoints_dir.is_dir() and not any(
-                item.name.startswith("checkpoint-") for item in writer.checkpoints_dir.iterdir()):
-            # The Trainer makes it even when nothing is saved (and TRL leaves a model card in
-            # it when a re-selection checkpoint was saved and consumed).
-            shutil.rmtree(writer.checkpoints_dir)
-        summary = _summary(writer, metrics, memory, trainer, trainable, total, started,
-                           resumed_step if resume else None, state.num_processes)
-        summary["alpha_seconds"] = round(alpha.seconds, 3)
-        if reselector is not None:
-            summary["rounds"] = len(read_jsonl(writer.path / SELECTIONS_FILE))
-            summary["reselect_seconds"] = round(reselect_seconds, 3)
-            summary["trainable_params"] = parameter_counts(trainer.model)[0]  # the last round's
-        writer.write_summary(summary)
-    state.wait_for_everyone()
-    return RunRecord.load(writer.path)
 
 
-def _budget(plan: InjectionPlan) -> int:
-    """The trainable-parameter budget every re-selection round is held to."""
-    return int(plan.budget or plan.trainable_params)
+def _remove_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(item.is_file() for item in path.rglob("*")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _reselect_rounds(trainer: Any, reselector: Reselector, alpha: AlphaCallback, state: Any,
-                     writer: RunWriter | None, plan: InjectionPlan,
-                     config: TrainConfig) -> float:
-    """Re-select every time the Trainer stopped for it, then let it continue; returns the
-    seconds spent folding, re-planning and injecting. ``writer`` is None off the main process.
-
-    Each round: the main process saves the round's adapter under folded/round-N, every process
-    folds it into its base weights, the main process re-plans from the alpha just measured and
-    every process receives that plan (so all ranks adapt the same modules), fresh adapters are
-    injected with a seed from (run seed, round), and the Trainer resumes from the checkpoint it
-    saved, with a fresh optimizer and the scheduler restored."""
-    from transformers import set_seed
-
-    total = 0.0
-    current, round_ = plan, 1
-    while reselector.pending is not None:
-        step, reselector.pending = reselector.pending, None
-        checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{step}"
-        started = time.perf_counter()
-        if writer is not None:
-            trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"))
-        base = fold_adapters(trainer.model)
-        round_ += 1
-        # The initial plan is the recipe every round (its k, its seed for random).
-        table = candidate_table(alpha.last_rows, base, plan) if writer is not None else None
-        chosen = _agree(state, lambda table=table, round_=round_: replan(
-            plan, table, round_, _budget(plan)))
-        set_seed(config.seed + round_)
-        model = prepare_model(base, chosen, config)
-        _check_same_modules(state, chosen)
-        if writer is not None:
-            mark_reselected(checkpoint, model, round_)
-            seconds = time.perf_counter() - started
-            writer.append(SELECTIONS_FILE, selection_row(
-                round_, chosen, step, math.floor(trainer.state.epoch + 1e-9) + 1, current,
-                _budget(plan), seconds))
-        alpha.adapted = set(chosen.module_names)
-        state.wait_for_everyone()
-        total += time.perf_counter() - started
-        current = chosen
-        trainer.model = trainer.model_wrapped = model
-        trainer.optimizer = trainer.lr_scheduler = None
-        trainer.args.eval_on_start = False  # the loss was just evaluated at this point
-        trainer.train(resume_from_checkpoint=str(checkpoint))
-        if writer is not None:
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    return total
-
-
-def _check_same_modules(state: Any, plan: InjectionPlan) -> None:
-    """Every process adapts the same modules (DDP would average unrelated gradients of
-    same-shaped matrices otherwise)."""
-    if state.num_processes == 1:
+def _start_record(run: _Run, config: dict[str, Any], analysis: pd.DataFrame | None,
+                  overwrite: bool) -> None:
+    """Open the run directory on the main process: a new run's config, plan, analysis and first
+    selection; a resumed run's metrics and alpha cut back to its checkpoint."""
+    writer = agree(run.state, lambda: RunWriter.reopen(run.path) if run.resumed
+                   else RunWriter.create(run.path, overwrite=overwrite))
+    if not run.state.is_main_process:
         return
-    from torch.distributed import all_gather_object
+    run.writer = run.metrics.writer = run.alpha.writer = writer
+    if run.resumed:
+        writer.keep_metrics_through(run.resumed_step)
+        writer.keep_alpha_through(run.resumed_step)
+        return
+    writer.write_config(config)
+    if run.plan is not None:
+        writer.write_plan(run.plan)
+    if analysis is not None:
+        writer.write_analysis(analysis)
+    if run.reselector is not None and run.plan is not None:
+        writer.append(SELECTIONS_FILE, selection_row(1, run.plan, 0, 1, None,
+                                                     reselection_budget(run.plan)))
 
-    gathered: list[Any] = [None] * state.num_processes
-    all_gather_object(gathered, plan.module_names)
-    if any(names != gathered[0] for names in gathered):
-        raise RunError("re-selection chose different modules on different processes; "
-                       "please report this with the run's config.json")
+
+def _prompt_texts(run: _Run, prompts: list[str] | None) -> list[str]:
+    """The prompts of generations.jsonl as the model sees them (none for classifiers, or when
+    generations are off)."""
+    if run.data.kind == "classification" or not run.config.generate:
+        return []
+    return [format_prompt(prompt, run.data.kind, run.config.template, run.tokenizer)
+            for prompt in (prompts or run.data.prompts)]
 
 
-def _summary(writer: RunWriter, metrics: MetricsCallback, memory: dict, trainer: Any,
-             trainable: int, total: int, started: float, resumed_step: int | None,
-             world_size: int) -> dict[str, Any]:
-    """summary.json's fields. A resumed run's time and token figures cover its last session
-    (the one that finished); ``resumed_from_step`` says where that session began."""
-    evals = [row for row in read_jsonl(writer.path / METRICS_FILE) if "eval_loss" in row]
-    losses = [row["eval_loss"] for row in evals if row["eval_loss"] is not None]  # NaN → null
-    training = metrics.train_seconds - metrics.eval_seconds
-    summary = {
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "best_eval_loss": min(losses) if losses else None,
-        "wall_s": round(time.perf_counter() - started, 3),
-        "train_wall_s": round(metrics.train_seconds, 3),
-        "eval_in_train_s": round(metrics.eval_seconds, 3),
-        "train_tokens": metrics.tokens,
-        "tokens_per_s": round(metrics.tokens / training, 2) if training > 0 else None,
-        "peak_memory_mb": memory["peak_memory_mb"], "peak_memory": memory,
-        "trainable_params": trainable, "total_params": total,
-        "global_step": trainer.state.global_step, "epochs": trainer.state.epoch,
-        "resumed_from_step": resumed_step, "world_size": world_size,
-        "device": str(trainer.args.device),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if evals and "eval_accuracy" in evals[-1]:
-        summary["eval_accuracy"] = evals[-1]["eval_accuracy"]
-    return summary
+def _generate(run: _Run, when: str, prompts: list[str]) -> None:
+    """Greedy completions ``before`` or ``after`` training (a resumed run has its "before")."""
+    if prompts and run.writer is not None and not (when == "before" and any(
+            row.get("when") == "before" for row in read_jsonl(run.path / GENERATIONS_FILE))):
+        # TRL tokenizes Alpaca prompts with the tokenizer's special tokens (BOS); chat
+        # templates and code chunks carry their own.
+        special = run.data.kind == "instruction" and run.config.template == "alpaca"
+        record_generations(run.writer, when, run.trainer.model, run.tokenizer, prompts,
+                           run.config.max_new_tokens, special)
+    if when == "before":
+        run.state.wait_for_everyone()
+
+
+def _fit(run: _Run) -> float:
+    """Train (resuming from the checkpoint, if any), run the re-selection rounds and evaluate
+    the final weights; returns the seconds the re-selections took."""
+    start_memory_tracking()
+    run.trainer.train(resume_from_checkpoint=run.checkpoint)
+    seconds = 0.0
+    if run.reselector is not None and run.plan is not None:
+        seconds = run_rounds(run.trainer, run.reselector, run.alpha, run.state, run.writer,
+                             run.plan, run.config)
+    step = run.trainer.state.global_step
+    if not any("eval_loss" in entry and entry.get("step") == step
+               for entry in run.trainer.state.log_history):  # the same answer on every rank
+        run.trainer.evaluate()  # the final eval loss belongs to the final weights
+    run.state.wait_for_everyone()
+    return seconds
+
+
+def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: float) -> None:
+    """summary.json, written last; the Trainer's empty checkpoint folder removed first."""
+    checkpoints = run.path / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and not any(item.name.startswith("checkpoint-")
+                                        for item in checkpoints.iterdir()):
+        # The Trainer makes it even when nothing is saved (and TRL leaves a model card in
+        # it when a re-selection checkpoint was saved and consumed).
+        shutil.rmtree(checkpoints)
+    summary = run_summary(run.path, run.trainer, run.metrics, memory, run.counts, started,
+                          run.resumed_step if run.resumed else None, run.state.num_processes)
+    summary["alpha_seconds"] = round(run.alpha.seconds, 3)
+    if run.reselector is not None:
+        summary["rounds"] = len(read_jsonl(run.path / SELECTIONS_FILE))
+        summary["reselect_seconds"] = round(reselect_seconds, 3)
+        summary["trainable_params"] = parameter_counts(run.trainer.model)[0]  # the last round's
+    run.writer.write_summary(summary)
 
 
 def _quiet_libraries() -> None:
@@ -459,75 +276,6 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-
-
-def _with_tensorboard_dir(path: Path, build: Any) -> Any:
-    """Build the Trainer with TensorBoard logging into ``<run>/tensorboard`` (transformers
-    reads the directory from the environment when it builds its callbacks), then restore the
-    environment so the next run in this process logs into its own directory."""
-    previous = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = previous or str(path / TENSORBOARD_DIR)
-    try:
-        return build()
-    finally:
-        if previous is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-
-
-def _remove_if_empty(path: Path) -> None:
-    if path.is_dir() and not any(item.is_file() for item in path.rglob("*")):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _run_path(out: str | Path | None, resume: str | Path | None, overwrite: bool,
-              info: ModelInfo, plan: InjectionPlan | None, config: TrainConfig,
-              data: TrainData, world_size: int) -> Path:
-    """Where the record goes, checked before anything is written there."""
-    if resume is not None:
-        writer = RunWriter.reopen(Path(resume))
-        _check_same_run(writer, data, world_size)
-        return writer.path
-    path = Path(out) if out is not None else train_runs_dir() / make_run_id(
-        info.model_id, _label(plan, config))
-    RunWriter.check_target(path, overwrite)
-    return path
-
-
-def _open_run(path: Path, resume: str | Path | None, overwrite: bool) -> RunWriter:
-    if resume is not None:
-        return RunWriter.reopen(path)
-    return RunWriter.create(path, overwrite=overwrite)
-
-
-def _config_record(model: Any, revision: str | None, info: ModelInfo, data: TrainData,
-                   plan: InjectionPlan | None, config: TrainConfig, command: list[str] | None,
-                   world_size: int, prompts: list[str] | None) -> dict[str, Any]:
-    """config.json: enough to know what ran and to run it again (``--resume`` reads it)."""
-    return {
-        "model": None if isinstance(model, torch.nn.Module) else _resolved(model),
-        "model_id": info.model_id, "revision": info.revision, "model_location": info.location,
-        "model_format": info.format, "data": data.name, "data_source": _resolved(data.name),
-        "data_kind": data.kind, "data_fingerprint": data.fingerprint,
-        "data_description": data.description, "data_details": data.details,
-        "labels": data.labels, "method": config.method,
-        "scheme": plan.scheme if plan else None, "k": plan.k if plan else None,
-        "config": config.to_dict(), "prompts": prompts, "world_size": world_size,
-        "versions": _versions(), "command": command if command is not None else sys.argv,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _check_same_run(writer: RunWriter, data: TrainData, world_size: int) -> None:
-    recorded = RunRecord.load(writer.path).config
-    if recorded.get("data_fingerprint") != data.fingerprint:
-        raise RunError(f"--resume '{writer.path}': the data '{data.name}' differs from what the "
-                       "run started with (fingerprint changed): resume with the same data and "
-                       "options, or start a new run")
-    if recorded.get("world_size") != world_size:
-        raise RunError(f"--resume '{writer.path}': the run started with "
-                       f"{recorded.get('world_size')} process(es), this launch has {world_size}"
-                       f" (the global batch would change mid-run): launch "
-                       f"{recorded.get('world_size')} process(es)")
 
 
 def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokenizer: Any = None,

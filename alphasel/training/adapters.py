@@ -1,0 +1,99 @@
+"""The model a run trains: loaded, the plan's module names as the model holds them, the plan's
+adapters injected (every weight trainable for full fine-tuning), and its parameter counts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from alphasel.errors import PlanError, TrainConfigError
+from alphasel.plan import InjectionPlan
+from alphasel.training.config import TrainConfig
+from alphasel.training.models import ModelInfo, load_model
+
+
+def adapter_overrides(config: TrainConfig) -> dict[str, Any]:
+    """The LoraConfig fields a run's options decide (the plan decides the rest)."""
+    init: bool | str = True if config.lora_init == "default" else config.lora_init
+    return {"use_dora": config.method == "dora", "use_rslora": config.method == "rslora",
+            "lora_dropout": config.lora_dropout, "init_lora_weights": init,
+            "task_type": "SEQ_CLS" if config.task == "classification" else "CAUSAL_LM"}
+
+
+def align_plan(plan: InjectionPlan, model: torch.nn.Module) -> InjectionPlan:
+    """The plan with module names as ``model`` holds them.
+
+    A checkpoint's names and a task model's differ by the base model's prefix: MiniLM's
+    safetensors say ``encoder.layer.0...`` while ``BertForSequenceClassification`` holds
+    ``bert.encoder.layer.0...``. When adding or removing that prefix makes every planned
+    module exist, the plan is renamed (and says so); otherwise it is returned as it is, and
+    applying it names the missing modules."""
+    present = {name for name, _ in model.named_modules()}
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if all(module.name in present for module in plan.modules) or not prefix:
+        return plan
+    for rename in (lambda name: f"{prefix}.{name}",
+                   lambda name: name.removeprefix(f"{prefix}.")):
+        names = [rename(module.name) for module in plan.modules]
+        if all(name in present for name in names):
+            modules = [dataclasses.replace(module, name=name)
+                       for module, name in zip(plan.modules, names, strict=True)]
+            note = (f"module names aligned to the trained model ({plan.modules[0].name} → "
+                    f"{names[0]}, base model prefix '{prefix}')")
+            return dataclasses.replace(plan, modules=modules, notes=[*plan.notes, note])
+    return plan
+
+
+def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
+                  config: TrainConfig) -> torch.nn.Module:
+    """The model with the plan's adapters (all weights trainable for full fine-tuning)."""
+    if config.method == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    if config.quantize:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.grad_checkpointing)
+    if plan is None:
+        raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
+    return plan.apply(model, **adapter_overrides(config))
+
+
+def trainable_model(model: Any, plan: InjectionPlan | None, labels: list[str] | None,
+                    tokenizer: Any, config: TrainConfig, revision: str | None = None
+                    ) -> tuple[torch.nn.Module, Any, ModelInfo, InjectionPlan | None]:
+    """(the model with the plan's adapters, its tokenizer, what was loaded, the plan with the
+    model's module names and its size): ``model`` loaded as :func:`load_model` loads it, a
+    classifier with a head over ``labels``."""
+    from transformers import set_seed
+
+    # A classifier's new head is initialised while loading: seeded, so that runs with the same
+    # seed start from the same head whatever else ran in the process before (paired design).
+    set_seed(config.seed)
+    loaded, tokenizer, info = load_model(model, task=config.task, revision=revision,
+                                         tokenizer=tokenizer, labels=labels,
+                                         quantize=config.quantize)
+    set_seed(config.seed)  # adapter initialisation is part of the paired design
+    if plan is not None:
+        plan = align_plan(plan, loaded)
+    try:
+        prepared = prepare_model(loaded, plan, config)
+    except PlanError as err:
+        raise PlanError(f"{err} (model '{info.model_id}')") from err
+    if plan is not None and plan.total_params is None:
+        plan = dataclasses.replace(plan, total_params=parameter_counts(prepared)[1])
+    return prepared, tokenizer, info, plan
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; PEFT's count knows 4-bit packing."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    parameters = list(model.parameters())
+    return (sum(p.numel() for p in parameters if p.requires_grad),
+            sum(p.numel() for p in parameters))
