@@ -15,15 +15,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import StudyError
+from alphasel.study.spec import STUDY_OWNED
 
-#: Training flags a study passes to every run: dest → TrainConfig field.
-TRAIN_FLAGS = {"epochs": float, "max_steps": int, "max_samples": int, "max_seq_len": int,
-               "batch_size": int, "grad_accum": int, "lr": float, "warmup": float,
-               "scheduler": str, "eval_every": int, "template": str, "remeasure": str}
-#: Flags that define the study (refused beside a spec file or --resume).
+#: The study's own flags that define it (refused beside a spec file or --resume), with the
+#: training options (TrainConfig's fields but those the study decides per run, and --task and
+#: --method, which are the study's own).
 SPEC_FLAGS = ("model", "data", "task", "schemes", "k", "unit", "rank", "seeds", "method",
-              "estimator", "sweep", *TRAIN_FLAGS)
+              "estimator", "sweep")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,9 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--sweep", action="append", metavar="FIELD=V,V",
                       help="a training option to vary, e.g. grad_checkpointing=off,on "
                            "(repeatable: every combination runs)")
-    knobs = parser.add_argument_group("training (every run)")
-    for dest, kind in TRAIN_FLAGS.items():
-        knobs.add_argument(f"--{dest.replace('_', '-')}", type=kind)
+    knobs = parser.add_argument_group("training (every run; TrainConfig, defaults as shown)")
+    config_dests = add_config_options(knobs, skip=STUDY_OWNED | {"method"})
     run = parser.add_argument_group("running")
     run.add_argument("--out", type=Path, help="study directory (default runs/studies/<id>)")
     run.add_argument("--resume", type=Path, metavar="STUDY_DIR",
@@ -68,12 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--smooth", type=int, default=None, metavar="N",
                      help="report: moving average over N evaluation points in the loss curves")
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(func=run_command, parser=parser, config_dests=config_dests)
 
 
 def _given(args: argparse.Namespace) -> list[str]:
-    return [f"--{dest.replace('_', '-')}" for dest in SPEC_FLAGS
-            if getattr(args, dest) is not None]
+    return given_flags(args.parser, args, among=[*SPEC_FLAGS, *args.config_dests])
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
@@ -92,8 +90,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
             data[dest] = getattr(args, dest)
     if args.seeds is not None:
         data["seeds"] = int(args.seeds) if args.seeds.isdigit() else args.seeds
-    data["train"] = {dest: getattr(args, dest) for dest in TRAIN_FLAGS
-                     if getattr(args, dest) is not None}
+    data["train"] = given_config(args, args.config_dests)
     data["sweep"] = args.sweep or []
     return StudySpec.from_dict(data, source="the command line")
 

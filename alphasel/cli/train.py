@@ -15,16 +15,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import TrainConfigError
-from alphasel.training.config import (
-    LORA_INITS,
-    METHODS,
-    REPORTERS,
-    SCHEDULERS,
-    TASKS,
-    TEMPLATES,
-    TrainConfig,
-)
+from alphasel.training.config import TrainConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,12 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--data", help="stdlib-code, stdlib-instruct, stdlib-topics, an Alpaca "
                       "JSON/JSONL file, a text/code file or directory, a CSV/JSONL of "
                       "text,label, or a hub dataset id")
-    what.add_argument("--task", default="causal", help=f"{' or '.join(TASKS)} (default causal)")
-    what.add_argument("--template", default="alpaca",
-                      help=f"instruction data as {' or '.join(TEMPLATES)} text (default alpaca)")
     what.add_argument("--plan", type=Path, help="an injection plan file (`alphasel plan`)")
-    what.add_argument("--method", default="lora", help=f"{', '.join(METHODS)} (default lora)")
-    what.add_argument("--quantize", help="4bit: QLoRA on a 4-bit NF4 base model (bitsandbytes)")
     inline = parser.add_argument_group("inline plan (instead of --plan)")
     inline.add_argument("--scheme", help="alora, blora, random, first, last, band or all: "
                         "analyse the model and plan now")
@@ -74,84 +62,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="match this plan's trainable-parameter count")
     inline.add_argument("--estimator", default="ks", help="alpha estimator: ks, median, peak")
     inline.add_argument("--downsample", default="none", help="none, common or fixed:RxC")
-    knobs = parser.add_argument_group("training")
-    knobs.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
-    knobs.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    knobs.add_argument("--max-samples", type=int, help="cap on training examples")
-    knobs.add_argument("--lr", type=float, help="peak learning rate (default 2e-4; full 2e-5)")
-    knobs.add_argument("--scheduler", default="linear", help=", ".join(SCHEDULERS))
-    knobs.add_argument("--warmup", type=float, default=0.0,
-                       help="warm-up steps, or a fraction below 1 of all steps")
-    knobs.add_argument("--batch-size", type=int, default=4, help="examples per device per pass")
-    knobs.add_argument("--grad-accum", type=int, default=1, help="passes per optimizer step")
-    knobs.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
-    knobs.add_argument("--fp16", action="store_true", help="float16 mixed precision (CUDA)")
-    knobs.add_argument("--grad-checkpointing", action="store_true",
-                       help="recompute activations: less memory, more time")
-    knobs.add_argument("--max-seq-len", type=int, default=512, help="tokens per sequence")
-    knobs.add_argument("--eval-every", type=int, help="evaluate every N steps (default: epoch)")
-    knobs.add_argument("--log-every", type=int, default=1, help="log every N steps")
-    knobs.add_argument("--save-every", type=int, help="checkpoint every N steps (--resume)")
-    knobs.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout")
-    knobs.add_argument("--lora-dropout", type=float, default=0.0, help="adapter dropout")
-    knobs.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    knobs.add_argument("--lora-init", default="default",
-                       help=f"PEFT init_lora_weights: {', '.join(LORA_INITS)}, pissa_niter_N")
-    knobs.add_argument("--report-to", default="none", help=f"comma list: {', '.join(REPORTERS)}")
-    knobs.add_argument("--eval-fraction", type=float, default=0.1,
-                       help="share of files/records held out")
-    knobs.add_argument("--remeasure", default="adapted",
-                       help="alpha after each epoch of: adapted, candidates or none")
-    knobs.add_argument("--alpha-every", type=int, help="also measure alpha every N steps")
-    knobs.add_argument("--reselect", action="store_true",
-                       help="after every epoch fold the adapters into the weights, re-plan "
-                            "from the new alphas (same scheme, k, budget), train fresh ones")
-    knobs.add_argument("--reselect-every", type=int, metavar="N",
-                       help="re-select every N steps instead of every epoch")
+    training = parser.add_argument_group("training (TrainConfig; defaults as shown)")
+    config_dests = add_config_options(training)
     record = parser.add_argument_group("record")
     record.add_argument("--out", type=Path, help="run directory (default runs/train/<run-id>)")
     record.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     record.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue an interrupted run from its last checkpoint")
     record.add_argument("--prompts", type=Path, help="prompts for generations.jsonl")
-    record.add_argument("--max-new-tokens", type=int, default=48, help="length of generations")
-    record.add_argument("--no-generate", action="store_true", help="skip generations.jsonl")
-    record.add_argument("--no-save", action="store_true", help="do not save the adapter")
     record.add_argument("--quiet", action="store_true", help="no progress bars")
-    # Every option's default, to tell which flags a command line actually gave.
-    parser.set_defaults(func=run, defaults={action.dest: action.default
-                                            for action in parser._actions})
+    parser.set_defaults(func=run, parser=parser, config_dests=config_dests)
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        task=args.task, method=args.method, quantize=args.quantize, epochs=args.epochs,
-        max_steps=args.max_steps, max_samples=args.max_samples, lr=args.lr,
-        scheduler=args.scheduler, warmup=args.warmup, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, bf16=args.bf16, fp16=args.fp16,
-        grad_checkpointing=args.grad_checkpointing, max_seq_len=args.max_seq_len,
-        eval_every=args.eval_every, log_every=args.log_every, save_every=args.save_every,
-        seed=args.seed, lora_dropout=args.lora_dropout, weight_decay=args.weight_decay,
-        lora_init=args.lora_init, report_to=args.report_to, template=args.template,
-        eval_fraction=args.eval_fraction, max_new_tokens=args.max_new_tokens,
-        generate=not args.no_generate, save_adapter=not args.no_save,
-        remeasure=args.remeasure, alpha_every=args.alpha_every, reselect=args.reselect,
-        reselect_every=args.reselect_every)
-
-
-def _given(args: argparse.Namespace, dests) -> list[str]:
-    """The flags among ``dests`` that the command line set to something else than default."""
-    return [f"--{dest.replace('_', '-')}" for dest in dests
-            if getattr(args, dest) != args.defaults.get(dest)]
+    return TrainConfig(**given_config(args, args.config_dests))
 
 
 def _check(args: argparse.Namespace) -> None:
     """Contradictions between flags, all at once, before anything loads."""
     problems = []
-    plan_flags = _given(args, [*PLAN_OPTIONS, "estimator", "downsample"])
+    plan_flags = given_flags(args.parser, args, among=[*PLAN_OPTIONS, "estimator", "downsample"])
     if args.resume is not None:
-        given = _given(args, [dest for dest in args.defaults
-                              if dest not in ("resume", "quiet", "help", "func", "defaults")])
+        given = given_flags(args.parser, args, skip=("resume", "quiet"))
         if given:
             problems.append("--resume continues a run with the options it started with: drop "
                             + ", ".join(given))
@@ -176,8 +108,9 @@ def _check(args: argparse.Namespace) -> None:
         RunWriter.check_target(args.out, args.overwrite)
 
 
-def inline_plan(args: argparse.Namespace) -> tuple[pd.DataFrame, InjectionPlan]:
-    """Analyse the model and make the plan --scheme asks for: (table, plan)."""
+def inline_plan(args: argparse.Namespace, seed: int) -> tuple[pd.DataFrame, InjectionPlan]:
+    """Analyse the model and make the plan --scheme asks for: (table, plan); ``seed``, the
+    training seed, draws the random scheme's selection unless --selection-seed does."""
     from alphasel.analyzer import analyze
     from alphasel.planner import make_plan
 
@@ -185,7 +118,7 @@ def inline_plan(args: argparse.Namespace) -> tuple[pd.DataFrame, InjectionPlan]:
                     downsample=args.downsample, progress=not args.quiet)
     options = {keyword: getattr(args, dest) for dest, keyword in PLAN_OPTIONS.items()}
     if args.scheme == "random" and options["seed"] is None:
-        options["seed"] = args.seed  # paired design: the training seed draws the selection
+        options["seed"] = seed  # paired design: the training seed draws the selection
     return table, make_plan(table, args.scheme, **options)
 
 
@@ -197,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
         record = resume(args.resume, progress=not args.quiet)
     else:
         config = _config(args)  # every option problem before minutes of analysis
-        table, plan = inline_plan(args) if args.scheme else (None, args.plan)
+        table, plan = inline_plan(args, config.seed) if args.scheme else (None, args.plan)
         record = train(args.model, plan, args.data, config, revision=args.revision,
                        out=args.out, overwrite=args.overwrite, analysis=table,
                        prompts=args.prompts, progress=not args.quiet, command=args.argv)

@@ -2,15 +2,23 @@
 
     config = TrainConfig(method="dora", epochs=3, lr=1e-4, max_seq_len=256)
 
-Each field's docstring says what it does and which ``alphasel train`` flag sets it; a bad value
+Each field's docstring says what it does and which ``alphasel train`` flag sets it; the
+command-line options of ``alphasel train`` and ``alphasel study`` are built from them
+(:func:`config_options`), so a field's name, type, default and help live here only. A bad value
 or a contradiction raises one :class:`TrainConfigError` that lists every problem, each naming
 its flag.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import re
-from dataclasses import asdict, dataclass, field, fields
+import textwrap
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from alphasel.errors import TrainConfigError
@@ -249,3 +257,73 @@ class TrainConfig:
 RECORD_ONLY_FIELDS = frozenset({"report_to", "generate", "max_new_tokens", "save_adapter",
                                 "save_every", "log_every", "eval_every", "remeasure",
                                 "alpha_every"})
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """A config field as a command-line option, all of it read from the field."""
+
+    field: str
+    """The field's name (the option's argparse dest)."""
+    flag: str
+    """The flag its docstring names: ``--max-steps``, or ``--no-generate`` for a field that is
+    on by default."""
+    type: type | None
+    """What the flag's value is read as (int, float, str); None for an on/off flag."""
+    default: Any
+    """The field's default."""
+    help: str
+    """The field's docstring without its flag."""
+
+
+_FLAG = re.compile(r"\s*\((--[a-z0-9][a-z0-9-]*)\)")
+
+
+def _docstrings(cls: type) -> dict[str, str]:
+    """Field name → the string literal written under it in the class body."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    found = {}
+    for statement, following in zip(body, body[1:], strict=False):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            found[statement.target.id] = following.value.value
+    return found
+
+
+def _value_type(hint: Any) -> type | None:
+    """int/float/str for a field's type (``int | None`` → int; a list is a comma list);
+    None for bool, an on/off flag."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if hint is bool:
+        return None
+    if typing.get_origin(hint) is list:
+        return str
+    return hint
+
+
+def options_of(cls: type) -> list[ConfigOption]:
+    """Every field of the dataclass ``cls`` as a command-line option, in field order: the flag
+    named in its docstring as ``(--flag)``. Raises TypeError for a field whose docstring names
+    no flag, or names one twice."""
+    docs = _docstrings(cls)
+    hints = typing.get_type_hints(cls)
+    options = []
+    for item in fields(cls):
+        flags = _FLAG.findall(docs.get(item.name, ""))
+        if len(flags) != 1:
+            raise TypeError(f"{cls.__name__}.{item.name}: its docstring must name its "
+                            f"command-line flag once, as (--flag); found {flags or 'none'}")
+        default = item.default if item.default is not MISSING else item.default_factory()
+        help_text = " ".join(_FLAG.sub("", docs[item.name]).split())
+        options.append(ConfigOption(item.name, flags[0], _value_type(hints[item.name]), default,
+                                    help_text))
+    return options
+
+
+@functools.cache
+def config_options() -> tuple[ConfigOption, ...]:
+    """TrainConfig's fields as the options of ``alphasel train`` (and ``alphasel study``)."""
+    return tuple(options_of(TrainConfig))
