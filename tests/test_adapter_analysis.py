@@ -102,6 +102,7 @@ def test_bad_adapters_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SourceError, match="model.layers.3.self_attn.q_proj, which the base"):
         alphasel.analyze(str(tmp_path / "base"), adapter=tmp_path / "deeper", progress=False)
     (tmp_path / "not-peft").mkdir()
+    capsys.readouterr()  # what saving the models printed
     status = alphasel.cli.main(["analyze", str(tmp_path / "base"), "--adapter",
                                 str(tmp_path / "not-peft"), "--quiet", "--out",
                                 str(tmp_path / "t.csv")])

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # What ran, for records: the words given, whether from a shell or from Python.
     args.argv = ["alphasel", *(sys.argv[1:] if argv is None else argv)]
+    # A command run as a program has the process to itself (main() called from Python shares
+    # it with its caller): only then may a command decide what the process imports.
+    args.standalone = argv is None
     try:
         args.func(args)
     except AlphaselError as err:

@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue an interrupted run from its last checkpoint")
     record.add_argument("--prompts", type=Path, help="prompts for generations.jsonl")
     record.add_argument("--quiet", action="store_true", help="no progress bars")
+    record.add_argument("--verbose", action="store_true",
+                        help="also the libraries' own output: their progress bars, log lines "
+                        "and warnings")
     parser.set_defaults(func=run, parser=parser, config_dests=config_dests)
 
 
@@ -83,7 +86,7 @@ def _check(args: argparse.Namespace) -> None:
     problems = []
     plan_flags = given_flags(args.parser, args, among=[*PLAN_OPTIONS, "estimator", "downsample"])
     if args.resume is not None:
-        given = given_flags(args.parser, args, skip=("resume", "quiet"))
+        given = given_flags(args.parser, args, skip=("resume", "quiet", "verbose"))
         if given:
             problems.append("--resume continues a run with the options it started with: drop "
                             + ", ".join(given))
@@ -123,19 +126,36 @@ def inline_plan(args: argparse.Namespace, seed: int) -> tuple[pd.DataFrame, Inje
 
 
 def run(args: argparse.Namespace) -> None:
-    from alphasel.training.trainer import resume, train
+    from alphasel.training.console import keep_bitsandbytes_unloaded
 
     _check(args)
+    if args.standalone and not _quantizes(args):
+        keep_bitsandbytes_unloaded()  # before anything imports PEFT
+    from alphasel.training.trainer import resume, train
+
     if args.resume is not None:
-        record = resume(args.resume, progress=not args.quiet)
+        record = resume(args.resume, progress=not args.quiet, verbose=args.verbose)
     else:
         config = _config(args)  # every option problem before minutes of analysis
         table, plan = inline_plan(args, config.seed) if args.scheme else (None, args.plan)
         record = train(args.model, plan, args.data, config, revision=args.revision,
                        out=args.out, overwrite=args.overwrite, analysis=table,
-                       prompts=args.prompts, progress=not args.quiet, command=args.argv)
+                       prompts=args.prompts, progress=not args.quiet, verbose=args.verbose,
+                       command=args.argv)
     if int(os.environ.get("RANK", "0")) == 0:  # one summary from a torchrun launch
         print(describe(record))
+
+
+def _quantizes(args: argparse.Namespace) -> bool:
+    """Whether the run loads a 4-bit base (a resumed run: as it started)."""
+    if args.resume is None:
+        return args.quantize is not None
+    from alphasel.training.record import RunRecord
+
+    try:
+        return RunRecord.load(args.resume).config.get("config", {}).get("quantize") is not None
+    except ValueError:  # resume() names the problem
+        return True
 
 
 def _loss(value: float | None) -> str:

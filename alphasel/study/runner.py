@@ -27,14 +27,19 @@ from alphasel.study.matrix import RunEntry
 from alphasel.study.spec import StudySpec
 
 
-def run_one(study: str | Path, run_id: str) -> None:
-    """Train one run of the study into runs/<run-id>/ (in this process); a failure is written
-    to its error.json and re-raised."""
+def run_one(study: str | Path, run_id: str, own_process: bool = False) -> None:
+    """Train one run of the study into runs/<run-id>/ (in this process; ``own_process``: one
+    that trains nothing else, such as a worker's); a failure is written to its error.json and
+    re-raised."""
     study = Path(study)
     spec, entries = open_study(study)
     entry = next((item for item in entries if item.run_id == run_id), None)
     if entry is None:
         raise StudyError(f"study '{study}' has no run '{run_id}'")
+    if own_process and entry.config.get("quantize") is None:
+        from alphasel.training.console import keep_bitsandbytes_unloaded
+
+        keep_bitsandbytes_unloaded()
     run_entry(spec, entry, run_folder(study, entry.run_id), command=[
         "alphasel", "study", "--resume", str(study)])
 

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m alphasel.study.worker STUDY_DIR RUN_ID", file=sys.stderr)
         return 2
     try:
-        run_one(args[0], args[1])
+        run_one(args[0], args[1], own_process=argv is None)
     except Exception as err:  # recorded in error.json by run_one
         print(f"alphasel study: run {args[1]} failed: {type(err).__name__}: {err}",
               file=sys.stderr)

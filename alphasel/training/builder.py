@@ -8,6 +8,7 @@ leak into a run.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from alphasel.errors import DataError, TrainConfigError
+from alphasel.training.callbacks import ConsoleCallback
 from alphasel.training.config import TrainConfig
 from alphasel.training.data import TrainData
 from alphasel.training.distributed import cpu_only
@@ -36,9 +38,9 @@ def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress:
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
         lr_scheduler_type=config.scheduler, warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, bf16=config.bf16, fp16=config.fp16,
-        gradient_checkpointing=config.grad_checkpointing,
+        activation_checkpointing=config.grad_checkpointing,
         # Non-reentrant checkpointing works with frozen inputs (LoRA) and with DDP.
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing_kwargs={"use_reentrant": False},
         seed=config.seed, data_seed=config.seed, logging_steps=config.log_every,
         eval_strategy="steps" if config.eval_every else "epoch",
         # The untrained model's eval loss at step 0 (a resumed run usually has it already).
@@ -102,21 +104,52 @@ def _trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: Tr
     if data.kind == "classification":
         from transformers import DataCollatorWithPadding
 
-        return _classifier_trainer_class()(model=model, args=args, train_dataset=data.train,
-                       eval_dataset=data.eval, processing_class=tokenizer,
-                       data_collator=DataCollatorWithPadding(tokenizer),
-                       compute_metrics=_accuracy, callbacks=callbacks)
-    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
-                                   eval_dataset=data.eval, processing_class=tokenizer,
-                                   callbacks=callbacks)
-    _refuse_empty_splits(trainer, config)
+        trainer = _classifier_trainer_class()(
+            model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+            processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=_accuracy, callbacks=callbacks)
+    else:
+        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
+                                       eval_dataset=data.eval, processing_class=tokenizer,
+                                       callbacks=callbacks)
+        _refuse_empty_splits(trainer, config)
+    _use_console(trainer, progress)
     return trainer
+
+
+def _use_console(trainer: Any, progress: bool) -> None:
+    """alphasel's console in place of transformers' (a bar, or raw log dicts without one)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ConsoleCallback(progress))
+
+
+class SavesPlannedAdapters:
+    """Trainer mixin: adapters are saved without PEFT's embedding check. By default PEFT's
+    save_pretrained asks whether the embeddings were resized by reading the base model's
+    config.json, which a GGUF checkpoint's folder lacks (a warning at every save); alphasel's
+    plans never adapt embeddings, so there is nothing to check."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)  # type: ignore[attr-defined]
+        if not isinstance(model, PeftModel):
+            return super()._save(output_dir, state_dict)  # type: ignore[misc]
+        model.save_pretrained = functools.partial(type(model).save_pretrained, model,
+                                                  save_embedding_layers=False)
+        try:
+            return super()._save(output_dir, state_dict)  # type: ignore[misc]
+        finally:
+            del model.save_pretrained
 
 
 def _classifier_trainer_class() -> type:
     from transformers import Trainer
 
-    class ClassifierTrainer(ContinuesSchedule, Trainer):
+    class ClassifierTrainer(ContinuesSchedule, SavesPlannedAdapters, Trainer):
         """transformers' Trainer, able to continue its schedule across re-selections."""
 
     return ClassifierTrainer
@@ -126,7 +159,7 @@ def _sft_trainer_class() -> type:
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class SFTDataTrainer(ContinuesSchedule, SFTTrainer):
+    class SFTDataTrainer(ContinuesSchedule, SavesPlannedAdapters, SFTTrainer):
         """TRL's SFTTrainer for the data (prompt-completion tokenizing, EOS, completion mask,
         truncation, collator) with transformers' own loss: the model's mean cross-entropy over
         the label tokens, as a plain Trainer computes it.

@@ -1,4 +1,4 @@
-"""Trainer callbacks and profiling: metrics.jsonl lines, tokens/s, peak memory.
+"""Trainer callbacks and profiling: metrics.jsonl lines, tokens/s, peak memory, the console.
 
 The Trainer does the loop, logging, evaluation and checkpoints; these only observe it and write
 what the run record needs. Only the main process writes (``state.is_world_process_zero``).
@@ -102,3 +102,63 @@ def peak_memory() -> dict[str, float]:
     else:
         memory["peak_memory_mb"] = memory["rss_mb"]
     return memory
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class ConsoleCallback(TrainerCallback):
+    """The Trainer's console: a step bar (with ``progress``) showing the latest loss and eval
+    loss, and a line per evaluation. It replaces transformers' own progress and printer
+    callbacks, which print every log as a raw dict and a bar per evaluation. Only the main
+    process shows anything."""
+
+    def __init__(self, progress: bool = True) -> None:
+        self.progress = progress
+        self.bar: Any = None
+        self.shown: dict[str, str] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not (self.progress and state.is_world_process_zero):
+            return
+        from tqdm.auto import tqdm
+
+        # Re-selection trains in several Trainer.train() calls: each continues the same count.
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training",
+                        unit="step", dynamic_ncols=True)
+        if self.shown:
+            self.bar.set_postfix(self.shown, refresh=False)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None,
+               **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        if "loss" in logs:
+            self.shown["loss"] = _number(logs["loss"])
+        results = {key.removeprefix("eval_"): value for key, value in logs.items()
+                   if key.startswith("eval_") and key not in ("eval_runtime",
+                                                              "eval_samples_per_second",
+                                                              "eval_steps_per_second")}
+        if results:
+            self.shown["eval_loss"] = _number(results.get("loss"))
+            line = f"step {state.global_step}: " + ", ".join(
+                f"eval {name} {_number(value)}" for name, value in results.items())
+            self._write(line)
+        if self.bar is not None:
+            self.bar.set_postfix(self.shown)
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -22,6 +22,7 @@ from alphasel.errors import SourceError, TrainConfigError
 from alphasel.sources import ALIASES, packaged_model
 from alphasel.sources.files import looks_like_hub_id
 from alphasel.sources.hub import resolve_hub_model, snapshot
+from alphasel.training.console import library_bars
 
 #: Tokenizer files fetched beside the weights of a hub model.
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -176,7 +177,8 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
     previous = logging.getLogger("transformers.modeling_utils").level
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
     try:
-        loaded = loader.from_pretrained(str(folder), **kwargs)
+        with library_bars():  # the GGUF loader's own bar
+            loaded = loader.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise SourceError(f"transformers cannot load '{text}' as a "
                           f"{'sequence classifier' if task == 'classification' else 'causal LM'}"

@@ -173,7 +173,7 @@ def selection_row(round_: int, plan: InjectionPlan, step: int, epoch: float,
 def mark_reselected(checkpoint: Path, model: torch.nn.Module, round_: int) -> None:
     """Put the fresh adapters into the checkpoint the Trainer resumes from, and the marker
     that keeps it from loading the folded adapters' optimizer state."""
-    model.save_pretrained(str(checkpoint))
+    model.save_pretrained(str(checkpoint), save_embedding_layers=False)
     write_json(checkpoint / RESELECTED_MARKER, {"round": round_})
 
 
@@ -236,7 +236,8 @@ def run_rounds(trainer: Any, reselector: Reselector, alpha: Any, state: Any,
         checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{step}"
         started = time.perf_counter()
         if writer is not None:
-            trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"))
+            trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"),
+                                          save_embedding_layers=False)
         base = fold_adapters(trainer.model)
         round_ += 1
         # The initial plan is the recipe every round (its k, its seed for random).

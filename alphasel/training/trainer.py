@@ -31,6 +31,7 @@ from alphasel.training.alpha import AlphaCallback, alpha_options, measured_modul
 from alphasel.training.builder import build_trainer, check_reporters
 from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
 from alphasel.training.config import ADAPTER_METHODS, TrainConfig
+from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
 from alphasel.training.distributed import agree, process_state
 from alphasel.training.generations import format_prompt, read_prompts, record_generations
@@ -84,7 +85,7 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
           tokenizer: Any = None, revision: str | None = None, out: str | Path | None = None,
           overwrite: bool = False, resume: str | Path | None = None,
           analysis: pd.DataFrame | None = None, prompts: str | Path | list[str] | None = None,
-          callbacks: list | None = None, progress: bool = True,
+          callbacks: list | None = None, progress: bool = True, verbose: bool = False,
           command: list[str] | None = None) -> RunRecord:
     """Fine-tune ``model`` with ``plan``'s adapters (``plan=None`` with ``method="full"`` trains
     every weight) on ``data`` and write the run record; returns it.
@@ -94,35 +95,36 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     file, directory or hub dataset id (see :func:`alphasel.training.data.load_data`). The record
     goes to ``out`` (default ``runs/train/<run-id>/``); ``resume`` continues an interrupted
     run in place from its last checkpoint. ``analysis`` is stored beside an inline plan;
-    ``callbacks`` are extra transformers ``TrainerCallback``s. Nothing is written until the
-    model, plan and data have been checked and the trainer is built.
+    ``callbacks`` are extra transformers ``TrainerCallback``s. ``progress`` shows a bar for
+    training; ``verbose`` also the libraries' own output (see :mod:`alphasel.training.console`).
+    Nothing is written until the model, plan and data have been checked and the trainer is
+    built.
     """
     started = time.perf_counter()
     config = config or TrainConfig()
     plan = _checked_inputs(plan, config, resume)
     prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
-    if not progress:
-        _quiet_libraries()
-    state = process_state()
-    tokenizer, data = tokenizer_and_data(model, tokenizer, data, config, revision)
-    prepared, tokenizer, info, plan = trainable_model(model, plan, data.labels, tokenizer, config,
-                                                      revision)
-    run = _open_run(state, config, plan, data, tokenizer, info, prepared, out, resume,
-                    overwrite, analysis)
-    _build(run, callbacks, progress)
-    _start_record(run, config_record(model, revision, info, data, plan, config, command,
-                                     state.num_processes, prompt_list), analysis, overwrite)
-    prompt_texts = _prompt_texts(run, prompt_list)
-    _generate(run, "before", prompt_texts)
-    reselect_seconds = _fit(run)
-    memory = peak_memory()
-    if config.save_adapter:
-        run.trainer.save_model(str(run.path / ADAPTER_DIR))
-    _generate(run, "after", prompt_texts)
-    if run.writer is not None:
-        _finish_record(run, memory, started, reselect_seconds)
-    state.wait_for_everyone()
-    return RunRecord.load(run.path)
+    with library_output(verbose):
+        state = process_state()
+        tokenizer, data = tokenizer_and_data(model, tokenizer, data, config, revision)
+        prepared, tokenizer, info, plan = trainable_model(model, plan, data.labels, tokenizer,
+                                                          config, revision)
+        run = _open_run(state, config, plan, data, tokenizer, info, prepared, out, resume,
+                        overwrite, analysis)
+        _build(run, callbacks, progress)
+        _start_record(run, config_record(model, revision, info, data, plan, config, command,
+                                         state.num_processes, prompt_list), analysis, overwrite)
+        prompt_texts = _prompt_texts(run, prompt_list)
+        _generate(run, "before", prompt_texts)
+        reselect_seconds = _fit(run)
+        memory = peak_memory()
+        if config.save_adapter:
+            run.trainer.save_model(str(run.path / ADAPTER_DIR))
+        _generate(run, "after", prompt_texts)
+        if run.writer is not None:
+            _finish_record(run, memory, started, reselect_seconds)
+        state.wait_for_everyone()
+        return RunRecord.load(run.path)
 
 
 def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig,
@@ -269,18 +271,9 @@ def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: fl
     run.writer.write_summary(summary)
 
 
-def _quiet_libraries() -> None:
-    """No progress bars from transformers (weight loading) or datasets (tokenizing maps)."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokenizer: Any = None,
            data: TrainData | None = None, callbacks: list | None = None,
-           progress: bool = True) -> RunRecord:
+           progress: bool = True, verbose: bool = False) -> RunRecord:
     """Continue an interrupted run from its last checkpoint, with the options it started with.
 
     Runs of a model given by name are reloaded from it; an in-memory model must be passed again
@@ -297,4 +290,4 @@ def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokeniz
     return train(source, recorded.plan, data if data is not None else spec, config,
                  tokenizer=tokenizer, revision=recorded.config.get("revision"),
                  resume=writer.path, prompts=recorded.config.get("prompts"),
-                 callbacks=callbacks, progress=progress)
+                 callbacks=callbacks, progress=progress, verbose=verbose)
