@@ -6,51 +6,11 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
-from train_helpers import tiny_causal_lm
-from transformers import GPT2Config, GPT2LMHeadModel
+from helpers import LORA_VARIANTS, adapted_model
+from peft import PeftModel
 
 from alphasel.errors import AlphaselError
 from alphasel.training.effective import EffectiveWeightError, effective_weight, effective_weights
-
-LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
-GPT2_TARGETS = ["c_attn", "c_fc", "c_proj"]
-VARIANTS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
-
-
-def _tiny_gpt2() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64)
-    return GPT2LMHeadModel(config)
-
-
-def _model(arch: str) -> tuple[torch.nn.Module, LoraConfig]:
-    if arch == "llama":
-        return tiny_causal_lm(), LoraConfig(r=4, lora_alpha=8, target_modules=LLAMA_TARGETS)
-    return _tiny_gpt2(), LoraConfig(r=4, lora_alpha=8, target_modules=GPT2_TARGETS,
-                                    fan_in_fan_out=True)
-
-
-def _adapted(arch: str, variant: str, perturb: bool) -> tuple[PeftModel, dict[str, LoraLayer]]:
-    """A PEFT model of ``arch`` with ``variant`` adapters; ``perturb`` makes ΔW and m nonzero."""
-    model, config = _model(arch)
-    for key, value in VARIANTS[variant].items():
-        setattr(config, key, value)
-    peft_model = get_peft_model(model, config).eval()
-    layers = {name: module for name, module in peft_model.get_base_model().named_modules()
-              if isinstance(module, LoraLayer)}
-    if perturb:
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for layer in layers.values():
-                # PEFT zeroes B at init (also for "gaussian"), so ΔW would vanish.
-                b = layer.lora_B["default"].weight
-                b.copy_(0.1 * torch.randn(b.shape, generator=generator))
-                if "default" in layer.lora_magnitude_vector:
-                    m = layer.lora_magnitude_vector["default"].weight
-                    m.mul_(1 + 0.2 * torch.rand(m.shape, generator=generator))
-    return peft_model, layers
 
 
 def _tokens() -> torch.Tensor:
@@ -58,9 +18,9 @@ def _tokens() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(LORA_VARIANTS))
 def test_effective_weight_matches_merge_and_leaves_model_alone(arch: str, variant: str) -> None:
-    peft_model, layers = _adapted(arch, variant, perturb=True)
+    peft_model, layers = adapted_model(arch, variant, trained=True)
     with torch.no_grad():
         before = peft_model(_tokens()).logits.clone()
     effective = effective_weights(peft_model, list(layers))
@@ -81,7 +41,7 @@ def test_effective_weight_matches_merge_and_leaves_model_alone(arch: str, varian
 @pytest.mark.parametrize("variant", ["lora", "dora"])
 def test_effective_weight_reproduces_layer_forward(arch: str, variant: str) -> None:
     # Independent of PEFT's merge code: the eval forward of the adapted layer is affine in x.
-    _, layers = _adapted(arch, variant, perturb=True)
+    _, layers = adapted_model(arch, variant, trained=True)
     generator = torch.Generator().manual_seed(2)
     for name, layer in layers.items():
         weight = effective_weight(layer)
@@ -96,16 +56,16 @@ def test_effective_weight_reproduces_layer_forward(arch: str, variant: str) -> N
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(LORA_VARIANTS))
 def test_default_init_gives_the_base_weight(arch: str, variant: str) -> None:
-    _, layers = _adapted(arch, variant, perturb=False)
+    _, layers = adapted_model(arch, variant, trained=False)
     for layer in layers.values():
         base = layer.get_base_layer().weight.detach()
         assert (effective_weight(layer) - base).abs().max() <= 1e-6
 
 
 def test_non_adapted_module_returns_its_own_weight_as_a_copy() -> None:
-    peft_model, _ = _adapted("llama", "lora", perturb=True)
+    peft_model, _ = adapted_model("llama", "lora", trained=True)
     name = "model.layers.1.self_attn.k_proj"
     own = peft_model.get_base_model().get_submodule(name).weight
     weight = effective_weights(peft_model, [name])[name]
@@ -116,7 +76,7 @@ def test_non_adapted_module_returns_its_own_weight_as_a_copy() -> None:
 
 
 def test_unknown_name_and_missing_adapter_raise() -> None:
-    peft_model, layers = _adapted("llama", "lora", perturb=False)
+    peft_model, layers = adapted_model("llama", "lora", trained=False)
     with pytest.raises(EffectiveWeightError, match="model.layers.9.self_attn.q_proj"):
         effective_weights(peft_model, ["model.layers.9.self_attn.q_proj"])
     name = next(iter(layers))
@@ -127,7 +87,7 @@ def test_unknown_name_and_missing_adapter_raise() -> None:
 
 
 def test_conv1d_keeps_the_stored_in_by_out_layout() -> None:
-    _, layers = _adapted("gpt2", "dora", perturb=True)
+    _, layers = adapted_model("gpt2", "dora", trained=True)
     c_attn = layers["transformer.h.0.attn.c_attn"]
     weight = effective_weight(c_attn)
     assert weight.shape == c_attn.get_base_layer().weight.shape == (32, 96)

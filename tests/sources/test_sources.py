@@ -5,7 +5,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, write_gguf
+from helpers import ANALYSIS_LLAMA, tiny_llama, write_gguf
 from safetensors.torch import save_file
 
 from alphasel.errors import SourceError
@@ -128,7 +128,7 @@ def test_directory_without_weights_and_missing_paths(tmp_path):
 
 
 def test_in_memory_module_lists_linear_and_embedding_weights():
-    model = tiny_llama(layers=2)
+    model = tiny_llama(layers=2, **ANALYSIS_LLAMA)
     source = open_source(model)
     names = {ref.name for ref in source.matrices()}
     linear = {name for name, m in model.named_modules()

@@ -7,9 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from plan_helpers import alpha_table
-from test_train import FAST, code_data
-from train_helpers import byte_tokenizer, save_causal_lm, tiny_causal_lm, write_code_files
+from helpers import FAST, alpha_table, code_data, save_causal_lm, tiny_llama, write_code_files
 
 from alphasel.planner import make_plan
 from alphasel.training import TrainConfig, train
@@ -31,7 +29,6 @@ sys.exit(code)
 
 def test_cli_train_shows_a_bar_evaluations_and_the_summary_only(tmp_path):
     checkpoint = save_causal_lm(tmp_path / "ckpt")
-    (tmp_path / "code").mkdir()
     code = write_code_files(tmp_path / "code")
     result = subprocess.run(
         [sys.executable, "-c", PROBE, "train", "--model", str(checkpoint), "--data", str(code),
@@ -47,22 +44,20 @@ def test_cli_train_shows_a_bar_evaluations_and_the_summary_only(tmp_path):
         assert noise not in result.stdout + result.stderr, noise
 
 
-def test_alphasel_passes_no_deprecated_argument(tmp_path, recwarn):
+def test_alphasel_passes_no_deprecated_argument(tmp_path, recwarn, tokenizer):
     """Even with the libraries' own output shown (verbose), no deprecation warning concerns
     an argument alphasel passes (gradient checkpointing: activation_checkpointing now)."""
-    tokenizer = byte_tokenizer(pad_is_eos=True)
-    plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
-    train(tiny_causal_lm(), plan, code_data(tokenizer),
+    plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
+    train(tiny_llama(), plan, code_data(tokenizer),
           TrainConfig(max_steps=1, grad_checkpointing=True, **FAST), tokenizer=tokenizer,
           out=tmp_path / "run", progress=False, verbose=True)
     messages = [str(warning.message) for warning in recwarn]
     assert not [text for text in messages if "`gradient_checkpointing" in text], messages
 
 
-def test_without_a_bar_evaluations_still_print_and_no_raw_logs(tmp_path, capsys):
-    tokenizer = byte_tokenizer(pad_is_eos=True)
-    plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
-    train(tiny_causal_lm(), plan, code_data(tokenizer), TrainConfig(max_steps=2, **FAST),
+def test_without_a_bar_evaluations_still_print_and_no_raw_logs(tmp_path, capsys, tokenizer):
+    plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
+    train(tiny_llama(), plan, code_data(tokenizer), TrainConfig(max_steps=2, **FAST),
           tokenizer=tokenizer, out=tmp_path / "run", progress=False)
     out, err = capsys.readouterr()
     assert "step 0: eval loss" in out and "step 2: eval loss" in out

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from plan_helpers import alpha_table, name, tiny_llama
+from helpers import ANALYSIS_LLAMA, alpha_table, name, tiny_llama
 
 import alphasel
 from alphasel.errors import PlanError
@@ -18,7 +18,7 @@ from alphasel.table import read_table, write_table
 
 @pytest.fixture(scope="module")
 def table():
-    return alpha_table(tiny_llama())
+    return alpha_table(tiny_llama(layers=4, **ANALYSIS_LLAMA))
 
 
 def module(block: int, kind: str, rank: int, rows: int = 32, cols: int = 32) -> PlannedModule:
@@ -99,7 +99,7 @@ def test_lora_config_targets_full_names_with_escaped_patterns():
 
 def test_apply_adapts_exactly_the_plan_modules(table):
     plan = make_plan(table, "blora", k=2)
-    peft_model = plan.apply(tiny_llama())
+    peft_model = plan.apply(tiny_llama(layers=4, **ANALYSIS_LLAMA))
     layers = adapted_modules(peft_model)
     assert set(layers) == set(plan.module_names)
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == \
@@ -108,14 +108,14 @@ def test_apply_adapts_exactly_the_plan_modules(table):
 
 def test_apply_sets_allocated_ranks_per_module(table):
     plan = make_plan(table, "alora", k=6, rank_alloc="alpha", budget=3000, lora_alpha=16)
-    layers = adapted_modules(plan.apply(tiny_llama()))
+    layers = adapted_modules(plan.apply(tiny_llama(layers=4, **ANALYSIS_LLAMA)))
     assert {n: layer.r["default"] for n, layer in layers.items()} == {
         m.name: m.rank for m in plan.modules}
     assert {layer.lora_alpha["default"] for layer in layers.values()} == {16}
 
 
 def test_layer_1_never_catches_layer_11():
-    model = tiny_llama(layers=12)
+    model = tiny_llama(layers=12, **ANALYSIS_LLAMA)
     plan = InjectionPlan(modules=[module(1, "q", 2), module(11, "q", 8), module(10, "q", 8)],
                          scheme="alora", k=3, unit="matrix", kinds=["q"])
     layers = adapted_modules(plan.apply(model))
@@ -123,10 +123,10 @@ def test_layer_1_never_catches_layer_11():
     assert layers[name(1, "q")].r["default"] == 2
     assert layers[name(11, "q")].r["default"] == 8
 
-    only_one = make_plan(alpha_table(tiny_llama(layers=12), alphas={1: [9.0] + [1.5] * 6}),
-                         "alora", k=1)
+    only_one = make_plan(alpha_table(tiny_llama(layers=12, **ANALYSIS_LLAMA),
+                                     alphas={1: [9.0] + [1.5] * 6}), "alora", k=1)
     assert only_one.module_names == [name(1, "q")]
-    layers = adapted_modules(only_one.apply(tiny_llama(layers=12)))
+    layers = adapted_modules(only_one.apply(tiny_llama(layers=12, **ANALYSIS_LLAMA)))
     assert set(layers) == {name(1, "q")}
 
 
@@ -141,18 +141,18 @@ def test_apply_raises_when_peft_adapts_something_else(table, monkeypatch):
 
     monkeypatch.setattr(InjectionPlan, "to_lora_config", suffix_only)
     with pytest.raises(PlanError, match="adapted modules not in the plan: model.layers.0"):
-        plan.apply(tiny_llama())
+        plan.apply(tiny_llama(layers=4, **ANALYSIS_LLAMA))
 
 
 def test_apply_to_a_model_that_lacks_the_modules_raises(table):
-    big = alpha_table(tiny_llama(layers=6), alphas={5: [9.0] * 7})
+    big = alpha_table(tiny_llama(layers=6, **ANALYSIS_LLAMA), alphas={5: [9.0] * 7})
     plan = make_plan(big, "blora", k=1)
     with pytest.raises(PlanError, match="lacks 7 of the plan's 7 module"):
-        plan.apply(tiny_llama())
+        plan.apply(tiny_llama(layers=4, **ANALYSIS_LLAMA))
 
 
 def test_apply_raises_on_shape_mismatch(table):
     plan = make_plan(table, "first", k=1, kinds="q")
     plan.modules[0].rows = 64  # as if the analysis had measured a wider model
     with pytest.raises(PlanError, match="LoRA parameters, planned"):
-        plan.apply(tiny_llama())
+        plan.apply(tiny_llama(layers=4, **ANALYSIS_LLAMA))

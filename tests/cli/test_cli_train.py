@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import byte_tokenizer, save_causal_lm, tiny_causal_lm
+from helpers import byte_tokenizer, save_causal_lm, tiny_llama
 
 import alphasel.cli
 from alphasel.training.record import is_complete
@@ -116,7 +116,7 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, code, tmp_path, capsys, ru
                              "--method", "full"], "needs at least 2 classes")
     other = tmp_path / "other-plan.json"
     four = tmp_path / "four"
-    tiny_causal_lm(layers=4).save_pretrained(four)
+    tiny_llama(layers=4).save_pretrained(four)
     byte_tokenizer().save_pretrained(four)
     assert run_cli(["analyze", str(four), "--quiet", "--out", str(tmp_path / "f.csv")],
                    capsys)[0] == 0

@@ -1,6 +1,6 @@
 import pandas as pd
 import pytest
-from conftest import tiny_llama
+from helpers import ANALYSIS_LLAMA, tiny_llama
 from safetensors.torch import save_file
 
 from alphasel.cli import main
@@ -9,7 +9,7 @@ from alphasel.table import latest_analysis, read_table
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    model = tiny_llama(layers=2)
+    model = tiny_llama(layers=2, **ANALYSIS_LLAMA)
     state = {f"{name}": tensor.contiguous() for name, tensor in model.state_dict().items()
              if name != "lm_head.weight"}  # tied to the embedding; safetensors refuses shares
     folder = tmp_path / "ckpt"

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_train import FAST, code_data
-from train_helpers import byte_tokenizer, tiny_causal_lm
+from helpers import FAST, code_data, tiny_llama
 
 import alphasel
 from alphasel.planner import make_plan
 from alphasel.training import TrainConfig, train
-
-
-@pytest.fixture
-def tokenizer():
-    return byte_tokenizer(pad_is_eos=True)
 
 
 def _history(record) -> pd.DataFrame:
@@ -23,7 +17,7 @@ def _history(record) -> pd.DataFrame:
 
 
 def test_epoch_zero_alpha_is_the_analysis_alpha_and_epochs_follow(tmp_path, tokenizer):
-    model = tiny_causal_lm()
+    model = tiny_llama()
     table = alphasel.analyze(model, progress=False)
     plan = make_plan(table, "blora", 1)
     record = train(model, plan, code_data(tokenizer),
@@ -50,7 +44,7 @@ def test_epoch_zero_alpha_is_the_analysis_alpha_and_epochs_follow(tmp_path, toke
 
 @pytest.mark.parametrize("remeasure, rows", [("candidates", 14), ("none", 0)])
 def test_remeasure_candidates_and_none(tmp_path, tokenizer, remeasure, rows):
-    model = tiny_causal_lm()
+    model = tiny_llama()
     plan = make_plan(alphasel.analyze(model, progress=False), "blora", 1)
     record = train(model, plan, code_data(tokenizer),
                    TrainConfig(max_steps=2, remeasure=remeasure, generate=False, **FAST),
@@ -66,7 +60,7 @@ def test_remeasure_candidates_and_none(tmp_path, tokenizer, remeasure, rows):
 
 
 def test_full_fine_tuning_measures_every_candidate_and_alpha_every(tmp_path, tokenizer):
-    record = train(tiny_causal_lm(), None, code_data(tokenizer),
+    record = train(tiny_llama(), None, code_data(tokenizer),
                    TrainConfig(method="full", max_steps=4, alpha_every=2, generate=False,
                                **FAST), tokenizer=tokenizer, out=tmp_path / "run",
                    progress=False)

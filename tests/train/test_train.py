@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import pandas as pd
 import pytest
 import torch
-from plan_helpers import alpha_table
-from train_helpers import byte_tokenizer, tiny_bert, tiny_causal_lm
+from helpers import (
+    FAST,
+    alpha_table,
+    byte_tokenizer,
+    code_data,
+    instruction_data,
+    tiny_bert,
+    tiny_llama,
+    topic_data,
+)
 from transformers import TrainerCallback
 
 import alphasel
@@ -19,56 +26,17 @@ from alphasel.planner import make_plan
 from alphasel.training import RunRecord, TrainConfig, list_runs, resume, train
 from alphasel.training.adapters import prepare_model
 from alphasel.training.builder import build_trainer
-from alphasel.training.data import TrainData
 from alphasel.training.record import is_complete
-
-FAST = dict(batch_size=4, max_new_tokens=4, log_every=1)
-
-
-def code_data(tokenizer, documents: int = 30, length: int = 40) -> TrainData:
-    """Pre-tokenized chunks, as load_data gives text data: one EOS-terminated chunk per doc."""
-    texts = [f"def add_{i}(x):\n    return x + {i}\n" * 2 for i in range(documents)]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"][:length - 1]
-           + [tokenizer.eos_token_id] for text in texts]
-    return TrainData("toy-code", "text", datasets.Dataset.from_dict({"input_ids": ids[:-6]}),
-                     datasets.Dataset.from_dict({"input_ids": ids[-6:]}), None, "f-code",
-                     "toy code", ["def add_1(x):"], {})
-
-
-def instruction_data(prompt_words: int = 3) -> TrainData:
-    prompts = [f"### Instruction:\nadd {' '.join(['one'] * prompt_words)} {i}\n\n### Response:\n"
-               for i in range(16)]
-    completions = [f"x + {i}" for i in range(16)]
-    split = {"prompt": prompts[:12], "completion": completions[:12]}
-    held = {"prompt": prompts[12:], "completion": completions[12:]}
-    return TrainData("toy-instruct", "instruction", datasets.Dataset.from_dict(split),
-                     datasets.Dataset.from_dict(held), None, "f-instr", "toy instructions",
-                     ["add 3"], {})
-
-
-def topic_data(tokenizer) -> TrainData:
-    texts = [("fine " if i % 2 else "awful ") * 2 + str(i) for i in range(24)]
-    encoded = tokenizer(texts, truncation=True, max_length=32)
-    full = datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],
-                                       "attention_mask": encoded["attention_mask"],
-                                       "labels": [i % 2 for i in range(24)]})
-    return TrainData("toy-topics", "classification", full.select(range(18)),
-                     full.select(range(18, 24)), ["awful", "fine"], "f-cls", "toy topics", [], {})
-
-
-@pytest.fixture
-def tokenizer():
-    return byte_tokenizer(pad_is_eos=True)
 
 
 @pytest.fixture
 def blora_plan():
-    return make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    return make_plan(alpha_table(tiny_llama()), "blora", 1)
 
 
 def test_lora_run_writes_the_record_design_lays_out(tmp_path, tokenizer, blora_plan):
     out = tmp_path / "run"
-    record = train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+    record = train(tiny_llama(), blora_plan, code_data(tokenizer),
                    TrainConfig(max_steps=6, eval_every=3, **FAST), tokenizer=tokenizer, out=out,
                    progress=False)
     assert record.complete and is_complete(out)
@@ -87,7 +55,7 @@ def test_lora_run_writes_the_record_design_lays_out(tmp_path, tokenizer, blora_p
     assert summary["eval_loss"] == metrics["eval_loss"].dropna().iloc[-1]
     assert summary["best_eval_loss"] == metrics["eval_loss"].min()
     assert summary["trainable_params"] == blora_plan.trainable_params  # LoRA A and B only
-    assert summary["total_params"] == sum(p.numel() for p in tiny_causal_lm().parameters()) \
+    assert summary["total_params"] == sum(p.numel() for p in tiny_llama().parameters()) \
         + blora_plan.trainable_params
     assert summary["train_tokens"] == 6 * 4 * 40  # batches of 4 unpadded 40-token chunks
     assert summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
@@ -113,7 +81,7 @@ def test_lora_run_writes_the_record_design_lays_out(tmp_path, tokenizer, blora_p
 
 
 def test_adapters_train_and_the_base_stays_frozen(tmp_path, tokenizer, blora_plan):
-    model = tiny_causal_lm()
+    model = tiny_llama()
     base_before = model.model.layers[1].self_attn.q_proj.weight.detach().clone()
     record = train(model, blora_plan, code_data(tokenizer),
                    TrainConfig(max_steps=3, lr=1e-2, generate=False, **FAST),
@@ -128,7 +96,7 @@ def test_adapters_train_and_the_base_stays_frozen(tmp_path, tokenizer, blora_pla
                                            ("full", None)])
 def test_methods(tmp_path, tokenizer, blora_plan, method, extra):
     plan = None if method == "full" else blora_plan
-    model = tiny_causal_lm()
+    model = tiny_llama()
     total = sum(p.numel() for p in model.parameters())
     record = train(model, plan, code_data(tokenizer),
                    TrainConfig(method=method, max_steps=2, generate=False, **FAST),
@@ -149,14 +117,14 @@ def test_methods(tmp_path, tokenizer, blora_plan, method, extra):
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path, tokenizer, blora_plan):
-    record = train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+    record = train(tiny_llama(), blora_plan, code_data(tokenizer),
                    TrainConfig(max_steps=1, bf16=True, generate=False, **FAST),
                    tokenizer=tokenizer, out=tmp_path / "run", progress=False)
     assert record.complete and record.config["config"]["bf16"] is True
 
 
 def test_lora_init_reaches_peft(tokenizer, blora_plan):
-    model = prepare_model(tiny_causal_lm(), blora_plan,
+    model = prepare_model(tiny_llama(), blora_plan,
                           TrainConfig(lora_init="gaussian", lora_dropout=0.1))
     config = model.peft_config["default"]
     assert config.init_lora_weights == "gaussian" and config.lora_dropout == 0.1
@@ -166,9 +134,9 @@ def test_instruction_labels_mask_the_prompt_and_learn_eos_when_pad_is_eos(tmp_pa
     """One example's labels, token by token, as the Trainer's collator hands them to the loss."""
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     data = instruction_data()
-    plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
     config = TrainConfig(max_steps=1, max_seq_len=128, **FAST)
-    model = prepare_model(tiny_causal_lm(), plan, config)
+    model = prepare_model(tiny_llama(), plan, config)
     trainer = build_trainer(model, tokenizer, data, config, tmp_path, [], progress=False)
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -194,7 +162,7 @@ def test_instruction_labels_mask_the_prompt_and_learn_eos_when_pad_is_eos(tmp_pa
 def test_too_short_sequences_leave_no_response_tokens(tmp_path, tokenizer, blora_plan):
     data = instruction_data(prompt_words=20)  # prompts of ~120 tokens
     with pytest.raises(DataError, match="--max-seq-len 16 leaves no response tokens"):
-        train(tiny_causal_lm(), blora_plan, data,
+        train(tiny_llama(), blora_plan, data,
               TrainConfig(max_steps=1, max_seq_len=16, generate=False, **FAST),
               tokenizer=tokenizer, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written
@@ -251,7 +219,7 @@ def test_plan_from_a_base_checkpoint_aligns_to_the_task_model():
     assert [m.name for m in aligned.modules] == [f"bert.{m.name}" for m in plan.modules]
     assert "base model prefix 'bert'" in aligned.notes[-1]
     assert align_plan(aligned, model) is aligned  # already aligned: unchanged
-    llama_plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    llama_plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
     assert align_plan(llama_plan, model) is llama_plan
 
 
@@ -271,16 +239,16 @@ def test_resume_continues_to_the_same_record(tmp_path, tokenizer, blora_plan):
     data = code_data(tokenizer)
     config = TrainConfig(max_steps=8, save_every=2, eval_every=4, lr=5e-3, generate=False,
                          **FAST)
-    whole = train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+    whole = train(tiny_llama(), blora_plan, data, config, tokenizer=tokenizer,
                   out=tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+        train(tiny_llama(), blora_plan, data, config, tokenizer=tokenizer,
               out=tmp_path / "cut", progress=False, callbacks=[_Crash(5)])
     cut = RunRecord.load(tmp_path / "cut")
     assert not cut.complete and cut.metrics()["step"].max() == 5
     assert list_runs(tmp_path).set_index("run_id").loc["cut", "status"] == "incomplete"
 
-    resumed = resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data,
+    resumed = resume(tmp_path / "cut", model=tiny_llama(), tokenizer=tokenizer, data=data,
                      progress=False)
     assert resumed.complete and resumed.summary["resumed_from_step"] == 4
     steps = resumed.metrics()
@@ -292,20 +260,20 @@ def test_resume_continues_to_the_same_record(tmp_path, tokenizer, blora_plan):
     alpha = pd.read_csv(tmp_path / "cut" / "alpha_history.csv")
     assert alpha.groupby("step")["name"].count().to_dict() == {0: 7, 6: 7, 8: 7}
     with pytest.raises(RunError, match="already complete"):
-        resume(tmp_path / "cut", model=tiny_causal_lm(), tokenizer=tokenizer, data=data)
+        resume(tmp_path / "cut", model=tiny_llama(), tokenizer=tokenizer, data=data)
 
 
 def test_output_directory_holding_a_run_is_refused(tmp_path, tokenizer, blora_plan):
     config = TrainConfig(max_steps=1, generate=False, **FAST)
     data = code_data(tokenizer)
-    train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer, out=tmp_path / "run",
+    train(tiny_llama(), blora_plan, data, config, tokenizer=tokenizer, out=tmp_path / "run",
           progress=False)
     before = (tmp_path / "run" / "summary.json").read_text()
     with pytest.raises(RunError, match="already holds a complete run: pass --overwrite"):
-        train(tiny_causal_lm(), blora_plan, data, config, tokenizer=tokenizer,
+        train(tiny_llama(), blora_plan, data, config, tokenizer=tokenizer,
               out=tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "summary.json").read_text() == before
-    again = train(tiny_causal_lm(), blora_plan, data,
+    again = train(tiny_llama(), blora_plan, data,
                   TrainConfig(max_steps=2, generate=False, **FAST), tokenizer=tokenizer,
                   out=tmp_path / "run", overwrite=True, progress=False)
     assert json.loads(before)["global_step"] == 1 and again.summary["global_step"] == 2
@@ -313,22 +281,22 @@ def test_output_directory_holding_a_run_is_refused(tmp_path, tokenizer, blora_pl
 
 
 def test_plan_for_another_model_is_refused_before_training(tmp_path, tokenizer):
-    plan = make_plan(alpha_table(tiny_causal_lm(layers=4)), "last", 1)  # block 3
+    plan = make_plan(alpha_table(tiny_llama(layers=4)), "last", 1)  # block 3
     with pytest.raises(PlanError, match="model.layers.3.self_attn.q_proj"):
-        train(tiny_causal_lm(layers=2), plan, code_data(tokenizer), TrainConfig(**FAST),
+        train(tiny_llama(layers=2), plan, code_data(tokenizer), TrainConfig(**FAST),
               tokenizer=tokenizer, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
 def test_method_and_plan_must_agree(tmp_path, tokenizer, blora_plan):
     with pytest.raises(TrainConfigError, match="--method full trains every weight"):
-        train(tiny_causal_lm(), blora_plan, code_data(tokenizer), TrainConfig(method="full"),
+        train(tiny_llama(), blora_plan, code_data(tokenizer), TrainConfig(method="full"),
               tokenizer=tokenizer, out=tmp_path / "a")
     with pytest.raises(TrainConfigError, match="--method dora needs a plan"):
-        train(tiny_causal_lm(), None, code_data(tokenizer), TrainConfig(method="dora"),
+        train(tiny_llama(), None, code_data(tokenizer), TrainConfig(method="dora"),
               tokenizer=tokenizer, out=tmp_path / "b")
     with pytest.raises(TrainConfigError, match="data 'toy-topics' is classification data"):
-        train(tiny_causal_lm(), blora_plan, topic_data(tokenizer), TrainConfig(),
+        train(tiny_llama(), blora_plan, topic_data(tokenizer), TrainConfig(),
               tokenizer=tokenizer, out=tmp_path / "c")
 
 
@@ -336,14 +304,14 @@ def test_alphasel_train_stays_callable_after_its_package_is_imported(tokenizer):
     import alphasel.training.data  # noqa: F401  (binds the subpackage's modules)
 
     config = alphasel.TrainConfig(method="full")
-    plan = make_plan(alpha_table(tiny_causal_lm()), "blora", 1)
+    plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
     assert callable(alphasel.train)
     with pytest.raises(TrainConfigError, match="takes no plan"):  # the real entry ran
-        alphasel.train(tiny_causal_lm(), plan, "stdlib-code", config, tokenizer=tokenizer)
+        alphasel.train(tiny_llama(), plan, "stdlib-code", config, tokenizer=tokenizer)
 
 
 def test_report_to_tensorboard_writes_into_the_run(tmp_path, tokenizer, blora_plan):
-    record = train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+    record = train(tiny_llama(), blora_plan, code_data(tokenizer),
                    TrainConfig(max_steps=2, report_to="tensorboard", generate=False, **FAST),
                    tokenizer=tokenizer, out=tmp_path / "run", progress=False)
     assert list((record.path / "tensorboard").glob("events.out.tfevents.*"))
@@ -358,7 +326,7 @@ def test_report_to_a_missing_integration_is_refused(tmp_path, tokenizer, blora_p
     if "wandb" in get_available_reporting_integrations():
         pytest.skip("wandb is installed here")
     with pytest.raises(TrainConfigError, match="pip install wandb"):
-        train(tiny_causal_lm(), blora_plan, code_data(tokenizer),
+        train(tiny_llama(), blora_plan, code_data(tokenizer),
               TrainConfig(report_to="wandb", **FAST), tokenizer=tokenizer,
               out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -407,7 +375,7 @@ def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer):
     import bitsandbytes
 
     folder = tmp_path / "tiny"
-    model = tiny_causal_lm(hidden=64)
+    model = tiny_llama(hidden=64)
     blora_plan = make_plan(alpha_table(model), "blora", 1)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -432,7 +400,7 @@ def test_hub_id_trains_from_the_cache_offline(tmp_path, offline_hub, tokenizer, 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = offline_hub / "models--tiny-org--tiny-llama"
     snapshot = repo / "snapshots" / commit
-    tiny_causal_lm().save_pretrained(snapshot)
+    tiny_llama().save_pretrained(snapshot)
     tokenizer.save_pretrained(snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)

@@ -7,11 +7,8 @@ import copy
 
 import numpy as np
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from test_train import FAST, code_data
-from train_helpers import byte_tokenizer, tiny_causal_lm
-from transformers import GPT2Config, GPT2LMHeadModel
+from helpers import FAST, byte_tokenizer, code_data, tiny_gpt2, tiny_llama, trained_adapters
+from peft import LoraConfig
 
 import alphasel
 import alphasel.cli
@@ -19,33 +16,13 @@ from alphasel.errors import SourceError
 from alphasel.planner import make_plan
 from alphasel.training import TrainConfig, train
 
-
-def tiny_gpt2() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100,
-                                      n_positions=64))
-
-
-def _trained_adapter(model: torch.nn.Module, config: LoraConfig) -> torch.nn.Module:
-    """A PEFT model whose adapters moved away from their zero start, as after training."""
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
-            elif "lora_magnitude_vector" in name:
-                parameter.mul_(1 + 0.2 * torch.rand(parameter.shape, generator=generator))
-    return peft_model
-
-
 CASES = {
-    "lora": (tiny_causal_lm, dict(target_modules=["q_proj", "v_proj", "down_proj"])),
-    "rslora-patterns": (tiny_causal_lm, dict(
+    "lora": (tiny_llama, dict(target_modules=["q_proj", "v_proj", "down_proj"])),
+    "rslora-patterns": (tiny_llama, dict(
         target_modules=["q_proj", "down_proj"], use_rslora=True,
         rank_pattern={r"model\.layers\.1\.mlp\.down_proj": 2},
         alpha_pattern={r"model\.layers\.0\.self_attn\.q_proj": 3})),
-    "dora": (tiny_causal_lm, dict(target_modules=["q_proj", "up_proj"], use_dora=True)),
+    "dora": (tiny_llama, dict(target_modules=["q_proj", "up_proj"], use_dora=True)),
     "gpt2-conv1d": (tiny_gpt2, dict(target_modules=["c_attn", "c_fc"], fan_in_fan_out=True)),
 }
 
@@ -55,7 +32,7 @@ def test_adapted_rows_equal_the_merged_model(tmp_path, case):
     make, options = CASES[case]
     base = make()
     base.save_pretrained(tmp_path / "base")
-    peft_model = _trained_adapter(make(), LoraConfig(r=4, lora_alpha=8, **options))
+    peft_model = trained_adapters(make(), LoraConfig(r=4, lora_alpha=8, **options))
     peft_model.save_pretrained(tmp_path / "adapter")
     merged = copy.deepcopy(peft_model).merge_and_unload()
 
@@ -78,7 +55,7 @@ def test_adapted_rows_equal_the_merged_model(tmp_path, case):
 
 def test_a_training_runs_adapter_gives_its_final_alpha_history(tmp_path):
     tokenizer = byte_tokenizer(pad_is_eos=True)
-    tiny_causal_lm().save_pretrained(tmp_path / "base")
+    tiny_llama().save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     table = alphasel.analyze(str(tmp_path / "base"), progress=False)
     plan = make_plan(table, "blora", 1)
@@ -95,8 +72,8 @@ def test_a_training_runs_adapter_gives_its_final_alpha_history(tmp_path):
 
 
 def test_bad_adapters_are_one_line_errors(tmp_path, capsys):
-    tiny_causal_lm(layers=2).save_pretrained(tmp_path / "base")
-    _trained_adapter(tiny_causal_lm(layers=4), LoraConfig(
+    tiny_llama(layers=2).save_pretrained(tmp_path / "base")
+    trained_adapters(tiny_llama(layers=4), LoraConfig(
         r=4, target_modules=["q_proj"], layers_to_transform=[3])).save_pretrained(
         tmp_path / "deeper")
     with pytest.raises(SourceError, match="model.layers.3.self_attn.q_proj, which the base"):

@@ -10,11 +10,9 @@ import json
 import pandas as pd
 import pytest
 import torch
+from helpers import FAST, adapted_model, code_data, tiny_llama
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
-from test_effective import _adapted
-from test_train import FAST, code_data
-from train_helpers import byte_tokenizer, tiny_causal_lm
 
 import alphasel
 from alphasel.errors import RunError, TrainConfigError
@@ -29,11 +27,6 @@ from alphasel.training.reselect import (
 )
 
 
-@pytest.fixture
-def tokenizer():
-    return byte_tokenizer(pad_is_eos=True)
-
-
 def _selections(record) -> list[dict]:
     return [json.loads(line) for line in
             (record.path / "selections.jsonl").read_text().splitlines()]
@@ -42,7 +35,7 @@ def _selections(record) -> list[dict]:
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("variant", ["lora", "rslora", "dora"])
 def test_folding_equals_merge_and_unload(arch, variant):
-    peft_model, layers = _adapted(arch, variant, perturb=True)
+    peft_model, layers = adapted_model(arch, variant, trained=True)
     merged = copy.deepcopy(peft_model).merge_and_unload()
     folded = fold_adapters(peft_model)
     assert not any(isinstance(module, LoraLayer) for module in folded.modules())
@@ -53,7 +46,7 @@ def test_folding_equals_merge_and_unload(arch, variant):
 
 
 def test_epoch_reselection_records_rounds_and_rebuilds_the_trained_model(tmp_path, tokenizer):
-    model = tiny_causal_lm(layers=4)
+    model = tiny_llama(layers=4)
     base = copy.deepcopy(model)
     table = alphasel.analyze(model, progress=False)
     plan = make_plan(table, "blora", 1)
@@ -94,7 +87,7 @@ def test_epoch_reselection_records_rounds_and_rebuilds_the_trained_model(tmp_pat
     assert not (record.path / "checkpoints").exists()  # re-selection checkpoints are consumed
 
     # The learning rate continues the run's schedule across re-selections.
-    plain = train(tiny_causal_lm(layers=4), plan, code_data(tokenizer), TrainConfig(**config),
+    plain = train(tiny_llama(layers=4), plan, code_data(tokenizer), TrainConfig(**config),
                   tokenizer=tokenizer, out=tmp_path / "plain", progress=False)
     lrs = record.metrics().dropna(subset=["loss"]).set_index("step")["lr"]
     plain_lrs = plain.metrics().dropna(subset=["loss"]).set_index("step")["lr"]
@@ -109,7 +102,7 @@ def test_epoch_reselection_records_rounds_and_rebuilds_the_trained_model(tmp_pat
 def test_fresh_adapters_train_from_their_first_step(tmp_path, tokenizer):
     """--reselect-every 1: every round trains exactly one step, so a nonzero B (PEFT starts it
     at zero) in every round's adapter shows the optimizer saw the new parameters."""
-    model = tiny_causal_lm(layers=4)
+    model = tiny_llama(layers=4)
     plan = make_plan(alphasel.analyze(model, progress=False), "random", 2, unit="block",
                      seed=3)
     record = train(model, plan, code_data(tokenizer),
@@ -155,7 +148,7 @@ def test_replan_holds_the_budget_by_rechoosing_k():
 
 
 def test_candidate_table_reads_shapes_and_random_rounds_differ(tokenizer):
-    model = tiny_causal_lm(layers=4)
+    model = tiny_llama(layers=4)
     table = alphasel.analyze(model, progress=False)
     plan = make_plan(table, "random", 2, seed=5)
     rows = table[["name", "block", "kind", "alpha"]].to_dict("records")
@@ -187,6 +180,6 @@ def test_reselect_with_4bit_is_refused():
 
 def test_a_reselecting_run_is_not_resumed(tmp_path, tokenizer):
     with pytest.raises(RunError, match="cannot be resumed"):
-        train(tiny_causal_lm(), make_plan(alphasel.analyze(tiny_causal_lm(), progress=False),
+        train(tiny_llama(), make_plan(alphasel.analyze(tiny_llama(), progress=False),
                                           "blora", 1), code_data(tokenizer),
               TrainConfig(reselect=True, **FAST), tokenizer=tokenizer, resume=tmp_path)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_llama, write_gguf
+from helpers import ANALYSIS_LLAMA, tiny_llama, write_gguf
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
@@ -27,7 +27,7 @@ from alphasel.cli import main
 
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:
-    model = tiny_llama(layers=2, seed=seed)
+    model = tiny_llama(layers=2, seed=seed, **ANALYSIS_LLAMA)
     # lm_head is tied to the embedding; safetensors refuses shared tensors.
     return {name: tensor.contiguous() for name, tensor in model.state_dict().items()
             if name != "lm_head.weight"}
@@ -307,7 +307,7 @@ def test_two_processes_writing_one_entry_never_tear_it(tmp_path):
 
 
 def test_in_memory_modules_are_never_cached(alpha_cache):
-    model = tiny_llama(layers=1)
+    model = tiny_llama(layers=1, **ANALYSIS_LLAMA)
     analyze(model, progress=False)
     table = analyze(model, progress=False)
     assert table.attrs["alphasel"]["cached"] == 0 and list(alpha_cache.iterdir()) == []
@@ -315,9 +315,9 @@ def test_in_memory_modules_are_never_cached(alpha_cache):
 
 def test_an_adapter_shares_the_base_entries_and_keys_its_own_on_its_files(tmp_path,
                                                                           fit_calls):
-    base = tiny_llama(layers=2)
+    base = tiny_llama(layers=2, **ANALYSIS_LLAMA)
     base.save_pretrained(tmp_path / "base")
-    peft_model = get_peft_model(tiny_llama(layers=2),
+    peft_model = get_peft_model(tiny_llama(layers=2, **ANALYSIS_LLAMA),
                                 LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from plan_helpers import CANDIDATE_ORDER, alpha_table, name, tiny_llama
+from helpers import ANALYSIS_LLAMA, CANDIDATE_ORDER, alpha_table, name, tiny_llama
 
 from alphasel.errors import PlanError, TableError
 from alphasel.planner import (
@@ -19,7 +19,7 @@ from alphasel.planner import (
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    return alpha_table(tiny_llama())
+    return alpha_table(tiny_llama(layers=4, **ANALYSIS_LLAMA))
 
 
 def block_names(*blocks: int) -> list[str]:
@@ -90,7 +90,7 @@ def test_random_without_seed_draws_and_records_one(table):
 
 
 def test_ties_fall_back_to_model_order():
-    model = tiny_llama()
+    model = tiny_llama(layers=4, **ANALYSIS_LLAMA)
     flat = alpha_table(model, alphas={block: [4.0] * 7 for block in range(4)})
     assert make_plan(flat, "alora", k=2).module_names == [name(0, "q"), name(0, "k")]
     assert make_plan(flat, "blora", k=2).module_names == block_names(0, 1)

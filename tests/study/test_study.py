@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from train_helpers import save_causal_lm, tiny_causal_lm, write_code_files
+from helpers import save_causal_lm, tiny_llama, write_code_files
 
 import alphasel
 import alphasel.cli
@@ -30,7 +30,7 @@ def code(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def table():
-    return alphasel.analyze(tiny_causal_lm(layers=4), progress=False)
+    return alphasel.analyze(tiny_llama(layers=4), progress=False)
 
 
 def test_schemes_with_options_parse_and_label():
@@ -177,7 +177,7 @@ def test_selection_stability_compares_estimators_and_draws(table):
     assert jaccard({"a", "b"}, {"b", "c"}) == 1 / 3 and jaccard(set(), set()) == 1.0
     spec = StudySpec("m", "d", parse_schemes("alora,blora,first"), k=[2], seeds=[0])
     entries = expand(spec, table)
-    model = tiny_causal_lm(layers=4)  # the model behind the `table` fixture
+    model = tiny_llama(layers=4)  # the model behind the `table` fixture
     calls = []
 
     def analyse(**options):

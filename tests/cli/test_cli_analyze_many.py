@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import tiny_llama
+from helpers import ANALYSIS_LLAMA, tiny_llama
 from safetensors.torch import save_file
 
 from alphasel.cli import main
@@ -16,7 +16,7 @@ from alphasel.table import latest_analysis, read_table
 
 def _checkpoint(folder: Path, seed: int) -> Path:
     """A 2-block Llama checkpoint directory (15 matrices)."""
-    model = tiny_llama(layers=2, seed=seed)
+    model = tiny_llama(layers=2, seed=seed, **ANALYSIS_LLAMA)
     folder.mkdir(parents=True)
     save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()
                if name != "lm_head.weight"}, folder / "model.safetensors")

@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from train_helpers import save_causal_lm, write_code_files
+from helpers import save_causal_lm, write_code_files
 
 import alphasel.cli
 from alphasel.errors import StudyError

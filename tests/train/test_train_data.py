@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 import pytest
-from train_helpers import byte_tokenizer
+from helpers import byte_tokenizer
 
 from alphasel.errors import DataError
 from alphasel.training import stdlib_data
@@ -22,11 +22,6 @@ from alphasel.training.data import BUILTIN, alpaca_prompt, load_data
 from alphasel.training.splits import NUM_PROMPTS
 
 EOS = 1  # the byte tokenizer's <eos>
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return byte_tokenizer(pad_is_eos=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from plan_helpers import alpha_table, name, tiny_llama
+from helpers import ANALYSIS_LLAMA, alpha_table, name, tiny_llama
 
 import alphasel.cli
 from alphasel.paths import runs_dir
@@ -22,7 +22,7 @@ def runs(tmp_path, monkeypatch):
 
 @pytest.fixture
 def analysis(runs):
-    return save_analysis(alpha_table(tiny_llama()), "tiny-llama")
+    return save_analysis(alpha_table(tiny_llama(layers=4, **ANALYSIS_LLAMA)), "tiny-llama")
 
 
 def plan_files(runs):
@@ -44,7 +44,8 @@ def test_plan_uses_latest_analysis_and_writes_under_runs_plans(runs, analysis, c
 
 
 def test_plan_with_analysis_out_and_options(runs, tmp_path, capsys):
-    table_path = write_table(alpha_table(tiny_llama()), tmp_path / "alpha.csv")
+    table_path = write_table(alpha_table(tiny_llama(layers=4, **ANALYSIS_LLAMA)),
+                             tmp_path / "alpha.csv")
     out = tmp_path / "plan.json"
     code = alphasel.cli.main(["plan", "--scheme", "alora", "--k", "2", "--order", "low",
                               "--kinds", "q,k,v", "--rank", "4", "--lora-alpha", "8",
@@ -96,7 +97,7 @@ def test_no_analysis_found(runs, capsys):
 
 
 def test_table_without_required_columns(runs, tmp_path, capsys):
-    table = alpha_table(tiny_llama()).drop(columns=["kind"])
+    table = alpha_table(tiny_llama(layers=4, **ANALYSIS_LLAMA)).drop(columns=["kind"])
     path = write_table(table, tmp_path / "alpha.csv")
     assert alphasel.cli.main(["plan", "--scheme", "first", "--k", "1",
                               "--analysis", str(path)]) == 2
@@ -110,8 +111,9 @@ def test_plan_from_an_analysis_carries_the_models_total_params(runs, tmp_path, c
     in the plan, so its share of the model is known without training."""
     from alphasel import analyze
 
-    table = analyze(tiny_llama(), progress=False)
-    expected = sum(module.weight.numel() for module in tiny_llama().modules()
+    model = tiny_llama(layers=4, **ANALYSIS_LLAMA)
+    table = analyze(model, progress=False)
+    expected = sum(module.weight.numel() for module in model.modules()
                    if getattr(module, "weight", None) is not None and module.weight.ndim == 2)
     assert table.attrs["alphasel"]["total_matrix_params"] == expected
     save_analysis(table, "tiny-llama")

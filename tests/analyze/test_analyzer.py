@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_llama
+from helpers import ANALYSIS_LLAMA, tiny_gpt2, tiny_llama
 from safetensors.torch import save_file
 
 from alphasel import analyze
@@ -13,7 +13,7 @@ from alphasel.spectra import working_bytes
 
 
 def test_table_for_an_in_memory_llama():
-    model = tiny_llama(layers=2)
+    model = tiny_llama(layers=2, **ANALYSIS_LLAMA)
     table = analyze(model, progress=False)
     assert list(table.columns) == COLUMNS
     # 2 blocks × 7 linears + embedding + head
@@ -69,7 +69,7 @@ def test_bad_matrices_get_a_status_row_not_a_crash():
 
 
 def test_include_exclude_and_their_errors():
-    model = tiny_llama(layers=2)
+    model = tiny_llama(layers=2, **ANALYSIS_LLAMA)
     table = analyze(model, include=[r"self_attn\.(q|k)_proj"], exclude=["layers\\.0\\."],
                     progress=False)
     assert sorted(table["name"]) == ["model.layers.1.self_attn.k_proj",
@@ -81,7 +81,7 @@ def test_include_exclude_and_their_errors():
 
 
 def test_results_do_not_depend_on_workers():
-    model = tiny_llama(layers=3)
+    model = tiny_llama(layers=3, **ANALYSIS_LLAMA)
     one = analyze(model, workers=1, progress=False)
     two = analyze(model, workers=2, progress=False)
     pd.testing.assert_frame_equal(one, two)
@@ -106,14 +106,11 @@ def test_half_precision_checkpoint_matches_its_float32_twin(tmp_path):
 ])
 def test_bad_options_are_named(option, value, message):
     with pytest.raises(AnalysisOptionError, match=message):
-        analyze(tiny_llama(layers=1), progress=False, **{option: value})
+        analyze(tiny_llama(layers=1, **ANALYSIS_LLAMA), progress=False, **{option: value})
 
 
 def test_gpt2_conv1d_and_fused_attention():
-    from transformers import GPT2Config, GPT2Model
-
-    torch.manual_seed(0)
-    model = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=80, n_positions=40))
+    model = tiny_gpt2(head=False, vocab_size=80, positions=40)
     table = analyze(model, progress=False).set_index("name")
     # Conv1D stores weights as in × out; the table keeps the stored shape.
     assert (table.loc["h.1.attn.c_attn", ["block", "kind", "rows", "cols"]].tolist()
@@ -216,7 +213,7 @@ def test_device_path_reads_stored_precision_and_matches_the_cpu_path(tmp_path, m
     from alphasel.sources.files import SafetensorsSource, TorchBinSource
     from alphasel.sources.module import ModuleSource
 
-    model = tiny_llama().bfloat16()
+    model = tiny_llama(**ANALYSIS_LLAMA).bfloat16()
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     if layout == "module":
         source, kind = model, ModuleSource
