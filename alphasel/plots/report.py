@@ -65,7 +65,7 @@ def write_report(study_dir: str | Path, smooth: int | None = None,
     ``study_dir``; return the report's path.
 
     ``smooth``: the loss curves' moving-average window in evaluation points (see
-    :func:`alphasel.study.figures.loss_curves_figure`). A study where no run has completed yet
+    :func:`alphasel.plots.comparison.loss_curves_figure`). A study where no run has completed yet
     gets a page that says so, with its table of counts, and no figure files."""
     study_dir = Path(study_dir)
     check_smooth(smooth)

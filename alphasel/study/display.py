@@ -1,6 +1,6 @@
 """The comparison table as people read it: intervals as ``mean [low, high]``, counts as whole
 numbers, unmatched baselines marked, one text cell per value. `alphasel compare` prints it and
-the study report (:mod:`alphasel.study.report`) renders it as HTML, so both show the same."""
+the study report (:mod:`alphasel.plots.report`) renders it as HTML, so both show the same."""
 
 from __future__ import annotations
 

@@ -4,11 +4,15 @@
     record = train("smollm2", plan, "stdlib-code", TrainConfig(epochs=3))
     record.summary["best_eval_loss"], record.metrics()
 
-Modules: ``config`` (TrainConfig), ``data`` (data sets → tokenized splits; ``splits`` and
-``stdlib_data`` behind it), ``models`` (models and tokenizers), ``trainer`` (the entry
-:func:`train`, on transformers' Trainer / TRL's SFTTrainer), ``callbacks`` (metrics and
-profiling), ``alpha`` (alpha across training), ``reselect`` (re-selection: fold, re-plan, fresh
-adapters), ``generations`` (before/after completions), ``record`` (the run directory).
+Modules: ``config`` (TrainConfig, whose fields are the CLI's training flags), ``data``
+(data sets → tokenized splits; ``splits`` and ``stdlib_data`` behind it), ``models`` (models
+and tokenizers), ``adapters`` (the model a run trains), ``builder`` (the transformers Trainer),
+``trainer`` (the entry :func:`train`, read as its phases), ``callbacks`` (metrics, profiling,
+the console), ``console`` (what the libraries may print), ``alpha`` (alpha across training),
+``effective`` (effective weights), ``history`` (alpha_history.csv and alpha change),
+``reselect`` (re-selection: fold, re-plan, fresh adapters, the rounds), ``distributed`` (one
+decision for every process), ``provenance`` (config.json), ``summary`` (summary.json),
+``generations`` (before/after completions), ``record`` (the run directory).
 Names are imported on first use, so importing this package loads neither torch nor TRL.
 """
 
