@@ -18,7 +18,7 @@ import pandas as pd
 
 from alphasel.columns import metadata
 from alphasel.errors import PlotError
-from alphasel.paths import model_slug, runs_dir
+from alphasel.paths import model_slug, plots_dir
 from alphasel.plots.comparison import STUDY_FIGURES, check_figure_options, study_figure
 from alphasel.plots.output import check_output_path, save_figure
 from alphasel.plots.report import write_report
@@ -88,7 +88,7 @@ def _default_out(plot: str, table_path: Path, table: pd.DataFrame,
         if versus == _slug(table_path, table):
             versus = model_slug(vs_path.parent.name or vs_path.stem)
         name += f"-vs-{versus}"
-    return runs_dir() / "plots" / f"{name}.html"
+    return plots_dir() / f"{name}.html"
 
 
 def run_training(args: argparse.Namespace) -> Path:
@@ -104,7 +104,7 @@ def run_training(args: argparse.Namespace) -> Path:
     figure_name = args.figure or "trajectories"
     run_dir = Path(args.table)
     fig = training_figure(figure_name, run_dir)
-    out = args.out or (runs_dir() / "plots"
+    out = args.out or (plots_dir()
                        / f"{model_slug(run_dir.resolve().name)}-training-{figure_name}.html")
     path = save_figure(fig, out)
     print(path)
@@ -118,7 +118,7 @@ def _figure_out(study: Path | None, name: str, smooth: int | None, metric: str |
         f"-smooth{smooth}" if smooth and smooth > 1 else "")
     if study is not None:
         return study / FIGURES_DIR / f"{stem}.html"
-    return runs_dir() / "plots" / f"compare-{stem}.html"
+    return plots_dir() / f"compare-{stem}.html"
 
 
 def run_compare(args: argparse.Namespace) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import html
 import json
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from alphasel.atomic import write_text
 from alphasel.errors import PlotError
 from alphasel.plots.comparison import check_smooth, study_figures
 from alphasel.plots.output import save_figure
+from alphasel.provenance import utc_now
 from alphasel.study.collect import collect_study
 from alphasel.study.directory import (
     FIGURES_DIR,
@@ -101,7 +101,7 @@ def render_report(spec: dict[str, Any], runs: pd.DataFrame, table: pd.DataFrame,
             f"{spec.get('data') or 'unknown data'}"
     parts = [f"<h1>{_escape(title)}</h1>",
              f"<p class='settings'>{_escape(name)} · written "
-             f"{datetime.now(UTC).isoformat(timespec='seconds')}</p>",
+             f"{utc_now()}</p>",
              _settings(spec), f"<p>{_escape(_counts(runs))}</p>"]
     if not (runs["status"] == RunState.COMPLETE).any():
         parts.append("<p class='empty'>No run has completed yet, so there is nothing to "
