@@ -36,6 +36,7 @@ from alphasel.study.directory import (
     SPEC_FILE,
     RunState,
     is_study,
+    log_file,
     run_folder,
     run_state,
     write_error,
@@ -116,17 +117,22 @@ def pack(study: Path, run_id: str) -> bytes:
     (adapter weights barely compress; their size is what crosses the network either way)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for relative in (Path(RUNS_DIR) / run_id, Path(LOGS_DIR) / f"{run_id}.log"):
-            if (study / relative).exists():
-                archive.add(study / relative, arcname=str(relative))
+        for path in _shipped(study, run_id):
+            if path.exists():
+                archive.add(path, arcname=path.relative_to(study).as_posix())
     return buffer.getvalue()
+
+
+def _shipped(study: Path, run_id: str) -> tuple[Path, Path]:
+    """What of a run crosses the network: its directory, then its log."""
+    return run_folder(study, run_id), log_file(study, run_id)
 
 
 def unpack(study: Path, run_id: str, data: bytes) -> None:
     """Put a shipped run into ``study``, replacing what an earlier attempt left. Only the run's
     own directory and log are taken from the archive, through tarfile's ``data`` filter (no
     links out, no absolute paths)."""
-    allowed = (f"{RUNS_DIR}/{run_id}", f"{LOGS_DIR}/{run_id}.log")
+    allowed = tuple(path.relative_to(study).as_posix() for path in _shipped(study, run_id))
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
         members = archive.getmembers()
         strays = [m.name for m in members

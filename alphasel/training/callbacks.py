@@ -23,6 +23,12 @@ _EVAL_PREFIX = "eval_"
 _EVAL_TIMING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
 
+def _eval_results(logs: dict) -> dict:
+    """An evaluation's results in a Trainer log: its eval_* keys but the timing ones."""
+    return {key: value for key, value in logs.items()
+            if key.startswith(_EVAL_PREFIX) and key not in _EVAL_TIMING}
+
+
 class MetricsCallback(TrainerCallback):
     """One metrics.jsonl line per logged step (loss, lr, grad_norm, tokens_per_s) and per
     evaluation (eval_loss, eval_accuracy, …), each with its step and epoch.
@@ -65,8 +71,7 @@ class MetricsCallback(TrainerCallback):
             return
         row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch}
         if any(key.startswith(_EVAL_PREFIX) for key in logs):
-            row.update({key: value for key, value in logs.items()
-                        if key.startswith(_EVAL_PREFIX) and key not in _EVAL_TIMING})
+            row.update(_eval_results(logs))
             self.writer.log_metrics(row)
             return
         if "loss" not in logs:  # the Trainer's closing train_runtime/train_loss summary
@@ -140,10 +145,8 @@ class ConsoleCallback(TrainerCallback):
             return
         if "loss" in logs:
             self.shown["loss"] = _number(logs["loss"])
-        results = {key.removeprefix("eval_"): value for key, value in logs.items()
-                   if key.startswith("eval_") and key not in ("eval_runtime",
-                                                              "eval_samples_per_second",
-                                                              "eval_steps_per_second")}
+        results = {key.removeprefix(_EVAL_PREFIX): value
+                   for key, value in _eval_results(logs).items()}
         if results:
             self.shown["eval_loss"] = _number(results.get("loss"))
             line = f"step {state.global_step}: " + ", ".join(

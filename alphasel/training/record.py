@@ -154,14 +154,6 @@ class RunWriter:
                            "a new run instead")
         return cls(path)
 
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.path / ADAPTER_DIR
-
     def write_config(self, config: dict) -> None:
         write_json(self.path / CONFIG_FILE, {"record": RECORD_KIND,
                                              "schema_version": SCHEMA_VERSION, **config})
