@@ -6,6 +6,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from alphasel.sources.adapter import AdapterOverlay
 from alphasel.spectra import (
     NonFiniteError,
     check_device,
+    device_working_bytes,
     eigensolver,
     eigenvalues,
     gram_eigenvalues,
@@ -47,6 +49,10 @@ from alphasel.spectra import (
 
 # Share of the RAM available when an analysis starts that its matrices may hold at once.
 _MEMORY_SHARE = 0.5
+# Share of a GPU's memory free when an analysis starts that its matrices may hold at once: the
+# rest stays for the CUDA context's libraries (cuBLAS, cuSOLVER), the caching allocator's
+# fragmentation and other processes on the GPU.
+_DEVICE_MEMORY_SHARE = 0.8
 # Threads that work on the GPU path at once: one reads (and upcasts) the next matrix while
 # another's Gram matrix and eigenvalues are on the GPU.
 _GPU_WORKERS = 2
@@ -119,12 +125,28 @@ def analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str 
     try:
         if downsampling.active:
             return _analyze_samples(matrix, name, estimator, device, downsampling)
-        evals = gram_eigenvalues(gram, share) if gram is not None else eigenvalues(matrix, device)
+        evals = (gram_eigenvalues(gram, share) if gram is not None
+                 else _eigenvalues(matrix, name, device))
     except NonFiniteError:
         return _non_finite_status(matrix)
     if evals[-1] <= EVALS_THRESHOLD:
         return {"status": f"all-zero spectrum (no eigenvalue above {EVALS_THRESHOLD:g})"}
     return _spectrum_metrics(evals, estimator)
+
+
+def _eigenvalues(matrix: np.ndarray | torch.Tensor, name: str, device: str) -> np.ndarray:
+    """:func:`eigenvalues` on ``device``; a matrix the GPU has no memory left for (another
+    process took it, or the budget's estimate fell short) is computed on the CPU instead, to
+    the same float64 eigenvalues, rather than ending the analysis."""
+    if device == "cpu":
+        return eigenvalues(matrix)
+    try:
+        return eigenvalues(matrix, device)
+    except torch.OutOfMemoryError:
+        pass  # outside the except block, the failed attempt's device tensors are released
+    warnings.warn(f"{name}: out of memory on {device}, its eigenvalues were computed on the CPU "
+                  "instead (slower, same result)", stacklevel=3)
+    return eigenvalues(matrix)
 
 
 def _analyze_samples(matrix: np.ndarray, name: str, estimator: str, device: str,
@@ -136,7 +158,7 @@ def _analyze_samples(matrix: np.ndarray, name: str, estimator: str, device: str,
     fitted = []
     for draw in range(downsampling.samples):
         generator = sample_generator(downsampling.seed, name, draw)
-        evals = eigenvalues(sample_submatrix(matrix, rows, cols, generator), device)
+        evals = _eigenvalues(sample_submatrix(matrix, rows, cols, generator), name, device)
         if evals[-1] > EVALS_THRESHOLD:
             metrics = _spectrum_metrics(evals, estimator)
             if metrics["status"] == STATUS_OK:
@@ -181,7 +203,9 @@ def analyze(
     ``workers`` matrices are analysed at once, each with ``cores // workers`` BLAS threads;
     by default as many as there are CPU cores, fewer when the largest matrices' working memory
     would not fit ``memory_gb`` (default: half the RAM available at the start), see
-    :func:`schedule`.
+    :func:`schedule`. On a CUDA device two matrices are in flight, each also waiting for room
+    in a share of the GPU memory free at the start; one the GPU cannot fit after all is
+    computed on the CPU, with a warning.
     ``adapter``, a PEFT LoRA/rsLoRA/DoRA adapter directory, replaces each matrix it adapts by
     its effective weight W + ΔW; the table's ``adapted`` column marks those rows.
     ``cache`` reads each matrix's result from the result cache when an identical analysis of
@@ -209,8 +233,11 @@ def analyze(
                "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES}}
         limit = int(memory_gb * 1e9) if memory_gb is not None \
             else int(_MEMORY_SHARE * available_memory())
+        device_limit = (int(_DEVICE_MEMORY_SHARE * available_device_memory(device))
+                        if torch.device(device).type == "cuda" else None)
         plan = schedule(list(fitted_shapes.values()), usable_cores(), limit,
-                        workers if device == "cpu" or workers is not None else _GPU_WORKERS)
+                        workers if device == "cpu" or workers is not None else _GPU_WORKERS,
+                        device_limit)
         fits = _MatrixFits(source, estimator, device, downsampling, plan, store, key)
         rows, cached = _fit_all(fits, refs, min_evals, plan, progress)
         meta = {
@@ -283,10 +310,19 @@ class Schedule:
     memory_limit: int
     """Bytes of working memory the matrices in flight may hold together (see
     :func:`working_bytes`); a matrix waits for room before it is read."""
+    device_memory_limit: int | None = None
+    """On a CUDA device, the bytes of device memory they may hold together there (see
+    :func:`device_working_bytes`), which a matrix also waits for; None elsewhere."""
+
+    def limits(self) -> tuple[int, ...]:
+        """The limits of each memory the matrices occupy: host RAM, then the device's."""
+        if self.device_memory_limit is None:
+            return (self.memory_limit,)
+        return self.memory_limit, self.device_memory_limit
 
 
 def schedule(shapes: list[tuple[int, int]], cores: int, memory_limit: int,
-             workers: int | None = None) -> Schedule:
+             workers: int | None = None, device_memory_limit: int | None = None) -> Schedule:
     """Workers × BLAS threads for matrices of these ``shapes`` on ``cores`` cores.
 
     One matrix per core, one BLAS thread each, as long as that many of the largest matrices
@@ -297,11 +333,12 @@ def schedule(shapes: list[tuple[int, int]], cores: int, memory_limit: int,
     admits fewer, each of the fewer workers gets more BLAS threads, so no core idles (the
     analyzer once ran the large matrices one by one on a single thread). Large matrices then
     share the cores as they go (:class:`CoreShare`). An explicit ``workers`` is kept.
+    ``device_memory_limit`` bounds the matrices on a GPU as well (see :class:`Schedule`).
     """
     largest = max((working_bytes(shape) for shape in shapes), default=1)
     if workers is None:
         workers = max(1, min(cores, memory_limit // largest, len(shapes)))
-    return Schedule(workers, max(1, cores // workers), memory_limit)
+    return Schedule(workers, max(1, cores // workers), memory_limit, device_memory_limit)
 
 
 def usable_cores() -> int:
@@ -324,6 +361,13 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def available_device_memory(device: str) -> int:
+    """Bytes of memory free on a CUDA ``device`` (``cuda``: the current one), as the driver
+    counts them: the model's weights, when they are there, are already taken."""
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return free
+
+
 def _work_order(refs: list[MatrixRef]) -> list[int]:
     """Indexes of ``refs`` (in reading order) in the order to start them: block by block as
     read, the costliest Gram matrices of a block first, so a block's last matrix is a small
@@ -339,20 +383,28 @@ def _work_order(refs: list[MatrixRef]) -> list[int]:
 
 
 class _MemoryBudget:
-    """Bounds the bytes of matrices being worked on at once. A matrix larger than the whole
-    budget still runs, but alone, so peak memory follows the largest matrix, not the model."""
+    """Bounds the bytes of matrices being worked on at once, in each memory they occupy (host
+    RAM; on a GPU its memory too): a matrix starts once its cost in each fits beside the others
+    in flight. A matrix larger than a whole limit still runs, but alone, so peak memory follows
+    the largest matrix, not the model."""
 
-    def __init__(self, limit: int) -> None:
-        self._limit, self._used, self._closed = limit, 0, False
+    def __init__(self, limits: tuple[int, ...]) -> None:
+        self._limits, self._used = limits, [0] * len(limits)
+        self._in_flight, self._closed = 0, False
         self._changed = threading.Condition()
 
-    def acquire(self, cost: int) -> None:
+    def _fits(self, costs: tuple[int, ...]) -> bool:
+        return all(used + cost <= limit
+                   for used, cost, limit in zip(self._used, costs, self._limits, strict=True))
+
+    def acquire(self, costs: tuple[int, ...]) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self._closed or self._used == 0
-                                   or self._used + cost <= self._limit)
+            self._changed.wait_for(lambda: self._closed or self._in_flight == 0
+                                   or self._fits(costs))
             if self._closed:
                 raise CancelledError("the analysis stopped")
-            self._used += cost
+            self._in_flight += 1
+            self._used = [used + cost for used, cost in zip(self._used, costs, strict=True)]
 
     def close(self) -> None:
         """Wake and refuse every waiting read, so an error stops the remaining work at once."""
@@ -360,9 +412,10 @@ class _MemoryBudget:
             self._closed = True
             self._changed.notify_all()
 
-    def release(self, cost: int) -> None:
+    def release(self, costs: tuple[int, ...]) -> None:
         with self._changed:
-            self._used -= cost
+            self._in_flight -= 1
+            self._used = [used - cost for used, cost in zip(self._used, costs, strict=True)]
             self._changed.notify_all()
 
 
@@ -372,7 +425,8 @@ class _MatrixFits:
     A matrix whose key (``key_options`` with the source's identity of the tensor, see
     :meth:`WeightSource.identity`) has an entry in ``store`` is not read at all; every other
     fit is stored the moment it finishes, so an analysis stopped half-way keeps what it did.
-    A matrix is read only when its working memory fits the budget beside the others in flight.
+    A matrix is read only when its working memory fits the budget beside the others in flight
+    (on a CUDA device, in host and in device memory).
     Reads, numpy's dequantization, the Gram matrix and the eigensolvers all release the GIL.
     (A separate reader thread, tried too, only added handoffs: SmolLM2 2.6 s against 2.4 s
     this way.) Large matrices share the cores (:class:`CoreShare`). On a torch device the
@@ -385,7 +439,8 @@ class _MatrixFits:
                  key_options: dict) -> None:
         self.source, self.estimator, self.device = source, estimator, device
         self.downsampling, self.store, self.key_options = downsampling, store, key_options
-        self.budget = _MemoryBudget(plan.memory_limit)
+        self.budget = _MemoryBudget(plan.limits())
+        self.on_device = plan.device_memory_limit is not None
         self.share = CoreShare(usable_cores(), plan.blas_threads) if device == "cpu" else None
         self.stored_precision = device != "cpu" and not downsampling.active
 
@@ -397,15 +452,22 @@ class _MatrixFits:
             stored = self.store.get(key)
             if stored is not None:
                 return stored, True
-        cost = working_bytes(ref.shape)
-        self.budget.acquire(cost)
+        costs = self._costs(ref.shape)
+        self.budget.acquire(costs)
         try:
             result = self._fit(ref)
         finally:
-            self.budget.release(cost)
+            self.budget.release(costs)
         if identity is not None:
             self.store.put(key, result)
         return result, False
+
+    def _costs(self, shape: tuple[int, int]) -> tuple[int, ...]:
+        """What a matrix holds in each memory of the budget. Host memory is counted as for the
+        CPU path on a GPU too: a matrix the GPU has no room for falls back to it."""
+        if not self.on_device:
+            return (working_bytes(shape),)
+        return working_bytes(shape), device_working_bytes(shape)
 
     def _fit(self, ref: MatrixRef) -> dict:
         if not self.downsampling.active and shares_cores(ref.shape, self.share):

@@ -7,6 +7,7 @@ its eigenvalues agree with WeightWatcher's squared singular values to ~1e-14 of 
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable
 
@@ -17,6 +18,9 @@ from alphasel.errors import AnalysisOptionError
 from alphasel.lapack import CoreShare, routines
 
 DEVICES = ("cpu", "cuda")
+# The device spellings accepted: torch.device refuses "cuda:" or "cuda:00" too, but only once a
+# worker thread reaches it, so they are refused here, before any work.
+_DEVICE_FORM = re.compile(r"cpu|cuda(:(0|[1-9][0-9]*))?")
 # Elements converted to float64 at a time when forming a Gram matrix (64 MB).
 _GRAM_CHUNK_ELEMENTS = 8 * 1024 * 1024
 # Below this Gram size numpy is as fast as the OpenBLAS routines (one thread, this machine:
@@ -30,11 +34,12 @@ class NonFiniteError(ArithmeticError):
 
 
 def check_device(device: str) -> str:
-    """``cpu`` (numpy and LAPACK), ``cuda`` or ``cuda:N`` (torch on that GPU)."""
-    kind, _, index = str(device).partition(":")
-    if kind not in DEVICES or (index and (kind == "cpu" or not index.isdigit())):
-        raise AnalysisOptionError(f"unknown device '{device}': choose one of "
-                                  f"{', '.join(DEVICES)} (or cuda:N)")
+    """``cpu`` (numpy and LAPACK), ``cuda`` or ``cuda:N`` (torch on that GPU; N a plain GPU
+    index), in exactly that spelling."""
+    if not isinstance(device, str) or not _DEVICE_FORM.fullmatch(device):
+        raise AnalysisOptionError(f"unknown device {device!r}: choose one of "
+                                  f"{', '.join(DEVICES)} or cuda:N (N a GPU index: 0, 1, ...)")
+    kind, _, index = device.partition(":")
     if kind == "cuda" and not torch.cuda.is_available():
         raise AnalysisOptionError(f"--device {device} was asked for but torch sees no CUDA "
                                   "device: drop --device or install a CUDA build of torch")
@@ -87,6 +92,17 @@ def working_bytes(shape: tuple[int, int]) -> int:
     return 6 * rows * cols + 16 * side * side + 8 * min(rows * cols, _GRAM_CHUNK_ELEMENTS)
 
 
+def device_working_bytes(shape: tuple[int, int]) -> int:
+    """Device memory one matrix of this shape holds at its peak on the GPU path
+    (:func:`torch_eigenvalues`): its copy in stored precision, counted as float32 (what sources
+    hand over unless the checkpoint is half precision), the float64 Gram matrix, the
+    eigensolver's copy of it and its workspace (counted as one more Gram matrix, above what
+    cuSOLVER's syevd asks for), one float64 slice."""
+    rows, cols = shape
+    side = min(shape)
+    return 4 * rows * cols + 24 * side * side + 8 * min(rows * cols, _GRAM_CHUNK_ELEMENTS)
+
+
 def eigensolver() -> str:
     """Which routines compute CPU eigenvalues here (part of the result cache's key)."""
     lapack = routines()
@@ -103,7 +119,10 @@ def eigenvalues(matrix: torch.Tensor | np.ndarray, device: str = "cpu") -> np.nd
     if device != "cpu":
         return torch_eigenvalues(torch.as_tensor(matrix), torch.device(device))
     if isinstance(matrix, torch.Tensor):
-        matrix = matrix.detach().cpu().numpy()
+        matrix = matrix.detach().cpu()
+        if matrix.dtype not in (torch.float32, torch.float64):  # numpy has no bfloat16
+            matrix = matrix.float()
+        matrix = matrix.numpy()
     return gram_eigenvalues(gram_matrix(matrix))
 
 
@@ -137,10 +156,19 @@ def _check_finite(gram: np.ndarray) -> None:
 
 def torch_eigenvalues(matrix: torch.Tensor, device: torch.device) -> np.ndarray:
     """:func:`eigenvalues` on a torch device (the GPU path): the matrix travels in its stored
-    precision (bf16/fp16 is half the bytes) and is upcast to float64 there."""
-    weights = matrix.to(device).to(torch.float64)
-    gram = weights.T @ weights if weights.shape[0] >= weights.shape[1] else weights @ weights.T
-    del weights
+    precision (bf16/fp16 is half the bytes), and its Gram matrix is accumulated there over
+    float64 slices of the longer side, as :func:`gram_matrix` does, so the device never holds
+    a float64 copy of the whole matrix (see :func:`device_working_bytes`)."""
+    weights = matrix.to(device)
+    tall = weights.shape[0] >= weights.shape[1]
+    step = max(1, _GRAM_CHUNK_ELEMENTS // min(weights.shape))
+    gram = None
+    for first in range(0, max(weights.shape), step):
+        part = weights[first:first + step] if tall else weights[:, first:first + step]
+        part = part.to(torch.float64)
+        left, right = (part.T, part) if tall else (part, part.T)
+        gram = left @ right if gram is None else gram.addmm_(left, right)
+    del weights, part, left, right  # only the Gram matrix stays for the eigensolver
     if not bool(torch.isfinite(torch.diagonal(gram)).all()):
         raise NonFiniteError
     return torch.linalg.eigvalsh(gram).cpu().numpy()

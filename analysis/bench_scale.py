@@ -34,33 +34,61 @@ from threadpoolctl import threadpool_limits
 
 from alphasel.powerlaw import fit_power_law
 from alphasel.sources import open_source
-from alphasel.spectra import eigensolver, eigenvalues
+from alphasel.spectra import eigensolver, eigenvalues, torch_eigenvalues
 from analysis.synthetic_llama import LLAMA_2_7B, write_llama
 
 _CHILD = """
 import json, sys, time
 import alphasel
+from analysis.bench_scale import gpu_peak_mb, warm_up
 kwargs = json.loads(sys.argv[2])
+warm_up(kwargs.get("device", "cpu"))
 started = time.perf_counter()
 table = alphasel.analyze(sys.argv[1], progress=False, cache=False, **kwargs)
 elapsed = time.perf_counter() - started
 table.to_csv(sys.argv[3], index=False)
 meta = table.attrs["alphasel"]
-gpu_mb = None
-if meta["device"].startswith("cuda"):
-    import torch
-    gpu_mb = torch.cuda.max_memory_allocated() / 2**20
-print(json.dumps({"elapsed_s": elapsed, "workers": meta["workers"], "gpu_peak_mb": gpu_mb,
+print(json.dumps({"elapsed_s": elapsed, "workers": meta["workers"],
+                  "gpu_peak_mb": gpu_peak_mb(meta["device"]),
                   "blas_threads": meta["blas_threads"], "eigensolver": meta["eigensolver"]}))
 """
+# Where the child imports this module from, whatever directory the benchmark runs in.
+_REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def cuda_device(device: str) -> torch.device | None:
+    """The CUDA device an analysis' ``device`` names (``cuda:N`` is GPU N; ``cuda``, torch's
+    current one), None for the CPU."""
+    parsed = torch.device(device)
+    return parsed if parsed.type == "cuda" else None
+
+
+def warm_up(device: str) -> None:
+    """Start CUDA on ``device`` before the clock does: its context, cuBLAS and cuSOLVER take
+    seconds on first use, which are no part of an analysis' time. One small eigenvalue
+    computation there, waited for; its memory is then left out of the peak."""
+    gpu = cuda_device(device)
+    if gpu is None:
+        return
+    torch_eigenvalues(torch.ones(64, 32), gpu)
+    torch.cuda.synchronize(gpu)
+    torch.cuda.reset_peak_memory_stats(gpu)
+
+
+def gpu_peak_mb(device: str) -> float | None:
+    """Peak memory torch allocated on the analysis' GPU, in MiB; None on the CPU."""
+    gpu = cuda_device(device)
+    return torch.cuda.max_memory_allocated(gpu) / 2**20 if gpu is not None else None
 
 
 def analyze_in_child(path: Path, **kwargs) -> tuple[dict, pd.DataFrame]:
     """alphasel.analyze in a fresh process: (timing and schedule with ``peak_rss_mb``, table)."""
+    path_entries = [str(_REPOSITORY), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in path_entries if entry)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "table.csv"
         child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path), json.dumps(kwargs),
-                                  str(out)], stdout=subprocess.PIPE, text=True)
+                                  str(out)], stdout=subprocess.PIPE, text=True, env=env)
         # wait4 gives this child's own peak RSS; ru_maxrss is in KiB on Linux.
         _, status, usage = os.wait4(child.pid, 0)
         report = child.stdout.read()
