@@ -56,12 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--executor", default="local",
                      help="local (a process per run, default) or ray (a Ray task per run; "
                      "pip install 'alphasel[cluster]')")
-    run.add_argument("--parallel", type=int, default=1, help="runs at once (local executor)")
+    run.add_argument("--parallel", type=int, default=1,
+                     help="runs at once (local executor), each on a GPU of its own where there "
+                     "are GPUs")
     run.add_argument("--address", default=None,
                      help="ray: the cluster (auto, HOST:PORT, ray://HOST:PORT); default: start "
                      "Ray on this machine")
     run.add_argument("--gpus-per-run", type=float, default=0,
-                     help="ray: GPUs each run reserves (default 0)")
+                     help="ray: GPUs each run reserves (default 0: runs train on CPUs)")
     run.add_argument("--cpus-per-run", type=float, default=1,
                      help="ray: CPUs each run reserves (default 1)")
     run.add_argument("--smooth", type=int, default=None, metavar="N",
@@ -120,6 +122,10 @@ def run_command(args: argparse.Namespace) -> None:
         check_address(args.address)
     elif args.address is not None or args.gpus_per_run or args.cpus_per_run != 1:
         raise StudyError("--address, --gpus-per-run and --cpus-per-run apply to --executor ray")
+    else:
+        from alphasel.study.local import gpu_slots
+
+        gpu_slots(args.parallel)  # refuses more runs at once than GPUs, before the analysis
     if args.resume is not None:
         study = args.resume
         open_study(study)

@@ -1,36 +1,82 @@
 """The local executor: each run in a worker process of its own on this machine, ``parallel``
-at a time, the cores shared out between them."""
+at a time, the cores shared out between them and each run on a GPU of its own.
+
+The ``parallel`` runs hold one slot each, and a slot is what places a run: the cores divided by
+``parallel`` as its threads, and, where GPUs are visible, slot i's GPU (the i-th visible one) as
+its only one. A run that ends frees its slot for the next. One GPU per run because a run is one
+process, and a process trains on one GPU (several take torchrun, one process per GPU, which a
+study does not launch): with more GPUs than runs at once the rest stay idle, and more runs at
+once than GPUs is refused before anything starts. Without a GPU the runs' CUDA_VISIBLE_DEVICES
+is left as it is.
+"""
 
 from __future__ import annotations
 
 import os
+import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+import torch
+
+from alphasel.analyzer import usable_cores
+from alphasel.errors import StudyError
 from alphasel.study.directory import RunState
 from alphasel.study.matrix import RunEntry
-from alphasel.study.runner import execute
+from alphasel.study.runner import execute, worker_environment
 
 
-def _environment(parallel: int) -> dict[str, str]:
-    """Threads per run: the cores shared out, so parallel runs do not oversubscribe them."""
-    env = dict(os.environ)
-    if parallel > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-    return env
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indices or UUIDs),
+    or as indices where it is unset; none on a machine without CUDA."""
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(index) for index in range(count)]
+    # CUDA stops reading the list at its first entry that names no device, so the devices it
+    # shows are the first `count` entries.
+    return [name.strip() for name in listed.split(",")][:count]
+
+
+def gpu_slots(parallel: int) -> list[str | None]:
+    """The GPU of each of ``parallel`` slots (None for each without GPUs); refuses more slots
+    than there are GPUs."""
+    gpus = visible_gpus()
+    if not gpus:
+        return [None] * parallel
+    if parallel > len(gpus):
+        raise StudyError(
+            f"--parallel {parallel}: {len(gpus)} GPU(s) visible and each run takes one of its "
+            f"own: use --parallel {len(gpus)} or fewer, CUDA_VISIBLE_DEVICES= to train on CPUs, "
+            "or --executor ray --gpus-per-run 0.5 to share GPUs")
+    return gpus[:parallel]
+
+
+def slot_environments(parallel: int) -> list[dict[str, str]]:
+    """The worker environment of each of ``parallel`` slots (see the module docstring)."""
+    cpus = usable_cores() / parallel
+    return [worker_environment(cpus, None if gpu is None else [gpu])
+            for gpu in gpu_slots(parallel)]
 
 
 def run_local(study: Path, entries: list[RunEntry], parallel: int = 1,
               report: Callable[[RunEntry, RunState, float], None] | None = None
               ) -> dict[str, RunState]:
-    """Run ``entries`` as worker processes, ``parallel`` at a time; returns run id → state."""
-    env = _environment(parallel)
+    """Run ``entries`` as worker processes, ``parallel`` at a time, each in a free slot;
+    returns run id → state."""
+    free: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
+    for env in slot_environments(parallel):
+        free.put(env)
 
     def one(entry: RunEntry) -> RunState:
         started = time.perf_counter()
-        state = execute(study, entry, env)
+        env = free.get()  # never waits: the pool runs at most `parallel` of these at once
+        try:
+            state = execute(study, entry, env)
+        finally:
+            free.put(env)
         if report is not None:
             report(entry, state, time.perf_counter() - started)
         return state

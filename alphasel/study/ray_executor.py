@@ -9,6 +9,12 @@ directory from the spec and the entry it was sent, trains there, and returns the
 and its log packed as a tar archive, which the driver unpacks into the study: either way the
 study ends up whole on the driver's machine, and ``alphasel compare`` reads it the same way.
 
+A task's worker gets the task's resources and no more (:func:`task_environment`): threads for
+its CPUs (not Ray's OMP_NUM_THREADS=1), and the GPUs Ray assigned it, which Ray names in
+CUDA_VISIBLE_DEVICES for a task that holds GPUs. A task without (``--gpus-per-run 0``) is shown
+none and trains on CPUs: Ray leaves CUDA_VISIBLE_DEVICES alone for it, so it would see every GPU
+of its node, and all such runs, one per CPU, would train on the node's first GPU.
+
 Ray is the optional extra ``alphasel[cluster]``; without it ``--executor ray`` is refused in one
 line. An address is checked before Ray is asked to connect, so a wrong one fails in seconds
 rather than after Ray's own minute-long retries.
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import tarfile
 import tempfile
@@ -42,7 +47,7 @@ from alphasel.study.directory import (
     write_error,
 )
 from alphasel.study.matrix import RunEntry
-from alphasel.study.runner import execute, prepare
+from alphasel.study.runner import execute, prepare, worker_environment
 
 #: Seconds to wait for a TCP answer from a given cluster address.
 CONNECT_TIMEOUT_S = 5.0
@@ -90,24 +95,32 @@ def connect(ray: Any, address: str | None) -> None:
                          "--head`, or leave --address out") from None
 
 
+def task_environment(cpus: float, gpus: float) -> dict[str, str]:
+    """The worker environment inside a Ray task that holds ``cpus`` CPUs and ``gpus`` GPUs:
+    the GPUs Ray assigned it (its CUDA_VISIBLE_DEVICES), or none for a task without GPUs."""
+    return worker_environment(cpus, None if gpus > 0 else [])
+
+
 def run_task(study_path: str, spec_text: str, entry: dict[str, Any],
-             ship: bool | None = None) -> dict[str, Any]:
-    """The body of one Ray task: run ``entry`` and say how it went.
+             ship: bool | None = None, cpus: float = 1, gpus: float = 0) -> dict[str, Any]:
+    """The body of one Ray task, which holds ``cpus`` CPUs and ``gpus`` GPUs: run ``entry``
+    and say how it went.
 
     ``ship`` None runs in place when this node sees the study, else in a temporary study whose
     result is returned packed (``archive``: tar bytes); True or False forces one way."""
     started = time.perf_counter()
     run = RunEntry(**entry)
     study = Path(study_path)
+    env = task_environment(cpus, gpus)
     if not ship and (ship is False or is_study(study)):
-        return {"state": execute(study, run, dict(os.environ)), "archive": None,
+        return {"state": execute(study, run, env), "archive": None,
                 "seconds": time.perf_counter() - started}
     with tempfile.TemporaryDirectory(prefix="alphasel-run-") as folder:
         local = Path(folder) / "study"
         (local / RUNS_DIR).mkdir(parents=True)
         (local / SPEC_FILE).write_text(spec_text)
         (local / MATRIX_FILE).write_text(json.dumps({"runs": [entry]}))
-        state = execute(local, run, dict(os.environ))
+        state = execute(local, run, env)
         return {"state": state, "archive": pack(local, run.run_id),
                 "seconds": time.perf_counter() - started}
 
@@ -154,6 +167,9 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
     for name, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise StudyError(f"{name} {value} must be a number ≥ 0")
+    if gpus_per_run > 1:
+        raise StudyError(f"--gpus-per-run {gpus_per_run:g}: a run is one process, which trains "
+                         "on one GPU (several take torchrun): use --gpus-per-run 1 or less")
     ray = import_ray()
     if not entries:
         return {}
@@ -167,7 +183,8 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
         pending = {}
         for entry in entries:
             prepare(study, entry)
-            ref = task.remote(str(study.resolve()), spec_text, entry.to_dict(), ship)
+            ref = task.remote(str(study.resolve()), spec_text, entry.to_dict(), ship,
+                              cpus_per_run, gpus_per_run)
             pending[ref] = entry
         states: dict[str, RunState] = {}
         while pending:

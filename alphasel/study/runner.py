@@ -5,13 +5,20 @@ its peak memory is its own and a crash (out of memory) fails that run only.
 A run's id derives from its resolved configuration, so running the study again (or with
 ``--resume``) skips complete runs and re-runs only missing, interrupted or failed ones; every
 attempt starts from a clean run directory (:func:`prepare`).
+
+A worker's environment is set, not inherited, where it decides how a run uses the machine
+(:func:`worker_environment`): its thread pools get the executor's CPU share for the run, and its
+visible GPUs are the ones the executor placed it on.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from alphasel.errors import StudyError
@@ -67,14 +74,37 @@ def prepare(study: Path, entry: RunEntry) -> None:
         shutil.rmtree(folder)
 
 
+#: The variables that size a worker's thread pools: OpenMP (torch's intra-op threads, and
+#: OpenBLAS's when no variable of its own is set), MKL and OpenBLAS (numpy's BLAS, which the
+#: alpha measurements run on). One count for all, so no library keeps an inherited one.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_environment(cpus: float, gpus: Sequence[str] | None) -> dict[str, str]:
+    """This process's environment for a worker holding ``cpus`` CPUs (whole threads, at least
+    one) and the GPUs ``gpus`` as CUDA_VISIBLE_DEVICES names them (an empty list: none, the run
+    trains on CPUs; None: CUDA_VISIBLE_DEVICES as it is here).
+
+    The thread counts are always written: an inherited count is wrong for a run given a share
+    of the machine, whether it is the parent's (sized for the whole machine) or a Ray worker's
+    OMP_NUM_THREADS=1."""
+    env = dict(os.environ)
+    threads = str(max(1, math.floor(cpus)))
+    env.update(dict.fromkeys(THREAD_VARIABLES, threads))
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env
+
+
 def worker_command(study: Path, run_id: str) -> list[str]:
     """The command line of a worker process that trains one run (:mod:`alphasel.study.worker`)."""
     return [sys.executable, "-m", "alphasel.study.worker", str(study), run_id]
 
 
-def execute(study: Path, entry: RunEntry, env: dict[str, str] | None = None) -> RunState:
-    """Run ``entry`` in a worker process of its own, its output in logs/<run-id>.log; returns
-    its state (a process that died without a word, e.g. killed for memory, is ``failed``)."""
+def execute(study: Path, entry: RunEntry, env: dict[str, str]) -> RunState:
+    """Run ``entry`` in a worker process of its own with the environment ``env`` (see
+    :func:`worker_environment`), its output in logs/<run-id>.log; returns its state (a process
+    that died without a word, e.g. killed for memory, is ``failed``)."""
     prepare(study, entry)
     log = log_file(study, entry.run_id)
     log.parent.mkdir(exist_ok=True)

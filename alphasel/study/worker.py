@@ -1,7 +1,9 @@
 """One run of a study, in its own process: ``python -m alphasel.study.worker STUDY RUN_ID``.
 
-The local executor starts one of these per run, so each run's peak memory is its own and a
-crash fails that run only; the error lands in the run's error.json."""
+Each executor starts one of these per run, so each run's peak memory is its own and a crash
+fails that run only; the error lands in the run's error.json. Its thread counts and GPUs come
+in its environment (:func:`alphasel.study.runner.worker_environment`), which torch and the BLAS
+libraries read as they load: nothing here needs to set them again."""
 
 from __future__ import annotations
 
