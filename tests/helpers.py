@@ -135,9 +135,12 @@ def adapted_model(arch: str, variant: str = "lora", trained: bool = True):
 
 # ---- files ------------------------------------------------------------------------------------
 
-def save_causal_lm(folder: Path, layers: int = 2) -> Path:
-    """A tiny Llama saved as a checkpoint directory with its byte-level tokenizer (pad = eos)."""
-    tiny_llama(layers=layers).save_pretrained(folder)
+def save_causal_lm(folder: Path, layers: int = 2, dtype: torch.dtype = torch.float32,
+                   model: torch.nn.Module | None = None) -> Path:
+    """A tiny Llama (or ``model``) saved as a checkpoint directory with its byte-level tokenizer
+    (pad = eos), its weights stored in ``dtype`` as the hub stores bf16/fp16 checkpoints (the
+    dtype in config.json)."""
+    (model or tiny_llama(layers=layers)).to(dtype).save_pretrained(folder)
     byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
     return folder
 

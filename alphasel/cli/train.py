@@ -125,6 +125,15 @@ def inline_plan(args: argparse.Namespace, seed: int) -> tuple[pd.DataFrame, Inje
     return table, make_plan(table, args.scheme, **options)
 
 
+def _planned_once(args: argparse.Namespace,
+                  config: TrainConfig) -> tuple[pd.DataFrame, InjectionPlan]:
+    """:func:`inline_plan` on the main process only: under torchrun the other ranks receive its
+    table and plan (one analysis, not one per rank, and one plan for every rank)."""
+    from alphasel.training.distributed import agree, process_state
+
+    return agree(process_state(config.ddp_timeout), lambda: inline_plan(args, config.seed))
+
+
 def run(args: argparse.Namespace) -> None:
     from alphasel.training.console import keep_bitsandbytes_unloaded
 
@@ -137,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
         record = resume(args.resume, progress=not args.quiet, verbose=args.verbose)
     else:
         config = _config(args)  # every option problem before minutes of analysis
-        table, plan = inline_plan(args, config.seed) if args.scheme else (None, args.plan)
+        table, plan = _planned_once(args, config) if args.scheme else (None, args.plan)
         record = train(args.model, plan, args.data, config, revision=args.revision,
                        out=args.out, overwrite=args.overwrite, analysis=table,
                        prompts=args.prompts, progress=not args.quiet, verbose=args.verbose,

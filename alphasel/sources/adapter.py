@@ -27,21 +27,22 @@ _TENSOR = re.compile(r"^(?P<name>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|"
 
 def effective_matrix(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
                      scaling: float, magnitude: torch.Tensor | None = None,
-                     fan_in_fan_out: bool = False) -> torch.Tensor:
+                     fan_in_fan_out: bool = False,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
     """W + scaling·B·A, DoRA-rescaled when ``magnitude`` is given, in ``weight``'s stored layout
-    (in×out when ``fan_in_fan_out``, as GPT-2's Conv1D), as float32.
+    (in×out when ``fan_in_fan_out``, as GPT-2's Conv1D), as float32 on ``device``.
 
     float64 inside, because ΔW is small next to W: in float32 the sum would round away much of
     the update being measured. DoRA (PEFT's dora.py): W' = m / ‖W + ΔW‖ · (W + ΔW), the norm of
     each output row of the out×in matrix; m starts at ‖W‖'s row norms, so B = 0 gives W."""
-    full = weight.detach().to("cpu", torch.float64)
+    full = weight.detach().to(device, torch.float64)
     if fan_in_fan_out:
         full = full.T
-    delta = lora_b.detach().to("cpu", torch.float64) @ lora_a.detach().to("cpu", torch.float64)
+    delta = lora_b.detach().to(device, torch.float64) @ lora_a.detach().to(device, torch.float64)
     combined = full + float(scaling) * delta
     if magnitude is not None:
         norms = torch.linalg.norm(combined, dim=1)
-        combined = combined * (magnitude.detach().to("cpu", torch.float64) / norms).unsqueeze(1)
+        combined = combined * (magnitude.detach().to(device, torch.float64) / norms).unsqueeze(1)
     if fan_in_fan_out:
         combined = combined.T
     return combined.to(torch.float32).contiguous()

@@ -4,6 +4,7 @@ adapters injected (every weight trainable for full fine-tuning), and its paramet
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,7 +12,8 @@ import torch
 from alphasel.errors import PlanError, TrainConfigError
 from alphasel.plan import InjectionPlan
 from alphasel.training.config import TrainConfig
-from alphasel.training.models import ModelInfo, load_model
+from alphasel.training.models import ModelInfo, load_model, stored_dtype
+from alphasel.training.precision import Precision, hold_trainable_in_float32, resolve_precision
 
 
 def adapter_overrides(config: TrainConfig) -> dict[str, Any]:
@@ -63,20 +65,34 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
     return plan.apply(model, **adapter_overrides(config))
 
 
+@dataclass
+class TrainableModel:
+    """What :func:`trainable_model` hands the trainer."""
+
+    model: torch.nn.Module
+    """The model with the plan's adapters (or every weight trainable), trained weights float32."""
+    tokenizer: Any
+    info: ModelInfo
+    plan: InjectionPlan | None
+    """The plan with the model's module names and its size."""
+    precision: Precision
+
+
 def trainable_model(model: Any, plan: InjectionPlan | None, labels: list[str] | None,
                     tokenizer: Any, config: TrainConfig, revision: str | None = None
-                    ) -> tuple[torch.nn.Module, Any, ModelInfo, InjectionPlan | None]:
-    """(the model with the plan's adapters, its tokenizer, what was loaded, the plan with the
-    model's module names and its size): ``model`` loaded as :func:`load_model` loads it, a
-    classifier with a head over ``labels``."""
+                    ) -> TrainableModel:
+    """``model`` loaded as :func:`load_model` loads it (a classifier with a head over
+    ``labels``) in the dtypes :func:`resolve_precision` gives, the plan's adapters injected."""
     from transformers import set_seed
 
+    precision = resolve_precision(config, stored_dtype(model, revision),
+                                  on_gpu=torch.cuda.is_available())
     # A classifier's new head is initialised while loading: seeded, so that runs with the same
     # seed start from the same head whatever else ran in the process before (paired design).
     set_seed(config.seed)
     loaded, tokenizer, info = load_model(model, task=config.task, revision=revision,
                                          tokenizer=tokenizer, labels=labels,
-                                         quantize=config.quantize)
+                                         quantize=config.quantize, dtype=precision.base_dtype)
     set_seed(config.seed)  # adapter initialisation is part of the paired design
     if plan is not None:
         plan = align_plan(plan, loaded)
@@ -84,9 +100,10 @@ def trainable_model(model: Any, plan: InjectionPlan | None, labels: list[str] | 
         prepared = prepare_model(loaded, plan, config)
     except PlanError as err:
         raise PlanError(f"{err} (model '{info.model_id}')") from err
+    hold_trainable_in_float32(prepared)
     if plan is not None and plan.total_params is None:
         plan = dataclasses.replace(plan, total_params=parameter_counts(prepared)[1])
-    return prepared, tokenizer, info, plan
+    return TrainableModel(prepared, tokenizer, info, plan, precision)
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

@@ -72,17 +72,27 @@ def measured_modules(model: torch.nn.Module, plan: InjectionPlan | None,
     return candidates, adapted
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights live (its first parameter's device)."""
+    return next(model.parameters()).device
+
+
 def measure(model: torch.nn.Module, names: list[str], adapted: set[str], options: AlphaOptions,
             epoch: float, step: int) -> list[dict[str, Any]]:
-    """One alpha_history row per module: its effective weight's fit."""
+    """One alpha_history row per module: its effective weight's fit, computed on the device
+    the model lives on (a GPU's eigensolver instead of minutes of the main process's CPU while
+    the other ranks wait; downsampled draws are taken on the CPU)."""
     rows = []
-    weights = effective_weights(model, names)
+    device = model_device(model)
+    weights = effective_weights(model, names, device=device)
     for name in names:
-        matrix = weights[name].numpy()
+        matrix = weights[name]
+        if device.type == "cpu" or options.downsampling.active:
+            matrix = matrix.cpu().numpy()
         row = {"epoch": epoch, "step": step, "name": name, "block": block_of(name),
                "kind": kind_of(name), "adapted": name in adapted}
         if min(matrix.shape) >= options.min_evals:
-            row.update(analyze_matrix(matrix, name, options.estimator, "cpu",
+            row.update(analyze_matrix(matrix, name, options.estimator, str(device),
                                        options.downsampling))
         rows.append({column: row.get(column) for column in ALPHA_COLUMNS})
     return rows

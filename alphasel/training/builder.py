@@ -21,14 +21,16 @@ from alphasel.training.callbacks import ConsoleCallback
 from alphasel.training.config import TrainConfig
 from alphasel.training.data import TrainData
 from alphasel.training.distributed import cpu_only
+from alphasel.training.precision import autocast_flag
 from alphasel.training.reselect import ContinuesSchedule
 
 
 def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress: bool,
-               evaluate_first: bool) -> Any:
+               evaluate_first: bool, autocast: str | None) -> Any:
     """TrainingArguments (SFTConfig for language models) with every field alphasel decides set
     explicitly: SFTConfig's own defaults (lr 2e-5, gradient checkpointing on, bf16 on where
-    supported) would otherwise differ from plain Trainer's."""
+    supported) would otherwise differ from plain Trainer's. ``autocast`` is the run's resolved
+    mixed precision (a half-precision base computes in its own)."""
     from transformers import TrainingArguments
 
     fields: dict[str, Any] = dict(
@@ -37,7 +39,7 @@ def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress:
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr,
         lr_scheduler_type=config.scheduler, warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay, bf16=config.bf16, fp16=config.fp16,
+        weight_decay=config.weight_decay, bf16=autocast == "bf16", fp16=autocast == "fp16",
         activation_checkpointing=config.grad_checkpointing,
         # Non-reentrant checkpointing works with frozen inputs (LoRA) and with DDP.
         activation_checkpointing_kwargs={"use_reentrant": False},
@@ -48,6 +50,7 @@ def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress:
         save_strategy="steps" if config.save_every else "no", save_steps=config.save_every,
         report_to=config.report_to, include_num_input_tokens_seen="non_padding",
         disable_tqdm=not progress, ddp_find_unused_parameters=False,
+        ddp_timeout=config.ddp_timeout,
         # Trainer defaults to adamw_torch_fused, which has no CPU kernel for every dtype.
         optim="adamw_torch", dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=cpu_only())
@@ -80,9 +83,11 @@ def check_reporters(config: TrainConfig) -> None:
 
 def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: TrainConfig,
                   output_dir: Path, callbacks: list, progress: bool = True,
-                  evaluate_first: bool = True, tensorboard_dir: Path | None = None) -> Any:
+                  evaluate_first: bool = True, tensorboard_dir: Path | None = None,
+                  autocast: str | None = None) -> Any:
     """The transformers Trainer (SFTTrainer for language models) for this run; with
-    ``tensorboard_dir``, TensorBoard (--report-to) logs there.
+    ``tensorboard_dir``, TensorBoard (--report-to) logs there. ``autocast`` (``bf16``, ``fp16``)
+    is the run's resolved :class:`~alphasel.training.precision.Precision`'s; None: --bf16/--fp16.
 
     transformers reads TensorBoard's directory from the environment when it builds its
     callbacks: it is set for the construction only, so the next run in this process logs into
@@ -92,15 +97,16 @@ def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, confi
         os.environ["TENSORBOARD_LOGGING_DIR"] = previous or str(tensorboard_dir)
     try:
         return _trainer(model, tokenizer, data, config, output_dir, callbacks, progress,
-                        evaluate_first)
+                        evaluate_first, autocast or autocast_flag(config))
     finally:
         if previous is None:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
 
 
 def _trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: TrainConfig,
-             output_dir: Path, callbacks: list, progress: bool, evaluate_first: bool) -> Any:
-    args = _arguments(config, output_dir, data, progress, evaluate_first)
+             output_dir: Path, callbacks: list, progress: bool, evaluate_first: bool,
+             autocast: str | None) -> Any:
+    args = _arguments(config, output_dir, data, progress, evaluate_first, autocast)
     if data.kind == "classification":
         from transformers import DataCollatorWithPadding
 

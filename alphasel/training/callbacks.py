@@ -86,8 +86,11 @@ class MetricsCallback(TrainerCallback):
 
 
 def start_memory_tracking() -> None:
-    """Reset CUDA's peak counters so the peak is the training's, not an earlier job's."""
-    if torch.cuda.is_available():
+    """Reset CUDA's peak counters so the peak is the training's, not an earlier job's: the
+    cache is released first, since the reserved peak resets only to what is still reserved
+    (a second run in one process would otherwise report the first one's memory)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 

@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from alphasel.errors import TrainConfigError
+from alphasel.training.precision import DTYPES, half_autocast
 
 TASKS = ("causal", "classification")
 METHODS = ("lora", "dora", "rslora", "full")
@@ -79,6 +80,10 @@ class TrainConfig:
     """bfloat16 mixed precision (--bf16)."""
     fp16: bool = False
     """float16 mixed precision (--fp16)."""
+    dtype: str = "auto"
+    """What the frozen base is held in: ``auto`` (a half-precision checkpoint's own dtype on a
+    GPU, float32 on a CPU unless --bf16), ``float32``, ``bfloat16`` or ``float16``; whatever
+    trains is always float32 (--dtype)."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time (--grad-checkpointing)."""
     max_seq_len: int = 512
@@ -100,6 +105,9 @@ class TrainConfig:
     lora_init: str = "default"
     """PEFT's init_lora_weights: default, gaussian, pissa, pissa_niter_N, olora, orthogonal,
     loftq, eva, corda (--lora-init)."""
+    ddp_timeout: int = 1800
+    """Seconds a process of a multi-process run waits for the others (the main process's
+    alpha measurement, generations, analysis) before the job fails (--ddp-timeout)."""
     report_to: list[str] = field(default_factory=lambda: ["none"])
     """transformers' logging integrations: tensorboard, wandb, mlflow, all or none
     (--report-to)."""
@@ -198,6 +206,16 @@ class TrainConfig:
         whole(self.grad_accum, "--grad-accum", 1)
         if self.bf16 and self.fp16:
             problems.append("--bf16 and --fp16 exclude each other: choose one")
+        one_of(self.dtype, DTYPES, "--dtype")
+        autocast = half_autocast(self.dtype)
+        if autocast and self.method == "full":
+            problems.append(f"--dtype {self.dtype} holds a frozen base in half precision; "
+                            "--method full trains every weight, which is held in float32: "
+                            "drop --dtype")
+        elif autocast and (self.bf16 or self.fp16) and not getattr(self, autocast):
+            problems.append(f"--dtype {self.dtype} computes in {autocast} autocast; it "
+                            f"contradicts --{'fp16' if self.fp16 else 'bf16'}: use --{autocast}")
+        whole(self.ddp_timeout, "--ddp-timeout", 1)
         whole(self.max_seq_len, "--max-seq-len", 8)
         whole(self.eval_every, "--eval-every", 1, optional=True)
         whole(self.log_every, "--log-every", 1)
@@ -256,7 +274,7 @@ class TrainConfig:
 #: are still replicates of one another.
 RECORD_ONLY_FIELDS = frozenset({"report_to", "generate", "max_new_tokens", "save_adapter",
                                 "save_every", "log_every", "eval_every", "remeasure",
-                                "alpha_every"})
+                                "alpha_every", "ddp_timeout"})
 
 
 @dataclass(frozen=True)

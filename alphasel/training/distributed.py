@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from alphasel.errors import RunError
+from alphasel.errors import RunError, TrainConfigError
 from alphasel.plan import InjectionPlan
 
 
@@ -24,12 +24,43 @@ def cpu_only() -> bool:
     return not any(accelerators)
 
 
-def process_state() -> Any:
+def process_state(timeout_s: int = 1800) -> Any:
     """accelerate's process state: starts the process group under torchrun/accelerate launch
-    (gloo on CPU, NCCL on GPUs) and is a single process otherwise."""
+    (gloo on CPU, NCCL on GPUs) and is a single process otherwise.
+
+    ``timeout_s`` (--ddp-timeout) is how long a collective waits for a rank: the group is made
+    here, before the Trainer, so its own ddp_timeout would never apply; without it NCCL's
+    10-minute default kills a job whose main process measures alpha or generates for longer.
+    Each rank's device is set before anything touches a GPU."""
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    return PartialState(cpu=cpu_only())
+    return PartialState(cpu=cpu_only(), timeout=timedelta(seconds=timeout_s))
+
+
+def check_one_process_per_gpu(state: Any) -> None:
+    """Refuse a single process that sees several GPUs: the Trainer would run it as
+    ``nn.DataParallel``, multiplying the batch by the GPU count behind the record's back."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if state.num_processes == 1 and gpus > 1:
+        raise TrainConfigError(
+            f"this process sees {gpus} GPUs; alphasel trains one process per GPU (one meaning "
+            f"of batch size): launch `torchrun --nproc_per_node {gpus} -m alphasel train ...`, "
+            "or choose one GPU with CUDA_VISIBLE_DEVICES=0")
+
+
+def global_batch(batch_size: int, grad_accum: int, processes: int) -> int:
+    """Examples per optimizer step, over every process."""
+    return batch_size * grad_accum * processes
+
+
+def batch_record(batch_size: int, grad_accum: int, processes: int) -> dict[str, int]:
+    """config.json's ``batch``: per-device and global batch, processes and this process's GPUs
+    (one or none: several are refused)."""
+    return {"per_device": batch_size, "grad_accum": grad_accum, "processes": processes,
+            "n_gpu": int(torch.cuda.is_available()),
+            "global": global_batch(batch_size, grad_accum, processes)}
 
 
 def agree(state: Any, make: Callable[[], Any]) -> Any:
@@ -54,7 +85,7 @@ def agree(state: Any, make: Callable[[], Any]) -> Any:
 
 def check_same_modules(state: Any, plan: InjectionPlan) -> None:
     """Every process adapts the same modules (DDP would average unrelated gradients of
-    same-shaped matrices otherwise)."""
+    same-shaped matrices otherwise): checked for the first plan and every re-selection's."""
     if state.num_processes == 1:
         return
     from torch.distributed import all_gather_object
@@ -62,5 +93,6 @@ def check_same_modules(state: Any, plan: InjectionPlan) -> None:
     gathered: list[Any] = [None] * state.num_processes
     all_gather_object(gathered, plan.module_names)
     if any(names != gathered[0] for names in gathered):
-        raise RunError("re-selection chose different modules on different processes; "
-                       "please report this with the run's config.json")
+        raise RunError("the processes of this run hold different plans (the plan file or "
+                       "analysis differs between ranks, or re-selection diverged): give every "
+                       "rank the same --plan, or report this with the run's config.json")

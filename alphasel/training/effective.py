@@ -18,19 +18,20 @@ class EffectiveWeightError(AlphaselError):
     """A module has no usable 2-D weight, lacks the adapter, or the model lacks the module."""
 
 
-def effective_weight(layer: nn.Module, adapter_name: str = "default") -> torch.Tensor:
+def effective_weight(layer: nn.Module, adapter_name: str = "default",
+                     device: torch.device | str = "cpu") -> torch.Tensor:
     """Return the weight ``layer`` effectively applies, in its base layer's stored layout.
 
     ``layer`` is a PEFT LoRA layer (DoRA included) or a plain module with a 2-D ``weight``.
-    The result is a detached float32 CPU tensor: out×in for ``nn.Linear``, in×out for
+    The result is a detached float32 tensor on ``device``: out×in for ``nn.Linear``, in×out for
     GPT-2's ``Conv1D`` (``fan_in_fan_out``). Dropout and disabled adapters are ignored (eval
     semantics); the live model is never modified.
     """
     if not _is_lora_layer(layer):
-        return _plain_weight(layer, describe=type(layer).__name__).clone()
+        return _plain_weight(layer, type(layer).__name__, device).clone()
 
     base_layer = layer.get_base_layer()
-    stored = _plain_weight(base_layer, describe=f"base layer of {type(layer).__name__}")
+    stored = _plain_weight(base_layer, f"base layer of {type(layer).__name__}", device)
     if adapter_name in getattr(layer, "lora_embedding_A", {}):
         raise EffectiveWeightError(
             f"{type(layer).__name__} adapts an embedding, which has no effective-weight rule "
@@ -50,11 +51,12 @@ def effective_weight(layer: nn.Module, adapter_name: str = "default") -> torch.T
     # PEFT's scaling already holds lora_alpha/r (rsLoRA: lora_alpha/√r).
     return effective_matrix(stored, layer.lora_A[adapter_name].weight,
                             layer.lora_B[adapter_name].weight, float(layer.scaling[adapter_name]),
-                            magnitude, bool(getattr(layer, "fan_in_fan_out", False)))
+                            magnitude, bool(getattr(layer, "fan_in_fan_out", False)), device)
 
 
 def effective_weights(
-    peft_model: nn.Module, names: list[str], adapter_name: str = "default"
+    peft_model: nn.Module, names: list[str], adapter_name: str = "default",
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Map base-model module names to their effective weights (adapted or not).
 
@@ -73,7 +75,7 @@ def effective_weights(
                 f"named_modules() (without the 'base_model.model.' prefix)"
             ) from None
         try:
-            weights[name] = effective_weight(module, adapter_name)
+            weights[name] = effective_weight(module, adapter_name, device)
         except EffectiveWeightError as error:
             raise EffectiveWeightError(f"module {name!r}: {error}") from None
     return weights
@@ -86,7 +88,8 @@ def _is_lora_layer(module: nn.Module) -> bool:
     return isinstance(module, LoraLayer)
 
 
-def _plain_weight(module: nn.Module, describe: str) -> torch.Tensor:
+def _plain_weight(module: nn.Module, describe: str,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
     weight = getattr(module, "weight", None)
     if hasattr(weight, "quant_state") or type(weight).__name__ in ("Params4bit", "Int8Params"):
         # A bitsandbytes base (QLoRA) stores packed blocks; PEFT knows how to unpack them.
@@ -98,4 +101,4 @@ def _plain_weight(module: nn.Module, describe: str) -> torch.Tensor:
             f"{describe} has no 2-D weight tensor; pass a linear-like module (nn.Linear, "
             f"Conv1D) or a LoRA layer wrapping one"
         )
-    return weight.detach().to("cpu", torch.float32)
+    return weight.detach().to(device, torch.float32)

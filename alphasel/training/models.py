@@ -23,6 +23,7 @@ from alphasel.sources import ALIASES, packaged_model
 from alphasel.sources.files import looks_like_hub_id
 from alphasel.sources.hub import resolve_hub_model, snapshot
 from alphasel.training.console import library_bars
+from alphasel.training.precision import checkpoint_dtype, module_dtype
 
 #: Tokenizer files fetched beside the weights of a hub model.
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -71,14 +72,27 @@ def _locate(model: str, revision: str | None) -> tuple[Path, str | None, ModelIn
                       f"hub id like org/name, or one of the packaged models ({', '.join(ALIASES)})")
 
 
-def check_4bit_supported() -> None:
-    """Raise unless bitsandbytes can quantize to 4 bits here (CUDA, or its CPU backend)."""
+def stored_dtype(model: str | Path | torch.nn.Module, revision: str | None = None
+                 ) -> torch.dtype | None:
+    """The dtype ``model``'s weights are stored in (its config.json's; an in-memory module's
+    parameters'), when known."""
+    if isinstance(model, torch.nn.Module):
+        return module_dtype(model)
+    folder, gguf_file, _ = _locate(str(model), revision)
+    return checkpoint_dtype(folder, gguf_file)
+
+
+def check_4bit_supported(device: torch.device | str | None = None) -> None:
+    """Raise unless bitsandbytes can quantize to 4 bits on ``device`` (default: the current
+    CUDA device, else the CPU backend). Under torchrun pass the rank's own device: a probe on
+    plain ``cuda`` before the rank's device is set opens a context on every rank's GPU 0."""
     try:
         import bitsandbytes.functional as bnb_functional
     except ImportError as err:
         raise TrainConfigError("--quantize 4bit needs bitsandbytes: `pip install "
                                "'alphasel[quant]'` (or bitsandbytes), or drop --quantize") from err
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         bnb_functional.quantize_4bit(torch.ones(64, 64, device=device), quant_type="nf4")
     except Exception as err:  # bitsandbytes raises RuntimeError/NotImplementedError by backend
@@ -90,7 +104,7 @@ def check_4bit_supported() -> None:
 def _quantization_config() -> Any:
     from transformers import BitsAndBytesConfig
 
-    check_4bit_supported()
+    check_4bit_supported()  # the current device: the rank's, once the process group has set it
     if torch.cuda.is_available():
         compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
@@ -128,12 +142,13 @@ def _pad_with_eos(tokenizer: Any) -> Any:
 def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
                revision: str | None = None, tokenizer: Any = None,
                labels: list[str] | None = None, quantize: str | None = None,
-               ) -> tuple[torch.nn.Module, Any, ModelInfo]:
+               dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, Any, ModelInfo]:
     """(model, tokenizer, info) ready to train.
 
     ``task`` ``causal`` loads a causal LM, ``classification`` a sequence classifier with a new
     head over ``labels``. An in-memory module needs ``tokenizer``; it is used as given (its
-    head must already fit the labels).
+    head must already fit the labels). ``dtype``: the floating-point weights' dtype (None: as
+    the checkpoint stores them; see :mod:`alphasel.training.precision` for the policy).
     """
     if isinstance(model, torch.nn.Module):
         if tokenizer is None:
@@ -145,13 +160,15 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
         config = getattr(model, "config", None)
         name = getattr(config, "name_or_path", "") or type(model).__name__
         info = ModelInfo(name, None, f"in-memory {type(model).__name__}", "module")
+        if dtype is not None:
+            model.to(dtype)
         return model, _pad_with_eos(tokenizer), info
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     text = str(model)
     folder, gguf_file, info = _locate(text, revision)
     tokenizer = tokenizer or _tokenizer(folder, gguf_file, text)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
     if gguf_file:
         if quantize:
             raise TrainConfigError(f"--quantize 4bit needs a float checkpoint, but '{text}' is "

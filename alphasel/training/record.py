@@ -31,6 +31,7 @@ from alphasel.errors import RunError
 from alphasel.jsonfiles import append_jsonl, read_jsonl, write_json
 from alphasel.paths import model_slug, train_runs_dir, utc_stamp
 from alphasel.plan import InjectionPlan
+from alphasel.training.distributed import global_batch
 from alphasel.training.history import ALPHA_COLUMNS, read_alpha_history
 
 STATUS_COMPLETE = "complete"
@@ -216,11 +217,15 @@ def run_directory(out: str | Path | None, resume: str | Path | None, overwrite: 
         raise RunError(f"--resume '{path}': the data '{data_name}' differs from what the "
                        "run started with (fingerprint changed): resume with the same data and "
                        "options, or start a new run")
-    if recorded.get("world_size") != world_size:
-        raise RunError(f"--resume '{path}': the run started with "
-                       f"{recorded.get('world_size')} process(es), this launch has {world_size}"
-                       f" (the global batch would change mid-run): launch "
-                       f"{recorded.get('world_size')} process(es)")
+    processes = recorded.get("world_size")
+    options = recorded.get("config", {})
+    started = global_batch(options.get("batch_size", 0), options.get("grad_accum", 0),
+                           processes or 0)
+    now = global_batch(options.get("batch_size", 0), options.get("grad_accum", 0), world_size)
+    if started != now:
+        raise RunError(f"--resume '{path}': the run started with a global batch of {started} "
+                       f"({processes} process(es)); this launch has {world_size}, a global "
+                       f"batch of {now}: launch {processes} process(es)")
     return path
 
 

@@ -45,15 +45,23 @@ RESELECTED_MARKER = "alphasel-reselected.json"
 
 def fold_adapters(model: torch.nn.Module) -> torch.nn.Module:
     """Write each adapted module's effective weight into its base layer, remove the adapters
-    and return the bare base model (the same module objects, now holding W + ΔW)."""
+    and return the bare base model (the same module objects, now holding W + ΔW).
+
+    A folded weight is held in float32 from then on (on its own device): it has been trained,
+    and ΔW is a fraction of a percent of W, so rounding W + ΔW back into a bf16 base would lose
+    about half of the update."""
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
     with torch.no_grad():
         for module in base.modules():
             if isinstance(module, LoraLayer):
-                weight = module.get_base_layer().weight
-                weight.copy_(effective_weight(module).to(weight.dtype))
+                layer = module.get_base_layer()
+                folded = effective_weight(module, device=layer.weight.device)
+                if layer.weight.dtype == torch.float32:
+                    layer.weight.copy_(folded)
+                else:
+                    layer.weight = torch.nn.Parameter(folded, requires_grad=False)
     return model.unload()
 
 

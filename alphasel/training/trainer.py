@@ -14,6 +14,7 @@ record, train (with the re-selection rounds), finish the record.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,16 +27,22 @@ import torch
 from alphasel.errors import RunError, TrainConfigError
 from alphasel.jsonfiles import read_jsonl
 from alphasel.plan import InjectionPlan
-from alphasel.training.adapters import parameter_counts, trainable_model
+from alphasel.training.adapters import TrainableModel, parameter_counts, trainable_model
 from alphasel.training.alpha import AlphaCallback, alpha_options, measured_modules
 from alphasel.training.builder import build_trainer, check_reporters
 from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
 from alphasel.training.config import ADAPTER_METHODS, TrainConfig
 from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
-from alphasel.training.distributed import agree, process_state
+from alphasel.training.distributed import (
+    agree,
+    check_one_process_per_gpu,
+    check_same_modules,
+    process_state,
+)
 from alphasel.training.generations import format_prompt, read_prompts, record_generations
 from alphasel.training.models import ModelInfo, check_4bit_supported
+from alphasel.training.precision import Precision
 from alphasel.training.provenance import config_record
 from alphasel.training.record import (
     ADAPTER_DIR,
@@ -66,6 +73,7 @@ class _Run:
     info: ModelInfo
     model: torch.nn.Module
     """The model as it trains: the plan's adapters injected (or every weight trainable)."""
+    precision: Precision
     path: Path
     resumed: bool
     checkpoint: str | None
@@ -105,15 +113,16 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     plan = _checked_inputs(plan, config, resume)
     prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
     with library_output(verbose):
-        state = process_state()
+        state = _process_state(config)
         tokenizer, data = tokenizer_and_data(model, tokenizer, data, config, revision)
-        prepared, tokenizer, info, plan = trainable_model(model, plan, data.labels, tokenizer,
-                                                          config, revision)
-        run = _open_run(state, config, plan, data, tokenizer, info, prepared, out, resume,
-                        overwrite, analysis)
+        loaded = trainable_model(model, plan, data.labels, tokenizer, config, revision)
+        if loaded.plan is not None:
+            check_same_modules(state, loaded.plan)
+        run = _open_run(state, config, loaded, data, out, resume, overwrite, analysis)
         _build(run, callbacks, progress)
-        _start_record(run, config_record(model, revision, info, data, plan, config, command,
-                                         state.num_processes, prompt_list), analysis, overwrite)
+        _start_record(run, config_record(model, revision, loaded.info, data, run.plan, config,
+                                         command, state.num_processes, prompt_list,
+                                         loaded.precision), analysis, overwrite)
         prompt_texts = _prompt_texts(run, prompt_list)
         _generate(run, "before", prompt_texts)
         reselect_seconds = _fit(run)
@@ -143,28 +152,39 @@ def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig
                        "runs cannot be resumed yet (no checkpoint holds the folded base "
                        "weights): start it again")
     check_reporters(config)
-    if config.quantize:
-        check_4bit_supported()
     return plan
 
 
-def _open_run(state: Any, config: TrainConfig, plan: InjectionPlan | None, data: TrainData,
-              tokenizer: Any, info: ModelInfo, model: torch.nn.Module, out: str | Path | None,
-              resume: str | Path | None, overwrite: bool, analysis: pd.DataFrame | None) -> _Run:
+def _process_state(config: TrainConfig) -> Any:
+    """This process's place in the run (the process group started with --ddp-timeout and its
+    device set), checked before anything touches a GPU: one process per GPU, and a 4-bit
+    base's support probed on this rank's own device."""
+    state = process_state(config.ddp_timeout)
+    check_one_process_per_gpu(state)
+    if config.quantize:
+        check_4bit_supported(state.device)
+    return state
+
+
+def _open_run(state: Any, config: TrainConfig, loaded: TrainableModel, data: TrainData,
+              out: str | Path | None, resume: str | Path | None, overwrite: bool,
+              analysis: pd.DataFrame | None) -> _Run:
     """The run's directory (agreed by every process, checked before anything is written) and
     the callbacks that observe it; a resumed run continues from its last checkpoint."""
+    plan, model = loaded.plan, loaded.model
     label = config.method if plan is None else f"{plan.scheme}-k{plan.k}-{config.method}"
-    path = agree(state, lambda: run_directory(out, resume, overwrite, info.model_id, label,
-                                              data.name, data.fingerprint, state.num_processes))
+    path = agree(state, lambda: run_directory(out, resume, overwrite, loaded.info.model_id,
+                                              label, data.name, data.fingerprint,
+                                              state.num_processes))
     checkpoint, resumed_step = last_checkpoint(path / CHECKPOINTS_DIR) if resume else (None, 0)
     # Re-selection re-plans from every candidate, so it measures them all.
     names, adapted = measured_modules(model, plan, "candidates" if config.reselecting
                                       else config.remeasure)
     alpha = AlphaCallback(names, adapted, alpha_options(plan, analysis), config.alpha_every)
     reselector = Reselector(alpha, config.reselect_every) if config.reselecting else None
-    return _Run(config, state, plan, data, tokenizer, info, model, path, resume is not None,
-                checkpoint, resumed_step, MetricsCallback(None), alpha, reselector,
-                parameter_counts(model))
+    return _Run(config, state, plan, data, loaded.tokenizer, loaded.info, model,
+                loaded.precision, path, resume is not None, checkpoint, resumed_step,
+                MetricsCallback(None), alpha, reselector, parameter_counts(model))
 
 
 def _build(run: _Run, callbacks: list | None, progress: bool) -> None:
@@ -179,7 +199,7 @@ def _build(run: _Run, callbacks: list | None, progress: bool) -> None:
             [*own, *(callbacks or [])], progress,
             evaluate_first=not any(row.get("step") == 0 and "eval_loss" in row
                                    for row in recorded),
-            tensorboard_dir=run.path / TENSORBOARD_DIR)
+            tensorboard_dir=run.path / TENSORBOARD_DIR, autocast=run.precision.autocast)
     except BaseException:
         if run.state.is_main_process and not existed:
             _remove_if_empty(run.path)  # the Trainer made empty folders; leave nothing behind
@@ -250,7 +270,20 @@ def _fit(run: _Run) -> float:
                for entry in run.trainer.state.log_history):  # the same answer on every rank
         run.trainer.evaluate()  # the final eval loss belongs to the final weights
     run.state.wait_for_everyone()
+    _check_finite_loss(run)
     return seconds
+
+
+def _check_finite_loss(run: _Run) -> None:
+    """A run whose final eval loss is NaN or inf diverged: it fails instead of recording null
+    (half precision overflows are the usual cause)."""
+    losses = [entry["eval_loss"] for entry in run.trainer.state.log_history
+              if "eval_loss" in entry]
+    if losses and not math.isfinite(losses[-1]):
+        hint = ("float16 overflows here: use --bf16, or --dtype float32 without --fp16"
+                if run.precision.autocast == "fp16" else "lower --lr")
+        raise RunError(f"training diverged: the eval loss at step "
+                       f"{run.trainer.state.global_step} is {losses[-1]} ({hint})")
 
 
 def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: float) -> None:
