@@ -10,6 +10,7 @@ processes (generation, not the analyzer, is the slow part: ~2 s per 11008×4096 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -81,7 +82,9 @@ def write_llama(folder: Path, blocks: int, embeddings: bool = False,
         else:
             missing.append(shard)
     workers = processes or min(len(missing), os.cpu_count() or 1) or 1
-    with ProcessPoolExecutor(workers) as pool:
+    # Spawned, not forked: a fork of a process whose torch, tokenizers or Ray threads hold locks
+    # can hang in the child (the GPU check writes its 7B shape after training runs).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for written in pool.map(_write_shard, [folder] * len(missing), missing,
                                 [shape] * len(missing)):
             weight_map.update(written)
