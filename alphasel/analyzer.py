@@ -31,6 +31,7 @@ from alphasel.lapack import CoreShare
 from alphasel.layout import block_of, kind_of
 from alphasel.powerlaw import EVALS_THRESHOLD, check_estimator, fit_power_law
 from alphasel.provenance import package_versions, utc_now
+from alphasel.snr import marchenko_pastur_snr
 from alphasel.sources import MatrixRef, WeightSource, open_source
 from alphasel.sources.adapter import AdapterOverlay
 from alphasel.spectra import (
@@ -86,12 +87,13 @@ def select_matrices(refs: list[MatrixRef], include: list[str] | str | None = Non
             and not any(p.search(ref.name) for p in excludes)]
 
 
-def _spectrum_metrics(evals: np.ndarray, estimator: str) -> dict:
-    """Fit and norm metrics of one spectrum (WeightWatcher's definitions)."""
+def _spectrum_metrics(evals: np.ndarray, estimator: str, shape: tuple[int, int]) -> dict:
+    """Fit, norm and SNR metrics of the spectrum of a matrix of ``shape`` (WeightWatcher's
+    definitions, Spectrum's SNR); the norms and SNR also when no tail can be fitted."""
     norm = float(np.sum(evals))
     spectral = float(np.max(evals))
     row = {"log_norm": np.log10(norm), "log_spectral_norm": np.log10(spectral),
-           "stable_rank": norm / spectral}
+           "stable_rank": norm / spectral, "snr": marchenko_pastur_snr(evals, shape)}
     fit = fit_power_law(evals, estimator)
     if fit is None:
         row["status"] = (f"no power-law tail (fewer than 2 distinct eigenvalues above "
@@ -115,7 +117,7 @@ def _non_finite_status(matrix: np.ndarray | torch.Tensor) -> dict:
 def analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str = "ks",
                    device: str = "cpu", downsampling: Downsampling = NO_DOWNSAMPLING,
                    gram: np.ndarray | None = None, share: CoreShare | None = None) -> dict:
-    """The fit and norm metrics of one weight matrix, as a row of the alpha table holds them
+    """The fit, norm and SNR metrics of one weight matrix, as a row of the alpha table holds them
     (from ``alpha`` on, with ``status``): the one per-matrix code path of every analysis and of
     the alpha measured during training.
 
@@ -131,7 +133,7 @@ def analyze_matrix(matrix: np.ndarray | torch.Tensor, name: str, estimator: str 
         return _non_finite_status(matrix)
     if evals[-1] <= EVALS_THRESHOLD:
         return {"status": f"all-zero spectrum (no eigenvalue above {EVALS_THRESHOLD:g})"}
-    return _spectrum_metrics(evals, estimator)
+    return _spectrum_metrics(evals, estimator, tuple(matrix.shape))
 
 
 def _eigenvalues(matrix: np.ndarray | torch.Tensor, name: str, device: str) -> np.ndarray:
@@ -151,7 +153,8 @@ def _eigenvalues(matrix: np.ndarray | torch.Tensor, name: str, device: str) -> n
 
 def _analyze_samples(matrix: np.ndarray, name: str, estimator: str, device: str,
                      downsampling: Downsampling) -> dict:
-    """Fit ``downsampling.samples`` submatrices of the sampled shape; average their metrics."""
+    """Fit ``downsampling.samples`` submatrices of the sampled shape; average their metrics
+    (the SNR of each with the sampled shape's β; a sample without noise makes the mean inf)."""
     if not np.isfinite(matrix).all():  # a sample could miss the bad entries
         raise NonFiniteError
     rows, cols = sample_shape_for(matrix.shape, downsampling.shape)
@@ -160,7 +163,7 @@ def _analyze_samples(matrix: np.ndarray, name: str, estimator: str, device: str,
         generator = sample_generator(downsampling.seed, name, draw)
         evals = _eigenvalues(sample_submatrix(matrix, rows, cols, generator), name, device)
         if evals[-1] > EVALS_THRESHOLD:
-            metrics = _spectrum_metrics(evals, estimator)
+            metrics = _spectrum_metrics(evals, estimator, (rows, cols))
             if metrics["status"] == STATUS_OK:
                 fitted.append(metrics)
     if not fitted:
@@ -197,7 +200,7 @@ def analyze(
     """Alpha per weight matrix of ``model``: a hub id, local checkpoint (dir, .safetensors,
     .gguf, .bin), the packaged ``smollm2``/``minilm``, or an in-memory ``nn.Module``.
 
-    Returns the alpha table (one row per 2-D weight matrix; see ``alphasel.table.COLUMNS``) with
+    Returns the alpha table (one row per 2-D weight matrix; see ``alphasel.columns.COLUMNS``) with
     its metadata in ``table.attrs["alphasel"]``. Matrices with fewer than ``min_evals``
     eigenvalues, non-finite entries or an all-zero spectrum get a row whose ``status`` says why.
     ``workers`` matrices are analysed at once, each with ``cores // workers`` BLAS threads;
@@ -228,9 +231,12 @@ def analyze(
         versions = package_versions(_RECORDED_PACKAGES)
         solver = eigensolver() if device == "cpu" else f"torch {torch.__version__} {device}"
         store = ResultCache() if cache else None
+        # The table's columns are in the key: an entry stored before a metric existed lacks
+        # it, and must be a miss rather than a row with the metric missing.
         key = {"estimator": estimator, "downsampling": downsampling.describe(),
                "min_evals": min_evals, "device": device, "eigensolver": solver,
-               "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES}}
+               "versions": {name: versions.get(name) for name in _COMPUTING_PACKAGES},
+               "columns": COLUMNS + DOWNSAMPLE_COLUMNS}
         limit = int(memory_gb * 1e9) if memory_gb is not None \
             else int(_MEMORY_SHARE * available_memory())
         device_limit = (int(_DEVICE_MEMORY_SHARE * available_device_memory(device))

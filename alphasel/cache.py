@@ -4,8 +4,11 @@ resumes where it stopped and a repeated one reads its results back instead of co
 One small JSON file per matrix result, ``<cache>/<2 hex digits>/<sha256 of the key>.json``,
 holding the key itself and the result. The key, built by the analyzer, is everything a result
 depends on: the source's identity of the tensor (file path, size, mtime, offset, dtype,
-shape), the matrix name, the estimator, the resolved downsampling, min_evals, the device and
-the versions of the code that computes it. A changed file or option gives another key: a miss.
+shape), the matrix name, the estimator, the resolved downsampling, min_evals, the device, the
+versions of the code that computes it and the table's columns. A changed file or option gives
+another key: a miss. So does a new metric column (``snr`` was one): entries stored before it
+lack its value and are never served as complete rows. A metric whose definition changes while
+alphasel's version stays needs :data:`SCHEMA` bumped.
 
 Entries are written whole (``alphasel.atomic``: a temporary file per writer, then a rename),
 so two analyses of one model at once at worst fit a matrix twice, and a reader never sees a
@@ -29,7 +32,8 @@ import numpy as np
 
 from alphasel.atomic import write_text
 
-#: Version of the entry layout; entries of another version are misses.
+#: Version of the entry layout and of what its results mean; entries of another version are
+#: misses.
 SCHEMA = 1
 _NON_FINITE = {"nan", "inf", "-inf"}
 

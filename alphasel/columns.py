@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-#: Columns every alpha table has, in this order.
+#: Columns every alpha table has, in this order. ``alpha`` … ``alpha_weighted`` are
+#: WeightWatcher's (``sigma`` is the standard error of alpha); ``snr`` is Spectrum's
+#: signal-to-noise ratio of the singular values (``snr.marchenko_pastur_snr``; ``inf`` for
+#: a matrix without noise), also on rows whose power-law fit failed, as the norms are. Tables
+#: written before ``snr`` existed read without it.
 COLUMNS = [
     "name", "block", "kind", "rows", "cols",
     "alpha", "xmin", "D", "sigma", "num_evals", "num_pl_spikes",
-    "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
+    "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted", "snr",
     "status",
 ]
-#: Columns added by downsampled analyses.
+#: Columns added by downsampled analyses (the metrics above are then means over the samples,
+#: each sample's ``snr`` with the sampled shape's aspect ratio).
 DOWNSAMPLE_COLUMNS = ["alpha_std", "samples"]
 #: What a table must hold for the planner and the plots to use it.
 REQUIRED_COLUMNS = ["name", "block", "kind", "alpha"]
