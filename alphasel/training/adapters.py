@@ -50,10 +50,12 @@ def align_plan(plan: InjectionPlan, model: torch.nn.Module) -> InjectionPlan:
 
 def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
                   config: TrainConfig) -> torch.nn.Module:
-    """The model with the plan's adapters (all weights trainable for full fine-tuning)."""
+    """The model with the plan's adapters (all weights trainable for full fine-tuning), every
+    trainable parameter in float32 (see :mod:`alphasel.training.precision`)."""
     if config.method == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
+        hold_trainable_in_float32(model)
         return model
     if config.quantize:
         from peft import prepare_model_for_kbit_training
@@ -62,7 +64,9 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
             model, use_gradient_checkpointing=config.grad_checkpointing)
     if plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
-    return plan.apply(model, **adapter_overrides(config))
+    adapted = plan.apply(model, **adapter_overrides(config))
+    hold_trainable_in_float32(adapted)
+    return adapted
 
 
 @dataclass
@@ -100,7 +104,6 @@ def trainable_model(model: Any, plan: InjectionPlan | None, labels: list[str] | 
         prepared = prepare_model(loaded, plan, config)
     except PlanError as err:
         raise PlanError(f"{err} (model '{info.model_id}')") from err
-    hold_trainable_in_float32(prepared)
     if plan is not None and plan.total_params is None:
         plan = dataclasses.replace(plan, total_params=parameter_counts(prepared)[1])
     return TrainableModel(prepared, tokenizer, info, plan, precision)
