@@ -4,6 +4,7 @@
     alphasel plan --scheme alora --k 24 --order low --kinds q,k,v --analysis alpha.csv
     alphasel plan --scheme random --k 8 --unit block --seed 7
     alphasel plan --scheme alora --budget-from runs/plans/PLAN.json
+    alphasel plan --scheme blora --k 4 --export peft --out lora_config.json
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import argparse
 from itertools import groupby
 from pathlib import Path
 
+from alphasel.errors import PlanError
+from alphasel.exports import EXPORTS, check_export, write_export
 from alphasel.plan import InjectionPlan, PlannedModule, default_plan_path
 from alphasel.planner import ORDERS, RANK_ALLOCS, SCHEMES, UNITS, make_plan
 from alphasel.table import latest_analysis, read_table
@@ -46,7 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--analysis", type=Path,
                         help="alpha table to plan from (default: the latest analysis)")
     parser.add_argument("--out", type=Path,
-                        help="plan file to write (default: runs/plans/<model>-<scheme>-...json)")
+                        help="plan file to write (default: runs/plans/<model>-<scheme>-...json); "
+                        "with --export, the exported file (required then)")
+    parser.add_argument("--export", metavar="TOOL",
+                        help=f"write the plan for {', '.join(EXPORTS)} to --out (the plan file "
+                        "itself goes to runs/plans/)")
     parser.set_defaults(func=run)
 
 
@@ -103,6 +110,17 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed, start=args.start, rank=args.rank, lora_alpha=args.lora_alpha,
         rank_alloc=args.rank_alloc, beta=args.beta, budget=args.budget,
         budget_from=args.budget_from, analysis_path=analysis)
-    path = plan.save(args.out if args.out is not None else default_plan_path(plan))
+    paths = save(plan, args.out, args.export)
     print(describe(plan))
-    print(f"wrote {path}")
+    print("\n".join(f"wrote {path}" for path in paths))
+
+
+def save(plan: InjectionPlan, out: Path | None, export: str | None) -> list[Path]:
+    """The plan file, and with ``export`` the exported file first: an export its tool cannot
+    express fails before anything is written."""
+    if export is None:
+        return [plan.save(out if out is not None else default_plan_path(plan))]
+    check_export(export)
+    if out is None:
+        raise PlanError(f"--export {export} needs --out FILE, the file to write it to")
+    return [write_export(plan, export, out), plan.save(default_plan_path(plan))]
