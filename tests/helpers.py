@@ -4,6 +4,7 @@ downloaded. (Fixtures are in conftest.py.)"""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -140,7 +141,8 @@ def save_causal_lm(folder: Path, layers: int = 2, dtype: torch.dtype = torch.flo
     """A tiny Llama (or ``model``) saved as a checkpoint directory with its byte-level tokenizer
     (pad = eos), its weights stored in ``dtype`` as the hub stores bf16/fp16 checkpoints (the
     dtype in config.json)."""
-    (model or tiny_llama(layers=layers)).to(dtype).save_pretrained(folder)
+    model = copy.deepcopy(model) if model is not None else tiny_llama(layers=layers)
+    model.to(dtype).save_pretrained(folder)  # a copy: the caller's model keeps its dtype
     byte_tokenizer(pad_is_eos=True).save_pretrained(folder)
     return folder
 

@@ -89,8 +89,9 @@ def trainable_model(model: Any, plan: InjectionPlan | None, labels: list[str] | 
     ``labels``) in the dtypes :func:`resolve_precision` gives, the plan's adapters injected."""
     from transformers import set_seed
 
-    precision = resolve_precision(config, stored_dtype(model, revision),
-                                  on_gpu=torch.cuda.is_available())
+    on_gpu = torch.cuda.is_available()
+    precision = resolve_precision(config, stored_dtype(model, revision), on_gpu,
+                                  bf16_supported=on_gpu and torch.cuda.is_bf16_supported())
     # A classifier's new head is initialised while loading: seeded, so that runs with the same
     # seed start from the same head whatever else ran in the process before (paired design).
     set_seed(config.seed)

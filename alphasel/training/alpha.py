@@ -84,9 +84,8 @@ def measure(model: torch.nn.Module, names: list[str], adapted: set[str], options
     the other ranks wait; downsampled draws are taken on the CPU)."""
     rows = []
     device = model_device(model)
-    weights = effective_weights(model, names, device=device)
-    for name in names:
-        matrix = weights[name]
+    for name in names:  # one effective weight at a time: a model's worth would not fit beside it
+        matrix = effective_weights(model, [name], device=device)[name]
         if device.type == "cpu" or options.downsampling.active:
             matrix = matrix.cpu().numpy()
         row = {"epoch": epoch, "step": step, "name": name, "block": block_of(name),

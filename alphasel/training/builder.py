@@ -21,7 +21,7 @@ from alphasel.training.callbacks import ConsoleCallback
 from alphasel.training.config import TrainConfig
 from alphasel.training.data import TrainData
 from alphasel.training.distributed import cpu_only
-from alphasel.training.precision import autocast_flag
+from alphasel.training.precision import hold_trainable_in_float32
 from alphasel.training.reselect import ContinuesSchedule
 
 
@@ -83,11 +83,11 @@ def check_reporters(config: TrainConfig) -> None:
 
 def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: TrainConfig,
                   output_dir: Path, callbacks: list, progress: bool = True,
-                  evaluate_first: bool = True, tensorboard_dir: Path | None = None,
-                  autocast: str | None = None) -> Any:
+                  evaluate_first: bool = True, tensorboard_dir: Path | None = None, *,
+                  autocast: str | None) -> Any:
     """The transformers Trainer (SFTTrainer for language models) for this run; with
-    ``tensorboard_dir``, TensorBoard (--report-to) logs there. ``autocast`` (``bf16``, ``fp16``)
-    is the run's resolved :class:`~alphasel.training.precision.Precision`'s; None: --bf16/--fp16.
+    ``tensorboard_dir``, TensorBoard (--report-to) logs there. ``autocast`` (``bf16``, ``fp16`` or
+    None) is the run's resolved :class:`~alphasel.training.precision.Precision`'s.
 
     transformers reads TensorBoard's directory from the environment when it builds its
     callbacks: it is set for the construction only, so the next run in this process logs into
@@ -97,7 +97,7 @@ def build_trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, confi
         os.environ["TENSORBOARD_LOGGING_DIR"] = previous or str(tensorboard_dir)
     try:
         return _trainer(model, tokenizer, data, config, output_dir, callbacks, progress,
-                        evaluate_first, autocast or autocast_flag(config))
+                        evaluate_first, autocast)
     finally:
         if previous is None:
             os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
@@ -119,6 +119,9 @@ def _trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: Tr
                                        eval_dataset=data.eval, processing_class=tokenizer,
                                        callbacks=callbacks)
         _refuse_empty_splits(trainer, config)
+    # TRL casts a 4-bit model's trainable parameters to bf16 as it builds the trainer (before
+    # any optimizer exists): held in float32 again, as the dtype policy says.
+    hold_trainable_in_float32(trainer.model)
     _use_console(trainer, progress)
     return trainer
 

@@ -81,9 +81,9 @@ class TrainConfig:
     fp16: bool = False
     """float16 mixed precision (--fp16)."""
     dtype: str = "auto"
-    """What the frozen base is held in: ``auto`` (a half-precision checkpoint's own dtype on a
-    GPU, float32 on a CPU unless --bf16), ``float32``, ``bfloat16`` or ``float16``; whatever
-    trains is always float32 (--dtype)."""
+    """What the frozen base is held in: ``auto`` (the precision of --bf16/--fp16; without them
+    a half-precision checkpoint's own dtype on a GPU, float32 on a CPU), ``float32``,
+    ``bfloat16`` or ``float16``; whatever trains is always float32 (--dtype)."""
     grad_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time (--grad-checkpointing)."""
     max_seq_len: int = 512

@@ -24,7 +24,7 @@ def cpu_only() -> bool:
     return not any(accelerators)
 
 
-def process_state(timeout_s: int = 1800) -> Any:
+def process_state(timeout_s: int) -> Any:
     """accelerate's process state: starts the process group under torchrun/accelerate launch
     (gloo on CPU, NCCL on GPUs) and is a single process otherwise.
 
@@ -48,6 +48,20 @@ def check_one_process_per_gpu(state: Any) -> None:
             f"this process sees {gpus} GPUs; alphasel trains one process per GPU (one meaning "
             f"of batch size): launch `torchrun --nproc_per_node {gpus} -m alphasel train ...`, "
             "or choose one GPU with CUDA_VISIBLE_DEVICES=0")
+
+
+def start_process(config: Any) -> Any:
+    """This process's place in a run with ``config`` (a TrainConfig): the process group started
+    with --ddp-timeout and the rank's device set, then checked before anything touches a GPU or
+    takes minutes (the inline analysis): one process per GPU, and a 4-bit base's support probed
+    on this rank's own device."""
+    state = process_state(config.ddp_timeout)
+    check_one_process_per_gpu(state)
+    if config.quantize:
+        from alphasel.training.models import check_4bit_supported
+
+        check_4bit_supported(state.device)
+    return state
 
 
 def global_batch(batch_size: int, grad_accum: int, processes: int) -> int:

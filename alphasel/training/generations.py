@@ -7,6 +7,7 @@ model trained on (Alpaca text or the tokenizer's chat template).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -69,19 +70,24 @@ def format_prompt(prompt: str, kind: str, template: str, tokenizer: Any) -> str:
 
 @torch.no_grad()
 def complete(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int,
-             add_special_tokens: bool = False) -> list[str]:
+             add_special_tokens: bool = False, autocast: torch.dtype | None = None) -> list[str]:
     """Greedy completions (the new text only), one prompt at a time: no padding to get wrong.
-    ``add_special_tokens`` as the prompts were tokenized in training (BOS for Alpaca text)."""
+    ``add_special_tokens`` as the prompts were tokenized in training (BOS for Alpaca text).
+    ``autocast``: the run's mixed precision, which the Trainer applies to its own forward
+    passes only; a half base holding float32 (trained, folded) matrices needs it here too."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     completions = []
+    precision = (torch.autocast(device.type, dtype=autocast) if autocast is not None
+                 else contextlib.nullcontext())
     try:
         for prompt in prompts:
             encoded = tokenizer(prompt, return_tensors="pt",
                                 add_special_tokens=add_special_tokens).to(device)
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
+            with precision:
+                output = model.generate(**encoded, max_new_tokens=max_new_tokens,
+                                        do_sample=False, pad_token_id=tokenizer.pad_token_id)
             new = output[0, encoded["input_ids"].shape[1]:]
             completions.append(tokenizer.decode(new, skip_special_tokens=True))
     finally:
@@ -90,8 +96,11 @@ def complete(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new
 
 
 def record_generations(writer: RunWriter, when: str, model: torch.nn.Module, tokenizer: Any,
-                       prompts: list[str], max_new_tokens: int, add_special_tokens: bool) -> None:
-    """Append one generations.jsonl line per prompt: ``when`` (before/after), prompt, completion."""
-    completions = complete(model, tokenizer, prompts, max_new_tokens, add_special_tokens)
+                       prompts: list[str], max_new_tokens: int, add_special_tokens: bool,
+                       autocast: torch.dtype | None = None) -> None:
+    """Append one generations.jsonl line per prompt: ``when`` (before/after), prompt, completion
+    (generated under ``autocast``, see :func:`complete`)."""
+    completions = complete(model, tokenizer, prompts, max_new_tokens, add_special_tokens,
+                           autocast)
     for prompt, text in zip(prompts, completions, strict=True):
         writer.append(GENERATIONS_FILE, {"when": when, "prompt": prompt, "completion": text})

@@ -139,6 +139,12 @@ def _pad_with_eos(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def _is_quantized(model: torch.nn.Module) -> bool:
+    """Whether a module holds bitsandbytes-packed weights (which cannot be cast)."""
+    return any(type(parameter).__name__ in ("Params4bit", "Int8Params")
+               for parameter in model.parameters())
+
+
 def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
                revision: str | None = None, tokenizer: Any = None,
                labels: list[str] | None = None, quantize: str | None = None,
@@ -160,7 +166,7 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
         config = getattr(model, "config", None)
         name = getattr(config, "name_or_path", "") or type(model).__name__
         info = ModelInfo(name, None, f"in-memory {type(model).__name__}", "module")
-        if dtype is not None:
+        if dtype is not None and module_dtype(model) != dtype and not _is_quantized(model):
             model.to(dtype)
         return model, _pad_with_eos(tokenizer), info
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

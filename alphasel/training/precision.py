@@ -7,10 +7,10 @@ Whatever trains (adapters, a classifier's head, every weight under ``--method fu
 matrices folded at re-selection) is held in float32: Adam's small steps survive only in float32
 master weights (a 0.3%-relative update rounded into bf16 loses about half of itself). Only a
 frozen base may stay in half precision, and then the forward pass computes in that precision's
-autocast (a half base is never mixed with float32 compute by accident). ``--dtype auto`` keeps a
-half-precision checkpoint's own dtype on a GPU (half the memory for the frozen weights) and
-loads float32 on a CPU, where half precision is only faster under ``--bf16`` autocast (it is
-emulated on CPUs without AVX512-BF16/AMX).
+autocast (a half base is never mixed with float32 compute by accident). ``--dtype auto`` holds
+the base in the precision --bf16/--fp16 ask for, and without them keeps a half-precision
+checkpoint's own dtype on a GPU (half the memory for the frozen weights) and loads float32 on a
+CPU, where half precision without autocast is emulated on CPUs without AVX512-BF16/AMX.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import torch
 #: --dtype's values: the base model's dtype, or ``auto`` (the policy above).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _TORCH = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: Autocast name (the --bf16/--fp16 flags) of each half-precision dtype.
+#: Autocast name (the --bf16/--fp16 flags) of each half-precision dtype, and back.
 _AUTOCAST = {"bfloat16": "bf16", "float16": "fp16"}
+_AUTOCAST_DTYPE = {flag: dtype for dtype, flag in _AUTOCAST.items()}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -51,6 +52,11 @@ class Precision:
     def base_dtype(self) -> torch.dtype:
         return _TORCH[self.base]
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The torch dtype of the autocast (for code outside the Trainer's forward passes)."""
+        return None if self.autocast is None else _TORCH[_AUTOCAST_DTYPE[self.autocast]]
+
     def to_dict(self) -> dict[str, Any]:
         return {"stored": self.stored, "base": self.base, "trainable": self.trainable,
                 "autocast": self.autocast}
@@ -66,10 +72,14 @@ def autocast_flag(config: Any) -> str | None:
     return "bf16" if config.bf16 else "fp16" if config.fp16 else None
 
 
-def resolve_precision(config: Any, stored: torch.dtype | None, on_gpu: bool) -> Precision:
+def resolve_precision(config: Any, stored: torch.dtype | None, on_gpu: bool,
+                      bf16_supported: bool = True) -> Precision:
     """The dtypes a run with ``config`` (a TrainConfig) uses for a checkpoint stored in
-    ``stored``: ``--dtype`` when given, else the policy in this module's docstring. A half
-    base computes in its own autocast (TrainConfig refuses a --dtype that contradicts
+    ``stored``, by one rule on every machine: ``--dtype`` when given; else float32 for
+    ``--method full``; else the precision --bf16/--fp16 asks for (float32 when the checkpoint
+    is stored in the other half precision: bf16 weights can overflow fp16); else, on a GPU, a
+    half-precision checkpoint's own dtype (bf16 only where the GPU supports it); else float32.
+    A half base computes in its own autocast (TrainConfig refuses a --dtype that contradicts
     --bf16/--fp16)."""
     stored_name = dtype_name(stored) if stored is not None else None
     asked = autocast_flag(config)
@@ -77,11 +87,13 @@ def resolve_precision(config: Any, stored: torch.dtype | None, on_gpu: bool) -> 
         base = config.dtype
     elif config.method == "full":
         base = "float32"  # every weight trains
-    elif on_gpu:
-        keeps = stored_name in _AUTOCAST and asked in (None, _AUTOCAST[stored_name])
-        base = stored_name if keeps else "float32"
+    elif asked is not None:
+        other_half = stored_name in _AUTOCAST and _AUTOCAST[stored_name] != asked
+        base = "float32" if other_half else _AUTOCAST_DTYPE[asked]
+    elif on_gpu and stored_name in _AUTOCAST and (stored_name != "bfloat16" or bf16_supported):
+        base = stored_name
     else:
-        base = {None: "float32", "bf16": "bfloat16", "fp16": "float16"}[asked]
+        base = "float32"
     return Precision(stored_name, base, half_autocast(base) or asked)
 
 

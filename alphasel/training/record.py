@@ -219,9 +219,9 @@ def run_directory(out: str | Path | None, resume: str | Path | None, overwrite: 
                        "options, or start a new run")
     processes = recorded.get("world_size")
     options = recorded.get("config", {})
-    started = global_batch(options.get("batch_size", 0), options.get("grad_accum", 0),
-                           processes or 0)
     now = global_batch(options.get("batch_size", 0), options.get("grad_accum", 0), world_size)
+    started = (recorded.get("batch") or {}).get("global") or global_batch(
+        options.get("batch_size", 0), options.get("grad_accum", 0), processes or 0)
     if started != now:
         raise RunError(f"--resume '{path}': the run started with a global batch of {started} "
                        f"({processes} process(es)); this launch has {world_size}, a global "

@@ -14,6 +14,7 @@ record, train (with the re-selection rounds), finish the record.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -34,14 +35,9 @@ from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memo
 from alphasel.training.config import ADAPTER_METHODS, TrainConfig
 from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
-from alphasel.training.distributed import (
-    agree,
-    check_one_process_per_gpu,
-    check_same_modules,
-    process_state,
-)
+from alphasel.training.distributed import agree, check_same_modules, start_process
 from alphasel.training.generations import format_prompt, read_prompts, record_generations
-from alphasel.training.models import ModelInfo, check_4bit_supported
+from alphasel.training.models import ModelInfo
 from alphasel.training.precision import Precision
 from alphasel.training.provenance import config_record
 from alphasel.training.record import (
@@ -113,7 +109,7 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
     plan = _checked_inputs(plan, config, resume)
     prompt_list = read_prompts(prompts) if isinstance(prompts, str | Path) else prompts
     with library_output(verbose):
-        state = _process_state(config)
+        state = start_process(config)
         tokenizer, data = tokenizer_and_data(model, tokenizer, data, config, revision)
         loaded = trainable_model(model, plan, data.labels, tokenizer, config, revision)
         if loaded.plan is not None:
@@ -147,23 +143,16 @@ def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig
     if config.method in ADAPTER_METHODS and plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan FILE or "
                                "--scheme/--k to plan inline (or --method full)")
+    if plan is not None and config.reselecting and plan.metric != "alpha":
+        raise TrainConfigError(f"--reselect re-ranks by the alpha it measures during training; "
+                               f"this plan ranks by {plan.metric} (scheme {plan.scheme}), which "
+                               "is not re-measured yet: drop --reselect, or plan by alpha")
     if resume is not None and config.reselecting:
         raise RunError(f"--resume '{resume}': the run re-selects its modules, and re-selecting "
                        "runs cannot be resumed yet (no checkpoint holds the folded base "
                        "weights): start it again")
     check_reporters(config)
     return plan
-
-
-def _process_state(config: TrainConfig) -> Any:
-    """This process's place in the run (the process group started with --ddp-timeout and its
-    device set), checked before anything touches a GPU: one process per GPU, and a 4-bit
-    base's support probed on this rank's own device."""
-    state = process_state(config.ddp_timeout)
-    check_one_process_per_gpu(state)
-    if config.quantize:
-        check_4bit_supported(state.device)
-    return state
 
 
 def _open_run(state: Any, config: TrainConfig, loaded: TrainableModel, data: TrainData,
@@ -251,7 +240,7 @@ def _generate(run: _Run, when: str, prompts: list[str]) -> None:
         # templates and code chunks carry their own.
         special = run.data.kind == "instruction" and run.config.template == "alpaca"
         record_generations(run.writer, when, run.trainer.model, run.tokenizer, prompts,
-                           run.config.max_new_tokens, special)
+                           run.config.max_new_tokens, special, run.precision.autocast_dtype)
     if when == "before":
         run.state.wait_for_everyone()
 
@@ -319,6 +308,11 @@ def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokeniz
         raise RunError(f"--resume '{run_dir}' trained an in-memory model: resume it from Python "
                        "with alphasel.training.resume(run_dir, model=..., tokenizer=...)")
     config = TrainConfig.from_dict(recorded.config["config"])
+    precision = recorded.config.get("precision")
+    if precision and config.dtype == "auto":
+        # The base the run started on, whatever this machine's policy would choose: a run
+        # begun on a GPU with a bf16 base continues on it, not on a float32 one.
+        config = dataclasses.replace(config, dtype=precision["base"])
     spec = recorded.config.get("data_source") or recorded.config["data"]
     return train(source, recorded.plan, data if data is not None else spec, config,
                  tokenizer=tokenizer, revision=recorded.config.get("revision"),

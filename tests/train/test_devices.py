@@ -31,15 +31,27 @@ def _gpus(monkeypatch, count):
 
 def test_one_process_seeing_two_gpus_is_refused_before_anything_runs(monkeypatch):
     """The Trainer would wrap it in DataParallel: batch × 2 while the record says one process."""
-    monkeypatch.setattr(trainer_module, "process_state", lambda timeout: _state())
+    monkeypatch.setattr(distributed, "process_state", lambda timeout: _state())
     _gpus(monkeypatch, 2)
     with pytest.raises(TrainConfigError, match=r"sees 2 GPUs.*torchrun --nproc_per_node 2"):
-        trainer_module._process_state(TrainConfig())
+        distributed.start_process(TrainConfig())
     _gpus(monkeypatch, 1)
-    trainer_module._process_state(TrainConfig())  # one GPU per process trains
-    monkeypatch.setattr(trainer_module, "process_state", lambda timeout: _state(processes=2))
+    distributed.start_process(TrainConfig())  # one GPU per process trains
+    monkeypatch.setattr(distributed, "process_state", lambda timeout: _state(processes=2))
     _gpus(monkeypatch, 2)
-    trainer_module._process_state(TrainConfig())  # torchrun: each rank takes its own
+    distributed.start_process(TrainConfig())  # torchrun: each rank takes its own
+
+
+def test_the_cli_refuses_two_gpus_before_its_inline_analysis(monkeypatch):
+    """An inline plan analyses for minutes: the refusal comes first."""
+    from alphasel.cli import train as cli_train
+
+    monkeypatch.setattr(distributed, "process_state", lambda timeout: _state())
+    monkeypatch.setattr(cli_train, "inline_plan",
+                        lambda args, seed: pytest.fail("analysed before the refusal"))
+    _gpus(monkeypatch, 2)
+    with pytest.raises(TrainConfigError, match="sees 2 GPUs"):
+        cli_train._planned_once(SimpleNamespace(), TrainConfig())
 
 
 def test_the_process_group_waits_as_long_as_ddp_timeout(monkeypatch):
@@ -52,9 +64,9 @@ def test_the_process_group_waits_as_long_as_ddp_timeout(monkeypatch):
         return _state()
 
     monkeypatch.setattr(accelerate, "PartialState", partial_state)
-    trainer_module._process_state(TrainConfig(ddp_timeout=7200))
+    distributed.start_process(TrainConfig(ddp_timeout=7200))
     assert seen["timeout"] == timedelta(seconds=7200)
-    distributed.process_state()
+    distributed.start_process(TrainConfig())
     assert seen["timeout"] == timedelta(seconds=1800)  # not NCCL's ten minutes
 
 
@@ -64,19 +76,21 @@ def test_the_trainer_gets_the_same_timeout(tmp_path):
     tokenizer = byte_tokenizer()
     trainer = build_trainer(tiny_llama(), tokenizer, code_data(tokenizer),
                             TrainConfig(max_steps=1, ddp_timeout=7200, **FAST), tmp_path, [],
-                            progress=False)
+                            progress=False, autocast=None)
     assert trainer.args.ddp_timeout == 7200
 
 
 def test_the_4bit_probe_runs_on_the_ranks_own_device_after_the_group_set_it(monkeypatch):
     """Probing plain ``cuda`` before the rank's device is set opens a context on GPU 0 in every
     rank; the probe now follows the process state and uses its device."""
+    from alphasel.training import models
+
     calls = []
-    monkeypatch.setattr(trainer_module, "process_state",
+    monkeypatch.setattr(distributed, "process_state",
                         lambda timeout: calls.append("state") or _state(2, device="cpu"))
-    monkeypatch.setattr(trainer_module, "check_4bit_supported",
+    monkeypatch.setattr(models, "check_4bit_supported",
                         lambda device=None: calls.append(("probe", device)))
-    trainer_module._process_state(TrainConfig(quantize="4bit"))
+    distributed.start_process(TrainConfig(quantize="4bit"))
     assert calls == ["state", ("probe", torch.device("cpu"))]
     calls.clear()
     with pytest.raises(TrainConfigError):  # no plan: refused, and nothing probed yet
@@ -175,3 +189,23 @@ def test_resume_refuses_another_global_batch(tmp_path):
     with pytest.raises(RunError, match="global batch of 8 .* a global batch of 16"):
         run_directory(None, path, False, "m", "l", "d", "f", 2)
     assert run_directory(None, path, False, "m", "l", "d", "f", 1) == path
+    # The recorded global batch is the reference where the record holds one.
+    writer.write_config({"data_fingerprint": "f", "world_size": 1, "batch": {"global": 16},
+                         "config": {"batch_size": 4, "grad_accum": 2}})
+    with pytest.raises(RunError, match="global batch of 16 .* a global batch of 8"):
+        run_directory(None, path, False, "m", "l", "d", "f", 1)
+
+
+def test_alpha_is_measured_one_module_at_a_time(monkeypatch):
+    """A model's worth of effective weights on the GPU at once would not fit beside it."""
+    asked = []
+    real_effective = alpha_module.effective_weights
+
+    def effective(model, names, device="cpu"):
+        asked.append(list(names))
+        return real_effective(model, names)
+
+    monkeypatch.setattr(alpha_module, "effective_weights", effective)
+    names = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    alpha_module.measure(tiny_llama(), names, set(), alpha_module.AlphaOptions(), 0, 0)
+    assert asked == [[name] for name in names]

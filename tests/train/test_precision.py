@@ -20,7 +20,6 @@ from transformers import TrainerCallback
 from alphasel.errors import RunError, TrainConfigError
 from alphasel.planner import make_plan
 from alphasel.training import TrainConfig, train
-from alphasel.training.effective import effective_weight
 from alphasel.training.precision import resolve_precision
 from alphasel.training.reselect import fold_adapters
 
@@ -57,9 +56,14 @@ class _KeepModel(TrainerCallback):
     (dict(method="full", bf16=True), torch.bfloat16, True, ("float32", "bf16")),
     (dict(dtype="float16"), torch.bfloat16, False, ("float16", "fp16")),
     (dict(dtype="float32", bf16=True), torch.bfloat16, True, ("float32", "bf16")),
+    (dict(bf16=True), torch.float32, True, ("bfloat16", "bf16")),  # one rule on every machine
+    (dict(bf16=True), torch.float32, False, ("bfloat16", "bf16")),
+    (dict(fp16=True), torch.bfloat16, False, ("float32", "fp16")),  # bf16 may overflow fp16
+    (dict(), torch.bfloat16, "no bf16", ("float32", None)),  # a GPU without bf16 (V100, T4)
 ])
 def test_the_policy_resolves_base_and_autocast(config, stored, on_gpu, expected):
-    precision = resolve_precision(TrainConfig(**config), stored, on_gpu)
+    precision = resolve_precision(TrainConfig(**config), stored, bool(on_gpu),
+                                  bf16_supported=on_gpu is True)
     assert (precision.base, precision.autocast) == expected
     assert precision.trainable == "float32"
 
@@ -104,6 +108,12 @@ def test_full_fine_tuning_from_a_bf16_checkpoint_trains_float32_master_weights(t
                                                              abs=1e-6)
 
 
+def _lora_delta(module) -> torch.Tensor:
+    """ΔW = scaling · B A in float64, formed here rather than by the code under test."""
+    return module.scaling["default"] * (module.lora_B["default"].weight.double()
+                                        @ module.lora_A["default"].weight.double())
+
+
 def test_a_fold_into_a_bf16_base_keeps_the_update(tokenizer):
     """ΔW of 0.3% of W folded into a bf16 base: the folded weight is float32 W + ΔW (rounding
     back into bf16 would lose about half of ΔW)."""
@@ -121,10 +131,9 @@ def test_a_fold_into_a_bf16_base_keeps_the_update(tokenizer):
                     module.lora_A["default"].weight.shape, generator=generator))
                 module.lora_B["default"].weight.copy_(torch.randn(
                     module.lora_B["default"].weight.shape, generator=generator))
-                delta = effective_weight(module) - base
                 module.lora_B["default"].weight.mul_(
-                    3e-3 * torch.linalg.norm(base) / torch.linalg.norm(delta))
-                delta = effective_weight(module).double() - base.double()
+                    3e-3 * torch.linalg.norm(base) / torch.linalg.norm(_lora_delta(module)))
+                delta = _lora_delta(module)
                 layers[name] = (base.double() + delta, delta)
     folded = fold_adapters(model)
     for name, (expected, delta) in layers.items():
@@ -195,3 +204,64 @@ def test_the_record_holds_the_batch_every_process_sees(tmp_path, tokenizer, plan
                    tokenizer=tokenizer, out=tmp_path / "run", progress=False)
     assert record.config["batch"] == {"per_device": 4, "grad_accum": 2, "processes": 1,
                                       "n_gpu": 0, "global": 8}
+
+
+def test_generations_after_a_fold_into_a_half_base_run_under_its_autocast(tmp_path, tokenizer,
+                                                                           plan):
+    """Re-selection leaves float32 folded matrices in a bf16 model; generate() runs outside the
+    Trainer's autocast, so it brings its own."""
+    folder = save_causal_lm(tmp_path / "bf16", dtype=torch.bfloat16)
+    record = train(str(folder), plan, code_data(tokenizer),
+                   TrainConfig(max_steps=2, reselect_every=1, bf16=True, max_new_tokens=4,
+                               **{k: v for k, v in FAST.items() if k != "max_new_tokens"}),
+                   out=tmp_path / "run", progress=False)
+    assert record.config["precision"]["base"] == "bfloat16" and record.summary["rounds"] == 2
+    generations = [json.loads(line) for line in
+                   (record.path / "generations.jsonl").read_text().splitlines()]
+    assert {row["when"] for row in generations} == {"before", "after"}
+
+
+def test_a_resumed_run_keeps_the_base_it_started_with(tmp_path, tokenizer, plan, monkeypatch):
+    """A run begun with a bf16 base (as --dtype auto gives on a GPU) resumes on a bf16 base on
+    a CPU too, where auto alone would choose float32."""
+    from alphasel.training import resume
+
+    folder = save_causal_lm(tmp_path / "bf16", dtype=torch.bfloat16)
+    config = TrainConfig(max_steps=4, save_every=2, generate=False, dtype="bfloat16", **FAST)
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(str(folder), plan, code_data(tokenizer), config, out=tmp_path / "run",
+              progress=False, callbacks=[Stop()])
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    written["config"]["dtype"] = "auto"  # as a GPU run with --dtype auto records it
+    (tmp_path / "run" / "config.json").write_text(json.dumps(written))
+    keep = _KeepModel()
+    record = resume(tmp_path / "run", data=code_data(tokenizer), progress=False,
+                    callbacks=[keep])
+    assert record.complete
+    frozen = {p.dtype for p in keep.model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+
+
+def test_an_in_memory_4bit_model_is_not_cast(tmp_path, tokenizer):
+    """A model transformers loaded in 4 bits refuses to be cast (ValueError): the policy leaves
+    bitsandbytes-packed models as they are."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from alphasel.training.models import check_4bit_supported, load_model
+
+    try:
+        check_4bit_supported()
+    except TrainConfigError as err:
+        pytest.skip(str(err))
+    folder = save_causal_lm(tmp_path / "tiny", model=tiny_llama(hidden=64))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=BitsAndBytesConfig(load_in_4bit=True,
+                                                       bnb_4bit_compute_dtype=torch.float32))
+    loaded, _, _ = load_model(model, tokenizer=tokenizer, dtype=torch.float32)
+    assert loaded is model

@@ -137,7 +137,8 @@ def test_instruction_labels_mask_the_prompt_and_learn_eos_when_pad_is_eos(tmp_pa
     plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
     config = TrainConfig(max_steps=1, max_seq_len=128, **FAST)
     model = prepare_model(tiny_llama(), plan, config)
-    trainer = build_trainer(model, tokenizer, data, config, tmp_path, [], progress=False)
+    trainer = build_trainer(model, tokenizer, data, config, tmp_path, [], progress=False,
+                            autocast=None)
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     prompt = tokenizer(data.train[0]["prompt"], add_special_tokens=False)["input_ids"]
@@ -385,6 +386,8 @@ def test_qlora_trains_on_a_4bit_checkpoint(tmp_path, tokenizer):
                    out=tmp_path / "run", progress=False, callbacks=[keep])
     adapted = keep.model.get_submodule("base_model.model.model.layers.1.self_attn.q_proj")
     assert isinstance(adapted.base_layer, bitsandbytes.nn.Linear4bit)
+    # TRL casts a 4-bit model's adapters to bf16; the dtype policy holds them in float32.
+    assert {p.dtype for p in keep.model.parameters() if p.requires_grad} == {torch.float32}
     assert record.complete and record.config["model_format"] == "directory"
     assert record.summary["trainable_params"] == blora_plan.trainable_params
     assert record.config["config"]["quantize"] == "4bit"
