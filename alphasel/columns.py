@@ -17,6 +17,9 @@ COLUMNS = [
     "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted", "snr",
     "status",
 ]
+#: The columns that can rank matrices (``--metric``): every per-matrix measurement.
+METRICS = ["alpha", "xmin", "D", "sigma", "num_pl_spikes", "log_norm", "log_spectral_norm",
+           "stable_rank", "alpha_weighted", "snr"]
 #: Columns added by downsampled analyses (the metrics above are then means over the samples,
 #: each sample's ``snr`` with the sampled shape's aspect ratio).
 DOWNSAMPLE_COLUMNS = ["alpha_std", "samples"]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from alphasel.atomic import write_text
 from alphasel.errors import PlanError
+from alphasel.jsonfiles import finite_or_none
 from alphasel.paths import model_slug, plans_dir, utc_stamp
 
 if TYPE_CHECKING:
@@ -66,8 +67,9 @@ class PlannedModule:
     alpha: float | None
     """This matrix's fitted power-law alpha, or None when the analysis has no fit for it."""
     selection_alpha: float | None
-    """The value that ranked this module when the scheme chose it: its own alpha for alora, its
-    block's mean alpha for blora, None for schemes that ignore alpha."""
+    """The value that ranked this module when the scheme chose it: its own value of the plan's
+    metric (alpha by default) for alora and spectrum, its block's mean for blora, None for
+    schemes that ignore the measurements."""
 
     @property
     def trainable_params(self) -> int:
@@ -81,7 +83,7 @@ class InjectionPlan:
     modules: list[PlannedModule]
     """The adapted modules, in the order the model holds them."""
     scheme: str
-    """Selection scheme: alora, blora, random, first, last, band or all."""
+    """Selection scheme: alora, blora, spectrum, random, first, last, band or all."""
     k: int
     """Number of units chosen (matrices or blocks, see ``unit``)."""
     unit: str
@@ -89,8 +91,13 @@ class InjectionPlan:
     kinds: list[str]
     """Module kinds that were candidates."""
     order: str | None = None
-    """``high`` (highest alpha, least trained, first) or ``low``; None for schemes that ignore
-    alpha."""
+    """``high`` (highest value of ``metric`` first: for alpha the least trained) or ``low``;
+    None for schemes that ignore the measurements."""
+    metric: str = "alpha"
+    """The table column alora/blora rank by (``snr`` for spectrum); each module's
+    ``selection_alpha`` holds the value that ranked it."""
+    fraction: float | None = None
+    """spectrum: the share of each module kind's matrices chosen (highest SNR first)."""
     seed: int | None = None
     """Seed of the random scheme (drawn and recorded when none was given)."""
     start: int | None = None
@@ -187,8 +194,8 @@ class InjectionPlan:
         return cls(**{**data, "modules": modules})
 
     def to_json(self) -> str:
-        # allow_nan=False: NaN is not JSON; a NaN here is a bug upstream, not data to write.
-        return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+        # JSON has no NaN or inf: a noise-free matrix's snr (inf) is written as null.
+        return json.dumps(finite_or_none(self.to_dict()), indent=1, allow_nan=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> InjectionPlan:

@@ -17,25 +17,28 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from alphasel import __version__
-from alphasel.columns import STATUS_OK, TOTAL_MATRIX_PARAMS, metadata
+from alphasel.columns import METRICS, STATUS_OK, TOTAL_MATRIX_PARAMS, metadata
 from alphasel.errors import PlanError, TableError
 from alphasel.layout import CANDIDATE_KINDS, KIND_GROUPS
 from alphasel.plan import InjectionPlan, PlannedModule
 from alphasel.provenance import utc_now
 from alphasel.table import check_table
 
-SCHEMES = ("alora", "blora", "random", "first", "last", "band", "all")
-#: Schemes that rank by alpha and therefore take ``order``.
+SCHEMES = ("alora", "blora", "spectrum", "random", "first", "last", "band", "all")
+#: Schemes that rank by a metric (``--metric``, alpha by default) and take ``order``.
 ALPHA_SCHEMES = ("alora", "blora")
+#: Spectrum's metric: the top ``fraction`` of each kind by it.
+SPECTRUM_METRIC = "snr"
 #: The unit each scheme counts with ``k``; random takes either (default matrix).
-SCHEME_UNITS = {"alora": "matrix", "blora": "block", "first": "block", "last": "block",
-                "band": "block", "all": "matrix"}
+SCHEME_UNITS = {"alora": "matrix", "blora": "block", "spectrum": "matrix", "first": "block",
+                "last": "block", "band": "block", "all": "matrix"}
 UNITS = ("matrix", "block")
 ORDERS = ("high", "low")
 RANK_ALLOCS = ("uniform", "alpha")
@@ -72,10 +75,12 @@ def parse_kinds(kinds: str | Iterable[str] | None) -> list[str]:
     return [kind for kind in CANDIDATE_KINDS if kind in chosen]
 
 
-def candidates(table: pd.DataFrame, kinds: list[str]) -> pd.DataFrame:
+def candidates(table: pd.DataFrame, kinds: list[str], metric: str = "alpha") -> pd.DataFrame:
     """The table's rows that may be chosen, in table (model) order, with ``usable`` marking a
-    finite alpha from a successful fit."""
+    finite alpha from a successful fit, ``score`` the ``metric``'s value and ``rankable`` a
+    score to rank by (alpha: ``usable``; another metric: any value, ``inf`` included)."""
     check_table(table, TABLE_COLUMNS)
+    _check_metric(table, metric, kinds)
     duplicated = table["name"][table["name"].duplicated()]
     if len(duplicated):
         raise TableError(f"alpha table lists module '{duplicated.iloc[0]}' twice: "
@@ -95,7 +100,26 @@ def candidates(table: pd.DataFrame, kinds: list[str]) -> pd.DataFrame:
     if "status" in table.columns:
         usable &= (table.loc[frame.index, "status"] == STATUS_OK).to_numpy()
     frame["usable"] = usable
+    if metric == "alpha":
+        frame["score"], frame["rankable"] = frame["alpha"], usable
+    else:
+        score = pd.to_numeric(table.loc[frame.index, metric], errors="coerce").astype("float64")
+        frame["score"], frame["rankable"] = score.to_numpy(), score.notna().to_numpy()
     return frame.reset_index(drop=True)
+
+
+def _check_metric(table: pd.DataFrame, metric: str, kinds: list[str]) -> None:
+    """The table has ``metric`` with values for the candidates (an old table lacks snr)."""
+    present = [column for column in METRICS if column in table.columns]
+    if metric not in table.columns:
+        raise TableError(f"--metric {metric}: the alpha table has no '{metric}' column (it has "
+                         f"{', '.join(present)}): choose one of those, or re-analyse the model "
+                         "with this alphasel (`alphasel analyze MODEL`) to add it")
+    values = pd.to_numeric(table.loc[table["kind"].isin(kinds), metric], errors="coerce")
+    if len(values) and values.notna().sum() == 0:  # no candidates at all: make_plan says so
+        raise TableError(f"--metric {metric}: the alpha table's '{metric}' column has no values "
+                         "for the candidates (a table from before the column existed?): "
+                         "re-analyse the model (`alphasel analyze MODEL`)")
 
 
 def _blocks(frame: pd.DataFrame) -> list[int]:
@@ -107,34 +131,39 @@ def _rows_of(frame: pd.DataFrame, block: int) -> list[int]:
 
 
 def ranked_units(frame: pd.DataFrame, scheme: str, unit: str, order: str | None,
-                 seed: int | None, start: int | None) -> tuple[list[list[int]], list, list[str]]:
+                 seed: int | None, start: int | None, metric: str = "alpha"
+                 ) -> tuple[list[list[int]], list, list[str]]:
     """The units a scheme takes, best first (the plan takes the first k).
 
     Returns the units as lists of row indices of ``frame``, the value that ranked each unit
-    (alpha, block mean alpha, or None) and notes about what was left out.
+    (the metric, its block mean, the spectrum fraction at which the unit enters, or None) and
+    notes about what was left out.
     """
     notes: list[str] = []
     descending = order == "high"
-    if scheme == "alora":
-        usable = frame[frame["usable"]]
+    if scheme in ("alora", "spectrum"):
+        usable = frame[frame["rankable"]]
+        skipped = frame.loc[~frame["rankable"], "name"].tolist()
+        if skipped:
+            notes.append(f"{len(skipped)} candidate matrix(es) have no {metric} and were not "
+                         f"selectable: {', '.join(skipped[:5])}")
+        if scheme == "spectrum":
+            return _spectrum_units(usable) + (notes,)
         # A stable sort on position first makes ties fall back to model order.
         ranked = usable.sort_values("position").sort_values(
-            "alpha", ascending=not descending, kind="stable")
-        skipped = frame.loc[~frame["usable"], "name"].tolist()
-        if skipped:
-            notes.append(f"{len(skipped)} candidate matrix(es) have no alpha and were not "
-                         f"selectable: {', '.join(skipped[:5])}")
-        return [[index] for index in ranked.index], ranked["alpha"].tolist(), notes
+            "score", ascending=not descending, kind="stable")
+        return [[index] for index in ranked.index], ranked["score"].tolist(), notes
     in_blocks = frame[frame["block"].notna()]
     if unit == "block" and len(in_blocks) < len(frame):
         notes.append(f"{len(frame) - len(in_blocks)} candidate matrix(es) lie outside the "
                      "blocks and cannot be chosen by block")
     if scheme == "blora":
-        means = in_blocks[in_blocks["usable"]].groupby("block")["alpha"].mean()
+        means = in_blocks[in_blocks["rankable"]].groupby("block")["score"].mean()
         no_alpha = [block for block in _blocks(in_blocks) if block not in means.index]
         if no_alpha:
-            notes.append(f"block(s) {', '.join(map(str, no_alpha))} have no candidate with an "
-                         "alpha and were not selectable")
+            notes.append(f"block(s) {', '.join(map(str, no_alpha))} have no candidate with "
+                         f"{'an alpha' if metric == 'alpha' else metric} and were not "
+                         "selectable")
         ranked = sorted(means.items(), key=lambda item: (-item[1] if descending else item[1],
                                                          int(item[0])))
         return ([_rows_of(in_blocks, int(block)) for block, _ in ranked],
@@ -163,13 +192,57 @@ def ranked_units(frame: pd.DataFrame, scheme: str, unit: str, order: str | None,
     return [_rows_of(in_blocks, block) for block in blocks], [None] * len(blocks), notes
 
 
+def _spectrum_units(usable: pd.DataFrame) -> tuple[list[list[int]], list]:
+    """Spectrum's rule as units: for a fraction f each kind gives its ⌊n·f⌋ highest-SNR
+    matrices, so a kind's i-th best (from 1) enters at f = i/n. The units are the matrices
+    entering at each such fraction, in increasing order, with that fraction: the first k units
+    are Spectrum's choice at the k-th fraction, and a budget can be matched by k."""
+    entering: dict[Fraction, list[int]] = {}
+    for _, rows in usable.groupby("kind", sort=False):
+        ranked = rows.sort_values("position").sort_values("score", ascending=False,
+                                                          kind="stable")
+        for place, index in enumerate(ranked.index, start=1):
+            entering.setdefault(Fraction(place, len(ranked)), []).append(int(index))
+    fractions = sorted(entering)
+    return [sorted(entering[f], key=lambda i: int(usable.at[i, "position"])) for f in fractions], \
+        [float(f) for f in fractions]
+
+
+def spectrum_k(fractions: list[float], fraction: float) -> int:
+    """How many spectrum units :func:`_spectrum_units` gives at ``fraction`` (floor per kind,
+    as Spectrum takes ``int(n · top_percent / 100)``)."""
+    return sum(1 for entered in fractions if entered <= fraction + 1e-12)
+
+
 def _check_options(scheme: str, k: int | None, order: str | None, unit: str | None,
                    seed: int | None, start: int | None, rank: int | None, rank_alloc: str,
-                   beta: float | None, budget: int | None, has_budget_from: bool) -> None:
+                   beta: float | None, budget: int | None, has_budget_from: bool,
+                   metric: str, fraction: float | None) -> None:
     """Collect every problem with the options and raise them together."""
     problems = []
     if scheme not in SCHEMES:
         raise PlanError(f"unknown scheme '{scheme}': use one of {', '.join(SCHEMES)}")
+    if metric not in METRICS:
+        problems.append(f"unknown metric '{metric}': use one of {', '.join(METRICS)}")
+    elif metric != "alpha" and scheme not in ALPHA_SCHEMES:
+        problems.append(f"--metric ranks the matrices of {', '.join(ALPHA_SCHEMES)}; scheme "
+                        f"{scheme} " + ("ranks by snr" if scheme == "spectrum"
+                                        else "ignores the measurements") + ": drop --metric")
+    if fraction is not None and scheme != "spectrum":
+        problems.append("--fraction applies to scheme spectrum only")
+    elif fraction is not None and (isinstance(fraction, bool) or
+                                   not isinstance(fraction, int | float) or
+                                   not 0 < fraction <= 1):
+        problems.append(f"--fraction {fraction} must lie in (0, 1]: the share of each kind's "
+                        "matrices")
+    if scheme == "spectrum":
+        if k is not None:
+            problems.append("scheme spectrum chooses a --fraction of each kind: give "
+                            "--fraction (or --budget) instead of --k")
+        if fraction is None and budget is None and not has_budget_from:
+            problems.append("scheme spectrum needs --fraction (or --budget/--budget-from)")
+        if fraction is not None and (budget is not None or has_budget_from):
+            problems.append("give --fraction or a budget for scheme spectrum, not both")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
         problems.append(f"--k {k} must be a whole number ≥ 1")
     if scheme == "all" and k is not None:
@@ -210,7 +283,8 @@ def _check_options(scheme: str, k: int | None, order: str | None, unit: str | No
         problems.append("give --budget or --budget-from, not both")
     if budget is not None and (int(budget) != budget or budget < 1):
         problems.append(f"--budget {budget} must be a whole number ≥ 1")
-    if k is None and scheme != "all" and budget is None and not has_budget_from:
+    if k is None and scheme not in ("all", "spectrum") and budget is None \
+            and not has_budget_from:
         problems.append(f"scheme {scheme} needs --k (or --budget/--budget-from to choose it)")
     if problems:
         raise PlanError("; ".join(problems))
@@ -315,7 +389,8 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
               rank_alloc: str = "uniform", beta: float | None = None,
               budget: int | None = None,
               budget_from: InjectionPlan | str | Path | None = None,
-              analysis_path: str | Path | None = None) -> InjectionPlan:
+              analysis_path: str | Path | None = None, metric: str = "alpha",
+              fraction: float | None = None) -> InjectionPlan:
     """Choose the modules that get a LoRA adapter, and their ranks, from an alpha table.
 
     ``k`` counts matrices (alora, random by matrix) or blocks (blora, first, last, band,
@@ -323,12 +398,16 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
     ``rank`` is the uniform rank (default 8); ``lora_alpha`` defaults to each module's rank
     (scaling 1). With ``rank_alloc="alpha"`` ranks are ∝ alpha^``beta`` under ``budget``.
     ``budget_from`` (a plan or its path) sets the budget to that plan's trainable count; see
-    the module docstring for how k or the rank is then chosen.
+    the module docstring for how k or the rank is then chosen. ``metric`` is the table column
+    alora and blora rank by (``order`` high: its highest values first). ``spectrum`` takes
+    the ``fraction`` of each kind's matrices with the highest SNR (Spectrum's rule), or the
+    fraction whose plan meets the budget.
     """
     _check_options(scheme, k, order, unit, seed, start, rank, rank_alloc, beta, budget,
-                   budget_from is not None)
+                   budget_from is not None, metric, fraction)
+    metric = SPECTRUM_METRIC if scheme == "spectrum" else metric
     kind_list = parse_kinds(kinds)
-    frame = candidates(table, kind_list)
+    frame = candidates(table, kind_list, metric)
     if frame.empty:
         raise PlanError(f"the alpha table has no candidate matrices of kind(s) "
                         f"{', '.join(kind_list)}: choose other --kinds")
@@ -339,8 +418,14 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
     if scheme == "random" and seed is None:
         seed = secrets.randbelow(2**31)  # drawn, then recorded, so the plan is reproducible
         notes.append(f"seed {seed} was drawn at random (pass --seed to choose one)")
-    units, scores, unit_notes = ranked_units(frame, scheme, unit, order, seed, start)
+    units, scores, unit_notes = ranked_units(frame, scheme, unit, order, seed, start, metric)
     notes += unit_notes
+    if scheme == "spectrum" and fraction is not None:
+        k = spectrum_k(scores, fraction)
+        if k == 0:
+            raise PlanError(f"--fraction {fraction:g} chooses no matrix: each kind has at most "
+                            f"{round(1 / scores[0])} candidates, so raise --fraction to "
+                            f"{scores[0]:.3g} or more")
     if not units:
         raise PlanError(f"scheme {scheme} finds no selectable {unit} among the candidates of "
                         f"kind(s) {', '.join(kind_list)}" + (f" ({unit_notes[0]})"
@@ -348,25 +433,34 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
     budget, budget_from_path = _target_budget(budget, budget_from)
     costs = frame["rows"].to_numpy() + frame["cols"].to_numpy()
     k, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
-                            _what_units_count(scheme, unit, start), kind_list)
+                            _what_units_count(scheme, unit, start, metric), kind_list)
     chosen = sorted(((row, score) for rows, score in zip(units[:k], scores[:k], strict=True)
                      for row in rows), key=lambda item: int(frame.at[item[0], "position"]))
+    if scheme == "spectrum":  # each matrix's own SNR, not the fraction its unit entered at
+        chosen = [(row, float(frame.at[row, "score"])) for row, _ in chosen]
     rows = [row for row, _ in chosen]
     if rank_alloc == "alpha":
         ranks = _alpha_ranks(frame.loc[rows], costs[rows], beta, budget, notes)
     else:
         ranks = np.full(len(rows), uniform_rank)
+    if scheme == "spectrum":
+        fraction = scores[k - 1]  # the smallest fraction giving this choice
+        notes.append(f"spectrum: the top {fraction:.4g} of each kind by snr "
+                     f"({len(rows)} matrices)")
     return InjectionPlan(
         modules=_planned_modules(frame, chosen, ranks, lora_alpha), scheme=scheme, k=int(k),
-        unit=unit, kinds=kind_list, order=order, seed=seed, start=start, rank_alloc=rank_alloc,
+        unit=unit, kinds=kind_list, order=order, metric=metric, fraction=fraction,
+        seed=seed, start=start, rank_alloc=rank_alloc,
         beta=beta, budget=budget, budget_from=budget_from_path,
         notes=notes, alphasel_version=__version__, created=utc_now(),
         **_provenance(table, analysis_path))
 
 
-def _what_units_count(scheme: str, unit: str, start: int | None) -> str:
+def _what_units_count(scheme: str, unit: str, start: int | None, metric: str) -> str:
     """What a scheme's k counts, as an error about too large a k names it."""
-    return {"alora": "candidate matrices with an alpha", "blora": "blocks with an alpha",
+    value = "an alpha" if metric == "alpha" else f"a {metric}"
+    return {"alora": f"candidate matrices with {value}", "blora": f"blocks with {value}",
+            "spectrum": "fractions of the kinds",
             "band": f"contiguous blocks from block {start}"}.get(scheme, f"candidate {unit}s")
 
 

@@ -13,6 +13,7 @@ import argparse
 from itertools import groupby
 from pathlib import Path
 
+from alphasel.columns import METRICS
 from alphasel.errors import PlanError
 from alphasel.exports import EXPORTS, check_export, write_export
 from alphasel.plan import InjectionPlan, PlannedModule, default_plan_path
@@ -30,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--k", type=int, help="how many matrices or blocks to choose")
     parser.add_argument("--order", help=f"{' or '.join(ORDERS)} alpha first, for alora/blora "
                         "(default high: least trained first)")
+    parser.add_argument("--metric", default="alpha",
+                        help=f"the table column alora/blora rank by: {', '.join(METRICS)} "
+                        "(default alpha)")
+    parser.add_argument("--fraction", type=float,
+                        help="spectrum: the share of each kind's matrices, highest SNR first")
     parser.add_argument("--kinds", help="candidate kinds, comma separated: attn, mlp, q, k, v, "
                         "o, qkv, gate, up, down (default: all of them)")
     parser.add_argument("--unit", help=f"{' or '.join(UNITS)}: what random chooses "
@@ -109,7 +115,8 @@ def run(args: argparse.Namespace) -> None:
         table, args.scheme, args.k, order=args.order, kinds=args.kinds, unit=args.unit,
         seed=args.seed, start=args.start, rank=args.rank, lora_alpha=args.lora_alpha,
         rank_alloc=args.rank_alloc, beta=args.beta, budget=args.budget,
-        budget_from=args.budget_from, analysis_path=analysis)
+        budget_from=args.budget_from, analysis_path=analysis, metric=args.metric,
+        fraction=args.fraction)
     paths = save(plan, args.out, args.export)
     print(describe(plan))
     print("\n".join(f"wrote {path}" for path in paths))

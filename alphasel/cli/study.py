@@ -17,7 +17,7 @@ from typing import Any
 
 from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import StudyError
-from alphasel.study.spec import STUDY_OWNED
+from alphasel.study.spec import STUDY_OWNED, STUDY_SCHEMES
 
 #: The study's own flags that define it (refused beside a spec file or --resume), with the
 #: training options (TrainConfig's fields but those the study decides per run, and --task and
@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--model", help="hub id, checkpoint dir, .gguf, smollm2 or minilm")
     what.add_argument("--data", help="training data, as `alphasel train --data` takes it")
     what.add_argument("--task", help="causal (default) or classification")
-    what.add_argument("--schemes", help="comma list of alora, blora, random, first, last, band,"
-                      " all, full, each with options: alora:order=low, alora:kinds=q,k,v, "
-                      "band:start=8, random:reselect")
+    what.add_argument("--schemes", help=f"comma list of {', '.join(STUDY_SCHEMES)}, each with "
+                      "options: alora:order=low, alora:kinds=q,k,v, band:start=8, "
+                      "random:reselect")
     what.add_argument("--k", help="units per plan, a comma list (default 3)")
     what.add_argument("--unit", help="what k counts for the budget: block (default) or matrix")
     what.add_argument("--rank", help="LoRA rank, a comma list (default 8)")

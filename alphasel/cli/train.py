@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import TrainConfigError
+from alphasel.planner import SCHEMES
 from alphasel.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 PLAN_OPTIONS = {"k": "k", "order": "order", "kinds": "kinds", "unit": "unit",
                 "selection_seed": "seed", "start": "start", "rank": "rank",
                 "lora_alpha": "lora_alpha", "rank_alloc": "rank_alloc", "beta": "beta",
-                "budget": "budget", "budget_from": "budget_from"}
+                "budget": "budget", "budget_from": "budget_from", "metric": "metric",
+                "fraction": "fraction"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,10 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "text,label, or a hub dataset id")
     what.add_argument("--plan", type=Path, help="an injection plan file (`alphasel plan`)")
     inline = parser.add_argument_group("inline plan (instead of --plan)")
-    inline.add_argument("--scheme", help="alora, blora, random, first, last, band or all: "
-                        "analyse the model and plan now")
+    inline.add_argument("--scheme", help=f"{', '.join(SCHEMES)}: analyse the model and plan "
+                        "now")
     inline.add_argument("--k", type=int, help="matrices or blocks to choose")
     inline.add_argument("--order", help="high or low alpha first (alora/blora)")
+    inline.add_argument("--metric", default="alpha",
+                        help="the table column alora/blora rank by (default alpha)")
+    inline.add_argument("--fraction", type=float,
+                        help="spectrum: the share of each kind's matrices, highest SNR first")
     inline.add_argument("--kinds", help="candidate kinds: attn, mlp, q, k, v, o, gate, up, down")
     inline.add_argument("--unit", help="matrix or block (random)")
     inline.add_argument("--selection-seed", type=int,
@@ -129,9 +135,9 @@ def _planned_once(args: argparse.Namespace,
                   config: TrainConfig) -> tuple[pd.DataFrame, InjectionPlan]:
     """:func:`inline_plan` on the main process only: under torchrun the other ranks receive its
     table and plan (one analysis, not one per rank, and one plan for every rank)."""
-    from alphasel.training.distributed import agree, process_state
+    from alphasel.training.distributed import agree, start_process
 
-    return agree(process_state(config.ddp_timeout), lambda: inline_plan(args, config.seed))
+    return agree(start_process(config), lambda: inline_plan(args, config.seed))
 
 
 def run(args: argparse.Namespace) -> None:

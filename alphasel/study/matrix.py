@@ -66,7 +66,7 @@ def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int, unit
     if scheme.scheme == "full":
         return None
     options: dict[str, Any] = {key: value for key, value in scheme.options
-                               if key in ("order", "kinds", "unit", "start")}
+                               if key in ("order", "kinds", "unit", "start", "metric")}
     if scheme.scheme == "random":
         options["seed"] = seed
         options.setdefault("unit", unit)
@@ -79,7 +79,7 @@ def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int, unit
                                                               options)
             return make_plan(table, scheme.scheme, chosen, rank_alloc="alpha",
                              beta=scheme.option("beta"), budget=budget, **options)
-        if scheme_unit == unit:
+        if scheme_unit == unit and scheme.scheme != "spectrum":  # spectrum: by its fraction
             plan = make_plan(table, scheme.scheme, k, rank=rank, **options)
             if abs(plan.trainable_params - budget) <= BUDGET_TOLERANCE * budget:
                 return plan

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from alphasel.columns import METRICS
 from alphasel.errors import StudyError, TrainConfigError
-from alphasel.planner import SCHEMES, UNITS, parse_kinds
+from alphasel.planner import ALPHA_SCHEMES, SCHEMES, UNITS, parse_kinds
 from alphasel.training.config import TrainConfig
 
 STUDY_SCHEMES = (*SCHEMES, "full")
@@ -36,7 +37,7 @@ STUDY_SCHEMES = (*SCHEMES, "full")
 UNMATCHED = ("all", "full")
 #: Options a scheme may carry, and whether each takes a value.
 SCHEME_OPTIONS = {"order": True, "kinds": True, "unit": True, "start": True,
-                  "rank_alloc": True, "beta": True, "reselect": False}
+                  "rank_alloc": True, "beta": True, "metric": True, "reselect": False}
 #: TrainConfig fields a study decides itself (per run), not [train] or --sweep.
 STUDY_OWNED = {"seed", "reselect", "task"}
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
@@ -94,6 +95,9 @@ class SchemeSpec:
             raise StudyError("scheme band needs its first block: write band:start=N")
         if "unit" in given and self.scheme != "random":
             raise StudyError(f"scheme '{self.label}': unit applies to random")
+        if "metric" in given and self.scheme not in ALPHA_SCHEMES:
+            raise StudyError(f"scheme '{self.label}': metric applies to "
+                             f"{' and '.join(ALPHA_SCHEMES)}")
 
 
 def _option_value(key: str, value: str, text: str) -> Any:
@@ -107,6 +111,8 @@ def _option_value(key: str, value: str, text: str) -> Any:
             return value
     except (ValueError, TypeError) as err:
         raise StudyError(f"scheme '{text}': {key}={value}: {err}") from None
+    if key == "metric" and value not in METRICS:
+        raise StudyError(f"scheme '{text}': metric must be one of {', '.join(METRICS)}")
     if key == "unit" and value not in UNITS:
         raise StudyError(f"scheme '{text}': unit must be one of {', '.join(UNITS)}")
     return value

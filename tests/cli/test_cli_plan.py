@@ -75,7 +75,7 @@ def test_random_by_block_and_budget_from(runs, analysis, tmp_path):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--scheme", "blora", "--k", "9"], "larger than the 4"),
     (["--scheme", "alora", "--k", "0"], "must be a whole number"),
-    (["--scheme", "best", "--k", "2"], "alora, blora, random, first, last, band, all"),
+    (["--scheme", "best", "--k", "2"], "alora, blora, spectrum, random, first, last, band, all"),
     (["--scheme", "alora", "--k", "2", "--kinds", "q,z"], "unknown kind 'z'"),
     (["--scheme", "alora", "--k", "2", "--rank-alloc", "alpha", "--budget", "5"], "below"),
 ])
