@@ -35,6 +35,7 @@ from alphasel.study.directory import (
 from alphasel.study.spec import UNMATCHED
 from alphasel.training.config import RECORD_ONLY_FIELDS
 from alphasel.training.history import alpha_shift
+from alphasel.training.memory import COMPONENTS
 from alphasel.training.record import RunRecord, holds_run
 
 SWEEP_PREFIX = "sweep."
@@ -44,8 +45,8 @@ IDENTITY_COLUMNS = ["label", "scheme", "k", "rank", "seed"]
 #: Columns after the sweep columns: how the run went.
 RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "eval_loss",
                   "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s", "peak_memory_mb",
-                  "trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
-                  "run_id", "path"]
+                  *COMPONENTS, "trainable_params", "adapted_modules", "adapted_blocks",
+                  "alpha_shift", "run_id", "path"]
 #: Every column, with the sweep columns where ``sweep.*`` stands.
 TABLE_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
 #: summary.json fields copied as they are (NaN when absent or null).
@@ -165,6 +166,8 @@ def _outcome(run_dir: Path, record: RunRecord | None = None) -> dict[str, Any]:
 def _results(record: RunRecord) -> dict[str, Any]:
     summary = record.summary or {}
     results: dict[str, Any] = {name: _number(summary.get(name)) for name in SUMMARY_FIELDS}
+    breakdown = summary.get("memory_breakdown") or {}
+    results.update({name: _number(breakdown.get(name)) for name in COMPONENTS})
     plan = record.plan
     # With re-selection plan.json is the first round's plan; later rounds keep its budget.
     results["adapted_modules"] = len(plan.modules) if plan is not None else math.nan
@@ -242,7 +245,8 @@ def _frame(rows: list[dict[str, Any]], sweeps: list[str]) -> pd.DataFrame:
                                   dtype=object)
     for column in INTEGER_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
-    for column in [*SUMMARY_FIELDS, "adapted_modules", "adapted_blocks", "alpha_shift"]:
+    for column in [*SUMMARY_FIELDS, *COMPONENTS, "adapted_modules", "adapted_blocks",
+                   "alpha_shift"]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["matched"] = frame["matched"].astype(bool)
     return frame

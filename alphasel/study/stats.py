@@ -28,13 +28,14 @@ from scipy import stats as scipy_stats
 from alphasel.errors import StudyError
 from alphasel.study.collect import sweep_columns
 from alphasel.study.directory import RunState
+from alphasel.training.memory import COMPONENTS
 
 CONFIDENCE = 0.95
 #: Metrics reported with their interval; eval_accuracy only where some run has one.
 INTERVAL_METRICS = ("eval_loss", "best_eval_loss", "eval_accuracy")
 #: Per-run quantities reported as their mean over a group's complete runs.
 MEAN_COLUMNS = ("trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
-                "wall_s", "tokens_per_s", "peak_memory_mb")
+                "wall_s", "tokens_per_s", "peak_memory_mb", *COMPONENTS)
 #: Of those, the costs that vary from seed to seed: also std and 95% t-interval.
 COST_COLUMNS = ("wall_s", "tokens_per_s", "peak_memory_mb")
 #: The baselines of the comparison table's paired columns (vs_random, vs_all).

@@ -21,6 +21,7 @@ from alphasel.training.callbacks import ConsoleCallback
 from alphasel.training.config import TrainConfig
 from alphasel.training.data import TrainData
 from alphasel.training.distributed import cpu_only
+from alphasel.training.memory import MeasuresActivations
 from alphasel.training.precision import hold_trainable_in_float32
 from alphasel.training.reselect import ContinuesSchedule
 
@@ -158,7 +159,8 @@ class SavesPlannedAdapters:
 def _classifier_trainer_class() -> type:
     from transformers import Trainer
 
-    class ClassifierTrainer(ContinuesSchedule, SavesPlannedAdapters, Trainer):
+    class ClassifierTrainer(MeasuresActivations, ContinuesSchedule, SavesPlannedAdapters,
+                            Trainer):
         """transformers' Trainer, able to continue its schedule across re-selections."""
 
     return ClassifierTrainer
@@ -168,7 +170,8 @@ def _sft_trainer_class() -> type:
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class SFTDataTrainer(ContinuesSchedule, SavesPlannedAdapters, SFTTrainer):
+    class SFTDataTrainer(MeasuresActivations, ContinuesSchedule, SavesPlannedAdapters,
+                         SFTTrainer):
         """TRL's SFTTrainer for the data (prompt-completion tokenizing, EOS, completion mask,
         truncation, collator) with transformers' own loss: the model's mean cross-entropy over
         the label tokens, as a plain Trainer computes it.
@@ -179,8 +182,9 @@ def _sft_trainer_class() -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # no KV cache while training
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            with self.measuring(model, inputs):
+                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
 
     return SFTDataTrainer
 

@@ -33,6 +33,7 @@ from alphasel.paths import model_slug, train_runs_dir, utc_stamp
 from alphasel.plan import InjectionPlan
 from alphasel.training.distributed import global_batch
 from alphasel.training.history import ALPHA_COLUMNS, read_alpha_history
+from alphasel.training.memory import COMPONENTS
 
 STATUS_COMPLETE = "complete"
 #: Marks config.json and summary.json as an alphasel run record (a model checkpoint's
@@ -278,7 +279,7 @@ class RunRecord:
 
 #: Columns of :func:`list_runs`, in order.
 LIST_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_params",
-               "best_eval_loss", "wall_s", "peak_memory_mb", "status"]
+               "best_eval_loss", "wall_s", "peak_memory_mb", *COMPONENTS, "status"]
 
 
 def run_directories(root: Path) -> list[Path]:
@@ -323,6 +324,7 @@ def list_runs(root: str | Path | None = None) -> pd.DataFrame:
             "k": config.get("k"), "trainable_params": summary.get("trainable_params"),
             "best_eval_loss": summary.get("best_eval_loss"), "wall_s": summary.get("wall_s"),
             "peak_memory_mb": summary.get("peak_memory_mb"),
+            **{key: (summary.get("memory_breakdown") or {}).get(key) for key in COMPONENTS},
             "status": STATUS_COMPLETE if record.complete else "incomplete",
         })
     return pd.DataFrame(rows, columns=LIST_COLUMNS)

@@ -37,6 +37,7 @@ from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
 from alphasel.training.distributed import agree, check_same_modules, start_process
 from alphasel.training.generations import format_prompt, read_prompts, record_generations
+from alphasel.training.memory import MemoryCallback
 from alphasel.training.models import ModelInfo
 from alphasel.training.precision import Precision
 from alphasel.training.provenance import config_record
@@ -77,6 +78,7 @@ class _Run:
     metrics: MetricsCallback
     alpha: AlphaCallback
     reselector: Reselector | None
+    memory: MemoryCallback
     counts: tuple[int, int]
     """(trainable, total) parameters of the model as it starts training."""
     trainer: Any = None
@@ -173,7 +175,8 @@ def _open_run(state: Any, config: TrainConfig, loaded: TrainableModel, data: Tra
     reselector = Reselector(alpha, config.reselect_every) if config.reselecting else None
     return _Run(config, state, plan, data, loaded.tokenizer, loaded.info, model,
                 loaded.precision, path, resume is not None, checkpoint, resumed_step,
-                MetricsCallback(None), alpha, reselector, parameter_counts(model))
+                MetricsCallback(None), alpha, reselector, MemoryCallback(),
+                parameter_counts(model))
 
 
 def _build(run: _Run, callbacks: list | None, progress: bool) -> None:
@@ -181,7 +184,7 @@ def _build(run: _Run, callbacks: list | None, progress: bool) -> None:
     existed = run.path.exists()
     recorded = [row for row in read_jsonl(run.path / METRICS_FILE)
                 if row.get("step", 0) <= run.resumed_step] if run.resumed else []
-    own = [run.metrics, run.alpha, *([run.reselector] if run.reselector else [])]
+    own = [run.metrics, run.alpha, run.memory, *([run.reselector] if run.reselector else [])]
     try:
         run.trainer = build_trainer(
             run.model, run.tokenizer, run.data, run.config, run.path / CHECKPOINTS_DIR,
@@ -286,6 +289,7 @@ def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: fl
     summary = run_summary(run.path, run.trainer, run.metrics, memory, run.counts, started,
                           run.resumed_step if run.resumed else None, run.state.num_processes)
     summary["alpha_seconds"] = round(run.alpha.seconds, 3)
+    summary["memory_breakdown"] = run.memory.breakdown(memory)
     if run.reselector is not None:
         summary["rounds"] = len(read_jsonl(run.path / SELECTIONS_FILE))
         summary["reselect_seconds"] = round(reselect_seconds, 3)
