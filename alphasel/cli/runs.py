@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alphasel.training.memory import COMPONENTS
-from alphasel.training.record import list_runs
+from alphasel.training.record import COMPONENTS, list_runs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -35,8 +35,7 @@ from alphasel.study.directory import (
 from alphasel.study.spec import UNMATCHED
 from alphasel.training.config import RECORD_ONLY_FIELDS
 from alphasel.training.history import alpha_shift
-from alphasel.training.memory import COMPONENTS
-from alphasel.training.record import RunRecord, holds_run
+from alphasel.training.record import COMPONENTS, RunRecord, holds_run
 
 SWEEP_PREFIX = "sweep."
 

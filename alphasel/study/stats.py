@@ -28,7 +28,7 @@ from scipy import stats as scipy_stats
 from alphasel.errors import StudyError
 from alphasel.study.collect import sweep_columns
 from alphasel.study.directory import RunState
-from alphasel.training.memory import COMPONENTS
+from alphasel.training.record import COMPONENTS
 
 CONFIDENCE = 0.95
 #: Metrics reported with their interval; eval_accuracy only where some run has one.

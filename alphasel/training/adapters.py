@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +58,16 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
             parameter.requires_grad_(True)
         hold_trainable_in_float32(model)
         return model
+    if config.method == "unfreeze":
+        if plan is None:
+            raise TrainConfigError("--method unfreeze needs a plan: pass --plan or --scheme")
+        unfreeze(model, plan)
+        if config.task == "classification":  # a new head learns, as PEFT's SEQ_CLS adapters do
+            for name, parameter in model.named_parameters():
+                if name.split(".")[0] in CLASSIFIER_HEADS:
+                    parameter.requires_grad_(True)
+        hold_trainable_in_float32(model)
+        return model
     if config.quantize:
         from peft import prepare_model_for_kbit_training
 
@@ -67,6 +78,50 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
     adapted = plan.apply(model, **adapter_overrides(config))
     hold_trainable_in_float32(adapted)
     return adapted
+
+
+def unfreeze(model: torch.nn.Module, plan: InjectionPlan) -> None:
+    """Every parameter frozen except the plan's matrices and their biases (a block plan names
+    every candidate matrix of its blocks), which then train in full."""
+    present = dict(model.named_modules())
+    missing = [module.name for module in plan.modules if module.name not in present]
+    if missing:
+        raise PlanError(f"the plan names {len(missing)} module(s) the model lacks "
+                        f"({', '.join(missing[:3])}): plan from this model's analysis")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for module in plan.modules:
+        layer = present[module.name]
+        for parameter in (layer.weight, getattr(layer, "bias", None)):
+            if isinstance(parameter, torch.nn.Parameter):
+                parameter.requires_grad_(True)
+
+
+#: Names transformers' sequence classifiers give their new head (BERT's ``classifier``,
+#: Llama's ``score``), which --method unfreeze trains beside the plan's matrices.
+CLASSIFIER_HEADS = ("classifier", "score")
+#: The file under adapter/ holding an unfreeze run's trained tensors, by their model names.
+UNFROZEN_FILE = "unfrozen.safetensors"
+
+
+def save_trained(trainer: Any, folder: Path, config: TrainConfig, state: Any) -> None:
+    """What the run trained, under ``folder`` (adapter/): PEFT's adapter files, every weight
+    for full fine-tuning (the Trainer's save), or for ``unfreeze`` only the changed tensors under
+    their model names in :data:`UNFROZEN_FILE` (safetensors)."""
+    if config.method != "unfreeze":
+        trainer.save_model(str(folder))
+        return
+    if state.is_main_process:
+        from safetensors.torch import save_file
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        tensors = {name: parameter.detach().cpu().contiguous()
+                   for name, parameter in model.named_parameters() if parameter.requires_grad}
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"{UNFROZEN_FILE}.partial"
+        save_file(tensors, str(partial))
+        partial.replace(folder / UNFROZEN_FILE)  # whole or absent
+    state.wait_for_everyone()
 
 
 @dataclass

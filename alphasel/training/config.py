@@ -25,8 +25,12 @@ from alphasel.errors import TrainConfigError
 from alphasel.training.precision import DTYPES, half_autocast
 
 TASKS = ("causal", "classification")
-METHODS = ("lora", "dora", "rslora", "full")
+METHODS = ("lora", "dora", "rslora", "unfreeze", "full")
 ADAPTER_METHODS = ("lora", "dora", "rslora")
+#: Methods that train a plan's modules: adapters on them, or the matrices themselves.
+PLAN_METHODS = (*ADAPTER_METHODS, "unfreeze")
+#: Methods whose trained parameters are the model's own weights (no adapters).
+FULL_WEIGHT_METHODS = ("unfreeze", "full")
 QUANTIZE = ("4bit",)
 TEMPLATES = ("alpaca", "chat")
 #: What alpha is measured on after every epoch (--remeasure).
@@ -56,8 +60,9 @@ class TrainConfig:
     task: str = "causal"
     """``causal`` (language modelling, instruction tuning) or ``classification`` (--task)."""
     method: str = "lora"
-    """``lora``, ``dora``, ``rslora`` (PEFT adapters on the plan's modules) or ``full``
-    (every weight trains; no plan) (--method)."""
+    """``lora``, ``dora``, ``rslora`` (PEFT adapters on the plan's modules), ``unfreeze``
+    (the plan's matrices, and their biases, train in full; everything else frozen) or
+    ``full`` (every weight trains; no plan) (--method)."""
     quantize: str | None = None
     """``4bit``: load the base model in 4-bit NF4 through bitsandbytes (QLoRA) (--quantize)."""
     epochs: float = 1.0
@@ -67,7 +72,8 @@ class TrainConfig:
     max_samples: int | None = None
     """Cap on training examples (the eval split is capped in proportion) (--max-samples)."""
     lr: float | None = None
-    """Peak learning rate; None → 2e-4 for adapters, 2e-5 for full fine-tuning (--lr)."""
+    """Peak learning rate; None → 2e-4 for adapters, 2e-5 for weights trained in full
+    (unfreeze, full) (--lr)."""
     scheduler: str = "linear"
     """Learning-rate schedule, transformers' names (--scheduler)."""
     warmup: float = 0.0
@@ -142,7 +148,8 @@ class TrainConfig:
         if problems:
             raise TrainConfigError("; ".join(problems))
         if self.lr is None:
-            self.lr = DEFAULT_FULL_LR if self.method == "full" else DEFAULT_ADAPTER_LR
+            self.lr = DEFAULT_FULL_LR if self.method in FULL_WEIGHT_METHODS \
+                else DEFAULT_ADAPTER_LR
 
     def problems(self) -> list[str]:
         """Every invalid value and contradiction, each naming its flag."""
@@ -174,16 +181,17 @@ class TrainConfig:
         one_of(self.method, METHODS, "--method")
         if self.quantize is not None:
             one_of(self.quantize, QUANTIZE, "--quantize")
-            if self.method == "full":
-                problems.append("--quantize 4bit trains adapters on a frozen 4-bit model; it "
-                                "cannot be combined with --method full")
+            if self.method in FULL_WEIGHT_METHODS:
+                problems.append(f"--quantize 4bit trains adapters on a frozen 4-bit model: "
+                                f"4-bit weights cannot be trained in full (--method "
+                                f"{self.method}); choose --method lora, dora or rslora")
         one_of(self.template, TEMPLATES, "--template")
         one_of(self.scheduler, SCHEDULERS, "--scheduler")
         if not (self.lora_init in LORA_INITS or _PISSA_NITER.match(str(self.lora_init))):
             problems.append(f"--lora-init {self.lora_init!r} is not one of "
                             f"{', '.join(LORA_INITS)} or pissa_niter_N")
-        elif self.lora_init != "default" and self.method == "full":
-            problems.append("--lora-init applies to adapters, not --method full")
+        elif self.lora_init != "default" and self.method in FULL_WEIGHT_METHODS:
+            problems.append(f"--lora-init applies to adapters, not --method {self.method}")
         elif self.quantize and str(self.lora_init).startswith(WEIGHT_INITS):
             problems.append(f"--lora-init {self.lora_init} decomposes the base weights, which "
                             "--quantize 4bit leaves packed: use default or gaussian")
@@ -235,6 +243,9 @@ class TrainConfig:
             if self.method == "full":
                 problems.append(f"{flag} re-chooses the adapted modules; --method full trains "
                                 "every weight: choose --method lora, dora or rslora")
+            elif self.method == "unfreeze":
+                problems.append(f"{flag} with --method unfreeze is not built yet (re-selection "
+                                "folds adapters): choose --method lora, dora or rslora")
             if self.quantize:
                 problems.append(f"{flag} folds the adapters into the base weights, which "
                                 "--quantize 4bit keeps packed: drop one of them")

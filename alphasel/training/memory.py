@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-#: summary.json's memory_breakdown keys, in the order figures stack them.
-COMPONENTS = ("frozen_weights_mb", "trainable_weights_mb", "gradients_mb", "optimizer_state_mb",
-              "activations_mb", "inputs_mb")
+from alphasel.training.record import COMPONENTS
+
 _MB = 2**20
 
 

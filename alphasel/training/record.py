@@ -33,7 +33,6 @@ from alphasel.paths import model_slug, train_runs_dir, utc_stamp
 from alphasel.plan import InjectionPlan
 from alphasel.training.distributed import global_batch
 from alphasel.training.history import ALPHA_COLUMNS, read_alpha_history
-from alphasel.training.memory import COMPONENTS
 
 STATUS_COMPLETE = "complete"
 #: Marks config.json and summary.json as an alphasel run record (a model checkpoint's
@@ -278,6 +277,11 @@ class RunRecord:
 
 
 #: Columns of :func:`list_runs`, in order.
+#: summary.json's memory_breakdown keys (see :mod:`alphasel.training.memory`), in the order
+#: figures stack them. Kept here, beside the record's other names, so that reading records
+#: never imports transformers.
+COMPONENTS = ("frozen_weights_mb", "trainable_weights_mb", "gradients_mb", "optimizer_state_mb",
+              "activations_mb", "inputs_mb")
 LIST_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_params",
                "best_eval_loss", "wall_s", "peak_memory_mb", *COMPONENTS, "status"]
 

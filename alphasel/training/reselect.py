@@ -33,7 +33,7 @@ from alphasel.errors import PlanError
 from alphasel.jsonfiles import write_json
 from alphasel.plan import InjectionPlan
 from alphasel.planner import BUDGET_TOLERANCE, make_plan
-from alphasel.training.adapters import prepare_model
+from alphasel.training.adapters import UNFROZEN_FILE, prepare_model
 from alphasel.training.config import TrainConfig
 from alphasel.training.distributed import agree, check_same_modules
 from alphasel.training.effective import effective_weight
@@ -208,10 +208,21 @@ class ContinuesSchedule:
 def trained_model(base: torch.nn.Module, run_dir: str | Path) -> torch.nn.Module:
     """The model a run trained, rebuilt from its base model (untrained, as the run loaded it):
     each re-selection round's adapter (folded/round-N) folded into the weights in order, then
-    the last round's adapter/ on top. A run without re-selection gets its adapter only."""
+    the last round's adapter/ on top. A run without re-selection gets its adapter only; an
+    ``unfreeze`` run its trained tensors in place of the base's (every other tensor the
+    base's own)."""
     from peft import PeftModel
 
     run = Path(run_dir)
+    unfrozen = run / ADAPTER_DIR / UNFROZEN_FILE
+    if unfrozen.is_file():  # --method unfreeze: the trained tensors replace the base's
+        from safetensors.torch import load_file
+
+        with torch.no_grad():
+            for name, tensor in load_file(str(unfrozen)).items():
+                parameter = base.get_parameter(name)
+                parameter.data = tensor.to(parameter.device)  # float32, as trained
+        return base
     rounds = sorted((run / FOLDED_DIR).glob("round-*"),
                     key=lambda folder: int(folder.name.removeprefix("round-")))
     for folder in rounds:

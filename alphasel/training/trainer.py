@@ -28,11 +28,16 @@ import torch
 from alphasel.errors import RunError, TrainConfigError
 from alphasel.jsonfiles import read_jsonl
 from alphasel.plan import InjectionPlan
-from alphasel.training.adapters import TrainableModel, parameter_counts, trainable_model
+from alphasel.training.adapters import (
+    TrainableModel,
+    parameter_counts,
+    save_trained,
+    trainable_model,
+)
 from alphasel.training.alpha import AlphaCallback, alpha_options, measured_modules
 from alphasel.training.builder import build_trainer, check_reporters
 from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
-from alphasel.training.config import ADAPTER_METHODS, TrainConfig
+from alphasel.training.config import PLAN_METHODS, TrainConfig
 from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
 from alphasel.training.distributed import agree, check_same_modules, start_process
@@ -126,7 +131,7 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         reselect_seconds = _fit(run)
         memory = peak_memory()
         if config.save_adapter:
-            run.trainer.save_model(str(run.path / ADAPTER_DIR))
+            save_trained(run.trainer, run.path / ADAPTER_DIR, config, run.state)
         _generate(run, "after", prompt_texts)
         if run.writer is not None:
             _finish_record(run, memory, started, reselect_seconds)
@@ -141,8 +146,9 @@ def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig
         plan = InjectionPlan.load(plan)
     if config.method == "full" and plan is not None:
         raise TrainConfigError("--method full trains every weight; it takes no plan: drop "
-                               "--plan/--scheme, or choose --method lora, dora or rslora")
-    if config.method in ADAPTER_METHODS and plan is None:
+                               "--plan/--scheme, or choose --method lora, dora, rslora or "
+                               "unfreeze")
+    if config.method in PLAN_METHODS and plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan FILE or "
                                "--scheme/--k to plan inline (or --method full)")
     if plan is not None and config.reselecting and plan.metric != "alpha":

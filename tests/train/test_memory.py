@@ -10,7 +10,7 @@ from helpers import FAST, alpha_table, byte_tokenizer, code_data, tiny_llama
 from alphasel.cli.runs import format_runs
 from alphasel.planner import make_plan
 from alphasel.training import TrainConfig, list_runs, train
-from alphasel.training.memory import COMPONENTS
+from alphasel.training.record import COMPONENTS
 
 MB = 2**20
 
