@@ -344,7 +344,8 @@ def test_config_reports_every_problem_at_once():
     assert TrainConfig().lr == 2e-4 and TrainConfig(method="full").lr == 2e-5
     assert TrainConfig(warmup=0.1).warmup_steps == 0.1 and TrainConfig(warmup=5).warmup_steps == 5
     assert TrainConfig(report_to="tensorboard,wandb").report_to == ["tensorboard", "wandb"]
-    with pytest.raises(TrainConfigError, match="cannot be combined with --method full"):
+    with pytest.raises(TrainConfigError,
+                       match=r"4-bit weights cannot be trained in full \(--method full\)"):
         TrainConfig(method="full", quantize="4bit")
 
 
