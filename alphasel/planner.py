@@ -436,14 +436,13 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
                             _what_units_count(scheme, unit, start, metric), kind_list)
     chosen = sorted(((row, score) for rows, score in zip(units[:k], scores[:k], strict=True)
                      for row in rows), key=lambda item: int(frame.at[item[0], "position"]))
-    if scheme == "spectrum":  # each matrix's own SNR, not the fraction its unit entered at
-        chosen = [(row, float(frame.at[row, "score"])) for row, _ in chosen]
     rows = [row for row, _ in chosen]
     if rank_alloc == "alpha":
         ranks = _alpha_ranks(frame.loc[rows], costs[rows], beta, budget, notes)
     else:
         ranks = np.full(len(rows), uniform_rank)
-    if scheme == "spectrum":
+    if scheme == "spectrum":  # each matrix's own SNR, not the fraction its unit entered at
+        chosen = [(row, float(frame.at[row, "score"])) for row, _ in chosen]
         fraction = scores[k - 1]  # the smallest fraction giving this choice
         notes.append(f"spectrum: the top {fraction:.4g} of each kind by snr "
                      f"({len(rows)} matrices)")

@@ -19,9 +19,10 @@ SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layer
                 "max_position_embeddings": 2048, "tie_word_embeddings": True,
                 "rope_theta": 100000.0, "rms_norm_eps": 1e-5}
 
-def byte_tokenizer() -> Any:
+def byte_tokenizer(pad_is_eos: bool = False) -> Any:
     """A byte-level BPE tokenizer without merges: SPECIALS, then one id per byte (260 ids), so
-    any text tokenizes with no trained vocabulary to ship."""
+    any text tokenizes with no trained vocabulary to ship. ``pad_is_eos`` pads with the EOS
+    token, as many instruct models (SmolLM2) do."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,7 +32,8 @@ def byte_tokenizer() -> Any:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+    return PreTrainedTokenizerFast(tokenizer_object=backend,
+                                   pad_token="<eos>" if pad_is_eos else "<pad>",
                                    eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
 
 

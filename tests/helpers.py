@@ -15,35 +15,22 @@ import pandas as pd
 import torch
 
 from alphasel.training.data import TrainData
+from analysis import hub_checkpoint
 
 # ---- tokenizer --------------------------------------------------------------------------------
 
-#: Special tokens of the byte-level test tokenizer; ids 0..3, then the 256 bytes.
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
-#: What a model needs to take the byte tokenizer's ids.
+#: What a model needs to take the byte tokenizer's ids (SPECIALS, then the 256 bytes).
 BYTE_VOCABULARY = dict(vocab_size=260, max_position_embeddings=512, pad_token_id=0,
                        eos_token_id=1, bos_token_id=2)
 
 
 def byte_tokenizer(pad_is_eos: bool = False):
-    """A byte-level BPE tokenizer without merges: one token per byte, 260 ids.
+    """The GPU check's byte-level tokenizer (one token per byte, 260 ids) with a chat template.
 
     ``pad_is_eos`` makes the pad token the EOS token, as in many instruct models (SmolLM2), the
     case where a careless collator masks the EOS labels.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: index for index, token in enumerate(SPECIALS)}
-    for char in sorted(alphabet):
-        vocab[char] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
-                                        bos_token="<bos>", unk_token="<unk>",
-                                        pad_token="<eos>" if pad_is_eos else "<pad>")
+    tokenizer = hub_checkpoint.byte_tokenizer(pad_is_eos)
     tokenizer.chat_template = (
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")

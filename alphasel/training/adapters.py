@@ -58,9 +58,9 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
             parameter.requires_grad_(True)
         hold_trainable_in_float32(model)
         return model
+    if plan is None:
+        raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
     if config.method == "unfreeze":
-        if plan is None:
-            raise TrainConfigError("--method unfreeze needs a plan: pass --plan or --scheme")
         unfreeze(model, plan)
         if config.task == "classification":  # a new head learns, as PEFT's SEQ_CLS adapters do
             for name, parameter in model.named_parameters():
@@ -73,8 +73,6 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=config.grad_checkpointing)
-    if plan is None:
-        raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
     adapted = plan.apply(model, **adapter_overrides(config))
     hold_trainable_in_float32(adapted)
     return adapted

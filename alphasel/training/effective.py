@@ -88,10 +88,16 @@ def _is_lora_layer(module: nn.Module) -> bool:
     return isinstance(module, LoraLayer)
 
 
+def is_packed(weight: object) -> bool:
+    """Whether ``weight`` holds bitsandbytes-packed blocks (4- or 8-bit), not plain values."""
+    return hasattr(weight, "quant_state") or type(weight).__name__ in ("Params4bit",
+                                                                       "Int8Params")
+
+
 def _plain_weight(module: nn.Module, describe: str,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     weight = getattr(module, "weight", None)
-    if hasattr(weight, "quant_state") or type(weight).__name__ in ("Params4bit", "Int8Params"):
+    if is_packed(weight):
         # A bitsandbytes base (QLoRA) stores packed blocks; PEFT knows how to unpack them.
         from peft.utils.integrations import dequantize_module_weight
 

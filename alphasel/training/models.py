@@ -23,6 +23,7 @@ from alphasel.sources import ALIASES, packaged_model
 from alphasel.sources.files import looks_like_hub_id
 from alphasel.sources.hub import resolve_hub_model, snapshot
 from alphasel.training.console import library_bars
+from alphasel.training.effective import is_packed
 from alphasel.training.precision import checkpoint_dtype, module_dtype
 
 #: Tokenizer files fetched beside the weights of a hub model.
@@ -139,12 +140,6 @@ def _pad_with_eos(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _is_quantized(model: torch.nn.Module) -> bool:
-    """Whether a module holds bitsandbytes-packed weights (which cannot be cast)."""
-    return any(type(parameter).__name__ in ("Params4bit", "Int8Params")
-               for parameter in model.parameters())
-
-
 def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
                revision: str | None = None, tokenizer: Any = None,
                labels: list[str] | None = None, quantize: str | None = None,
@@ -166,7 +161,8 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
         config = getattr(model, "config", None)
         name = getattr(config, "name_or_path", "") or type(model).__name__
         info = ModelInfo(name, None, f"in-memory {type(model).__name__}", "module")
-        if dtype is not None and module_dtype(model) != dtype and not _is_quantized(model):
+        if dtype is not None and module_dtype(model) != dtype \
+                and not any(is_packed(p) for p in model.parameters()):  # packed: uncastable
             model.to(dtype)
         return model, _pad_with_eos(tokenizer), info
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification

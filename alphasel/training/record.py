@@ -219,9 +219,10 @@ def run_directory(out: str | Path | None, resume: str | Path | None, overwrite: 
                        "options, or start a new run")
     processes = recorded.get("world_size")
     options = recorded.get("config", {})
-    now = global_batch(options.get("batch_size", 0), options.get("grad_accum", 0), world_size)
-    started = (recorded.get("batch") or {}).get("global") or global_batch(
-        options.get("batch_size", 0), options.get("grad_accum", 0), processes or 0)
+    per_process = (options.get("batch_size", 0), options.get("grad_accum", 0))
+    now = global_batch(*per_process, world_size)
+    started = (recorded.get("batch") or {}).get("global") or global_batch(*per_process,
+                                                                          processes or 0)
     if started != now:
         raise RunError(f"--resume '{path}': the run started with a global batch of {started} "
                        f"({processes} process(es)); this launch has {world_size}, a global "
@@ -276,12 +277,12 @@ class RunRecord:
         return read_alpha_history(self.path / ALPHA_FILE)
 
 
-#: Columns of :func:`list_runs`, in order.
 #: summary.json's memory_breakdown keys (see :mod:`alphasel.training.memory`), in the order
 #: figures stack them. Kept here, beside the record's other names, so that reading records
 #: never imports transformers.
 COMPONENTS = ("frozen_weights_mb", "trainable_weights_mb", "gradients_mb", "optimizer_state_mb",
               "activations_mb", "inputs_mb")
+#: Columns of :func:`list_runs`, in order.
 LIST_COLUMNS = ["run_id", "model", "data", "method", "scheme", "k", "trainable_params",
                "best_eval_loss", "wall_s", "peak_memory_mb", *COMPONENTS, "status"]
 
