@@ -4,7 +4,8 @@ that trains them.
 - ``peft``: a ``peft.LoraConfig`` as JSON (``LoraConfig(**json.load(file))``, or the file saved
   as ``adapter_config.json`` for ``LoraConfig.from_pretrained(folder)``).
 - ``axolotl``: a YAML fragment to paste into an axolotl config (``adapter: lora``, ``lora_r``,
-  ``lora_alpha``, ``lora_target_modules`` and the per-module patterns).
+  ``lora_alpha``, ``lora_target_modules`` and the per-module patterns; for an unfreeze plan,
+  ``unfrozen_parameters``).
 - ``regex``: one pattern per line, ``^name$`` with the name escaped: each fullmatches exactly
   one module name.
 
@@ -44,8 +45,13 @@ def peft_config_dict(plan: InjectionPlan) -> dict[str, Any]:
     """The fields of ``plan.to_lora_config()`` the plan decides, as JSON-ready values.
 
     ``target_modules`` lists the full names in the plan's order; other LoraConfig fields
-    (task_type, lora_dropout, use_dora, ...) are the reader's to add.
+    (task_type, lora_dropout, use_dora, ...) are the reader's to add. An unfreeze plan has no
+    adapters to configure and is refused.
     """
+    if plan.unfreezes:
+        raise PlanError("a LoraConfig configures adapters, and this plan trains its matrices in "
+                        "full (method unfreeze): use --export axolotl (unfrozen_parameters) or "
+                        "--export regex")
     config = plan.to_lora_config()
     order = {name: index for index, name in enumerate(plan.module_names)}
     return {
@@ -69,8 +75,9 @@ def _yaml_string(text: str) -> str:
 
 
 def _provenance(plan: InjectionPlan) -> list[str]:
+    sizes = "unfrozen in full" if plan.unfreezes else f"ranks {plan.rank_alloc}"
     return [f"# alphasel {plan.alphasel_version or '?'} plan: scheme {plan.scheme}, k {plan.k} "
-            f"({plan.unit}), ranks {plan.rank_alloc}, {len(plan.modules)} modules, "
+            f"({plan.unit}), {sizes}, {len(plan.modules)} modules, "
             f"{plan.trainable_params:,} trainable parameters",
             f"# model {plan.model_id or '?'}, analysis {plan.analysis_path or 'in memory'}"]
 
@@ -79,8 +86,15 @@ def axolotl_yaml(plan: InjectionPlan) -> str:
     """A YAML fragment for an axolotl config that adapts exactly the plan's modules.
 
     axolotl types ``lora_alpha`` and ``lora_alpha_pattern`` values as integers, so a plan with
-    a fractional lora_alpha is refused (the peft export can carry it).
+    a fractional lora_alpha is refused (the peft export can carry it). An unfreeze plan becomes
+    ``unfrozen_parameters`` (:func:`axolotl_unfrozen`) and no adapter.
     """
+    if plan.unfreezes:
+        return "\n".join([
+            *_provenance(plan),
+            "# No adapter: axolotl trains these parameters of the model in full, all others "
+            "frozen.", "unfrozen_parameters:",
+            *(f"  - {_yaml_string(pattern)}" for pattern in axolotl_unfrozen(plan))]) + "\n"
     config = peft_config_dict(plan)
     fractional = [module for module in plan.modules if not float(module.lora_alpha).is_integer()]
     if fractional:
@@ -104,18 +118,18 @@ def axolotl_yaml(plan: InjectionPlan) -> str:
 
 
 def axolotl_unfrozen(plan: InjectionPlan) -> list[str]:
-    """axolotl ``unfrozen_parameters`` that leave exactly the plan's weight matrices trainable.
+    """axolotl ``unfrozen_parameters`` that leave exactly what ``--method unfreeze`` trains of
+    the plan trainable: each module's weight and, where it has one, its bias.
 
     axolotl (src/axolotl/utils/freeze.py) reads each entry as a regex in which every "." not
     followed by "+" is a literal dot, takes a trailing ``[start:end]`` as an index range, and
     keeps a parameter trainable when the regex ``re.match``-es its name (anchored at the start
     only). So each entry is ``^`` + the module name with its dots left plain and every other
-    special character escaped + ``.weight$``; biases stay frozen, as the plan counts only the
-    matrices. The names are the checkpoint's (``model.layers.3.mlp.up_proj.weight``), the names
-    axolotl's ``AutoModelForCausalLM`` holds.
+    special character escaped + ``.(weight|bias)$``. The names are the checkpoint's
+    (``model.layers.3.mlp.up_proj.weight``), the names axolotl's ``AutoModelForCausalLM`` holds.
     """
-    return ["^" + ".".join(re.escape(part) for part in module.name.split(".")) + ".weight$"
-            for module in plan.modules]
+    return ["^" + ".".join(re.escape(part) for part in module.name.split("."))
+            + ".(weight|bias)$" for module in plan.modules]
 
 
 def module_regexes(plan: InjectionPlan) -> list[str]:

@@ -1,9 +1,11 @@
-"""The injection plan: which modules get a LoRA adapter, with which rank, and why.
+"""The injection plan: which modules train (a LoRA adapter each, or the matrix itself in full),
+with which rank, and why.
 
 A plan is made by :func:`alphasel.planner.make_plan` from an alpha table, saved as JSON with a
 schema version, turned into a ``peft.LoraConfig`` with :meth:`InjectionPlan.to_lora_config`,
 and applied with :meth:`InjectionPlan.apply`, which checks that PEFT adapted exactly the
-planned modules.
+planned modules. A plan's ``method`` says in which currency it counts its trainable parameters
+(:func:`parameter_cost`): an adapter's r·(rows + cols), or an unfrozen matrix's rows·cols.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,14 @@ PLAN_OWNED_FIELDS = frozenset({
 DERIVED_KEYS = ("trainable_params", "trainable_share", "share_of_analysed_params")
 
 
+#: Methods that put a PEFT adapter on each of a plan's modules.
+ADAPTER_METHODS = ("lora", "dora", "rslora")
+#: The method that trains a plan's matrices themselves, in full, everything else frozen.
+UNFREEZE = "unfreeze"
+#: Methods that train a plan's modules: adapters on them, or the matrices themselves.
+PLAN_METHODS = (*ADAPTER_METHODS, UNFREEZE)
+
+
 def lora_parameter_count(rows: int, cols: int, rank: int) -> int:
     """Trainable parameters of a rank-``rank`` LoRA on a ``rows`` × ``cols`` matrix.
 
@@ -44,6 +54,15 @@ def lora_parameter_count(rows: int, cols: int, rank: int) -> int:
     checkpoint stores the weight transposed (GPT-2 Conv1D).
     """
     return int(rank) * (int(rows) + int(cols))
+
+
+def parameter_cost(rows: int, cols: int, rank: int | None, method: str) -> int:
+    """What one planned matrix costs in trainable parameters under ``method``: rows × cols when
+    it is unfrozen (its bias, where it has one, is not part of a plan's budget), its LoRA
+    parameters otherwise (DoRA's magnitude vector is not counted either)."""
+    if method == UNFREEZE:
+        return int(rows) * int(cols)
+    return lora_parameter_count(rows, cols, int(rank or 0))
 
 
 @dataclass
@@ -60,20 +79,17 @@ class PlannedModule:
     """Rows of the weight as stored in the checkpoint."""
     cols: int
     """Columns of the weight as stored in the checkpoint."""
-    rank: int
-    """LoRA rank r of this module's adapter."""
-    lora_alpha: float
-    """LoRA scaling numerator for this module (PEFT scales the update by lora_alpha / r)."""
+    rank: int | None
+    """LoRA rank r of this module's adapter; None in an unfreeze plan (no adapter)."""
+    lora_alpha: float | None
+    """LoRA scaling numerator for this module (PEFT scales the update by lora_alpha / r);
+    None in an unfreeze plan."""
     alpha: float | None
     """This matrix's fitted power-law alpha, or None when the analysis has no fit for it."""
     selection_alpha: float | None
     """The value that ranked this module when the scheme chose it: its own value of the plan's
     metric (alpha by default) for alora and spectrum, its block's mean for blora, None for
     schemes that ignore the measurements."""
-
-    @property
-    def trainable_params(self) -> int:
-        return lora_parameter_count(self.rows, self.cols, self.rank)
 
 
 @dataclass
@@ -90,6 +106,10 @@ class InjectionPlan:
     """What ``k`` counts: ``matrix`` or ``block``."""
     kinds: list[str]
     """Module kinds that were candidates."""
+    method: str = "lora"
+    """How the modules train, and so the currency of ``trainable_params`` and ``budget``:
+    ``lora``, ``dora``, ``rslora`` (an adapter each, r·(rows + cols)) or ``unfreeze`` (the
+    matrix itself, rows·cols)."""
     order: str | None = None
     """``high`` (highest value of ``metric`` first: for alpha the least trained) or ``low``;
     None for schemes that ignore the measurements."""
@@ -138,9 +158,38 @@ class InjectionPlan:
         return [module.name for module in self.modules]
 
     @property
+    def unfreezes(self) -> bool:
+        """Whether the plan trains its matrices in full (method unfreeze) rather than adapters."""
+        return self.method == UNFREEZE
+
+    def module_params(self, module: PlannedModule) -> int:
+        """What ``module`` costs in this plan's currency (:func:`parameter_cost`)."""
+        return parameter_cost(module.rows, module.cols, module.rank, self.method)
+
+    @property
     def trainable_params(self) -> int:
-        """Trainable LoRA parameters: sum of r × (rows + cols) over the planned modules."""
-        return sum(module.trainable_params for module in self.modules)
+        """Trainable parameters: Σ r × (rows + cols) over the adapted modules, or Σ rows × cols
+        over the unfrozen matrices."""
+        return sum(self.module_params(module) for module in self.modules)
+
+    def trained_as(self, method: str) -> InjectionPlan:
+        """This plan for a run that trains with ``method``: itself when the currencies agree (a
+        LoRA plan trained as DoRA); a LoRA plan made to no budget becomes an unfreeze plan of
+        the same matrices. A plan matched to a budget in the other currency, or an unfreeze plan
+        asked for adapters, is refused: its size was chosen in other terms."""
+        if (method == UNFREEZE) == self.unfreezes:
+            return self
+        if self.unfreezes:
+            raise PlanError(f"the plan unfreezes its matrices (method {UNFREEZE}) and has no "
+                            f"ranks for --method {method}: make a plan with --method {method}")
+        if self.budget is not None:
+            raise PlanError(f"the plan was matched to a budget of {self.budget:,} LoRA "
+                            f"parameters, which --method {UNFREEZE} does not count (a matrix "
+                            f"costs rows × cols): make the plan with --method {UNFREEZE}")
+        modules = [replace(module, rank=None, lora_alpha=None) for module in self.modules]
+        note = (f"trained as {UNFREEZE}: the {self.method} plan's matrices in full "
+                f"({self.trainable_params:,} LoRA parameters as planned)")
+        return replace(self, method=UNFREEZE, modules=modules, notes=[*self.notes, note])
 
     @property
     def trainable_share(self) -> float | None:
@@ -235,6 +284,9 @@ class InjectionPlan:
 
         if not self.modules:
             raise PlanError("the plan has no modules: make a plan that selects at least one")
+        if self.unfreezes:
+            raise PlanError(f"the plan trains its matrices in full (method {UNFREEZE}): it has "
+                            "no adapters for a LoraConfig; make the plan with --method lora")
         owned = sorted(set(overrides) & PLAN_OWNED_FIELDS)
         if owned:
             raise PlanError(f"to_lora_config cannot override {', '.join(owned)}: the plan "
@@ -315,10 +367,10 @@ def check_adapted(plan: InjectionPlan, peft_model: torch.nn.Module,
         if layer.lora_alpha[adapter_name] != module.lora_alpha:
             problems.append(f"{name} has lora_alpha {layer.lora_alpha[adapter_name]}, "
                             f"planned {module.lora_alpha}")
-        numel = _lora_numel(layer, adapter_name)
-        if numel != module.trainable_params:
+        numel, planned_numel = _lora_numel(layer, adapter_name), plan.module_params(module)
+        if numel != planned_numel:
             problems.append(f"{name} has {numel} LoRA parameters, planned "
-                            f"{module.trainable_params} (shape {module.rows}x{module.cols} "
+                            f"{planned_numel} (shape {module.rows}x{module.cols} "
                             "in the analysis differs from the model's)")
     if problems:
         raise PlanError("PEFT did not adapt the model as planned: " + "; ".join(problems)

@@ -3,6 +3,10 @@
 Every scheme orders its *units* (matrices or blocks) and takes the first ``k``; plan modules are
 then listed in model order. Ties are broken by model order: the earlier matrix, the lower block.
 
+Budgets are counted in the plan's method's currency (:func:`alphasel.plan.parameter_cost`):
+r·(rows + cols) per adapted matrix, rows·cols per unfrozen one (``method="unfreeze"``, where
+there is no rank to choose: only ``k``).
+
 Budget policy (``budget`` or ``budget_from``, the fair comparison between schemes):
 - ``rank_alloc="alpha"``: the ranks are allocated to meet the budget within one rank step
   (never over it); ``k`` must be given.
@@ -10,6 +14,10 @@ Budget policy (``budget`` or ``budget_from``, the fair comparison between scheme
   trainable-parameter count is closest to the budget. When only ``k`` is free it is searched at
   the default rank 8 first; only if no ``k`` comes within 5% and ``rank`` was left unset, the
   rank changes too (the in-tolerance pair with the rank nearest 8 wins). Outside 5% → error.
+- matrix-unit ``alora`` and ``random``: when no first k of the ranking (ALoRA's metric order, or
+  random's seeded draw) comes within 5% at the given or default rank, the ranking *fills* the
+  budget instead (:func:`fill_budget`: in ranking order, a matrix that would overshoot is passed
+  over and later, smaller ones fill the rest); the plan's note says how many were passed over.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from alphasel import __version__
 from alphasel.columns import METRICS, STATUS_OK, TOTAL_MATRIX_PARAMS, metadata
 from alphasel.errors import PlanError, TableError
 from alphasel.layout import CANDIDATE_KINDS, KIND_GROUPS
-from alphasel.plan import InjectionPlan, PlannedModule
+from alphasel.plan import PLAN_METHODS, UNFREEZE, InjectionPlan, PlannedModule
 from alphasel.provenance import utc_now
 from alphasel.table import check_table
 
@@ -46,6 +54,10 @@ DEFAULT_RANK = 8
 DEFAULT_BETA = 1.0
 #: How far a budget-matched plan may miss the target, relative to it.
 BUDGET_TOLERANCE = 0.05
+#: Matrix-unit schemes that fill a budget past matrices that would overshoot it, when no first
+#: k of their ranking comes within the tolerance (matrices differ in size: an up_proj holds
+#: eight times a GQA k_proj). The rest keep to their ranking's first k.
+FILL_SCHEMES = ("alora", "random")
 #: Largest uniform rank tried when the rank is free under a budget.
 MAX_SEARCH_RANK = 512
 TABLE_COLUMNS = ["name", "block", "kind", "rows", "cols", "alpha"]
@@ -217,11 +229,23 @@ def spectrum_k(fractions: list[float], fraction: float) -> int:
 def _check_options(scheme: str, k: int | None, order: str | None, unit: str | None,
                    seed: int | None, start: int | None, rank: int | None, rank_alloc: str,
                    beta: float | None, budget: int | None, has_budget_from: bool,
-                   metric: str, fraction: float | None) -> None:
+                   metric: str, fraction: float | None, method: str,
+                   lora_alpha: float | None) -> None:
     """Collect every problem with the options and raise them together."""
     problems = []
     if scheme not in SCHEMES:
         raise PlanError(f"unknown scheme '{scheme}': use one of {', '.join(SCHEMES)}")
+    if method not in PLAN_METHODS:
+        problems.append(f"unknown method '{method}': use one of {', '.join(PLAN_METHODS)}")
+    elif method == UNFREEZE:
+        given = [flag for flag, value in (("--rank", rank), ("--lora-alpha", lora_alpha),
+                                          ("--beta", beta)) if value is not None]
+        given += ["--rank-alloc alpha"] if rank_alloc == "alpha" else []
+        if given:
+            problems.append(f"{', '.join(given)} shape adapters; --method {UNFREEZE} trains "
+                            "the matrices themselves: drop them")
+            rank = beta = None
+            rank_alloc = "uniform"
     if metric not in METRICS:
         problems.append(f"unknown metric '{metric}': use one of {', '.join(METRICS)}")
     elif metric != "alpha" and scheme not in ALPHA_SCHEMES:
@@ -291,8 +315,11 @@ def _check_options(scheme: str, k: int | None, order: str | None, unit: str | No
 
 
 def _match_uniform(prefix_cost: np.ndarray, target: int, k: int | None,
-                   rank: int | None) -> tuple[int, int, str]:
-    """Choose k and/or a uniform rank so rank × prefix_cost[k-1] is closest to ``target``."""
+                   rank: int | None, ranked: bool = True,
+                   search_ranks: bool = True) -> tuple[int, int, str]:
+    """Choose k and/or a uniform rank so rank × prefix_cost[k-1] is closest to ``target``;
+    ``ranked`` False (unfrozen matrices: the prefix costs are the parameters) chooses k only,
+    at "rank" 1; ``search_ranks`` False keeps the default rank even when it misses."""
     ks = np.arange(1, len(prefix_cost) + 1) if k is None else np.array([k])
     costs = prefix_cost[ks - 1]
 
@@ -308,22 +335,30 @@ def _match_uniform(prefix_cost: np.ndarray, target: int, k: int | None,
         return int(ks[col]), int(ranks[row]), float(miss[row, col])
 
     first = best(np.array([rank or DEFAULT_RANK]))
-    if first[2] <= BUDGET_TOLERANCE or rank is not None:
+    if first[2] <= BUDGET_TOLERANCE or rank is not None or not ranked or not search_ranks:
         chosen = first
     else:
         chosen = best(np.arange(1, MAX_SEARCH_RANK + 1))
     chosen_k, chosen_rank, miss = chosen
     total = chosen_rank * int(prefix_cost[chosen_k - 1])
+    at_rank = f" at rank {chosen_rank}" if ranked else ""
     if miss > BUDGET_TOLERANCE:
+        if not ranked:
+            fix = ("leave out --k so it can change" if k is not None
+                   else "choose a budget one of the totals meets, or another scheme")
+            raise PlanError(f"cannot match the budget of {target:,} trainable parameters within "
+                            f"{BUDGET_TOLERANCE:.0%} with whole matrices: the closest is "
+                            f"k={chosen_k} with {total:,} ({(total - target) / target:+.1%}); "
+                            f"{fix}")
         free = " and ".join(name for name, fixed in (("k", k), ("the rank", rank))
                             if fixed is None)
         fix = ("leave --rank unset so the rank can change, or " if rank is not None else "")
         free = free or "nothing (k and --rank are both fixed)"
         raise PlanError(f"cannot match the budget of {target:,} trainable parameters within "
                         f"{BUDGET_TOLERANCE:.0%} by choosing {free}: the "
-                        f"closest is k={chosen_k} at rank {chosen_rank} with {total:,} "
+                        f"closest is k={chosen_k}{at_rank} with {total:,} "
                         f"({(total - target) / target:+.1%}); {fix}use --rank-alloc alpha")
-    note = (f"budget {target:,}: chose k={chosen_k} at rank {chosen_rank} → {total:,} "
+    note = (f"budget {target:,}: chose k={chosen_k}{at_rank} → {total:,} "
             f"({(total - target) / target:+.2%})")
     return chosen_k, chosen_rank, note
 
@@ -390,7 +425,7 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
               budget: int | None = None,
               budget_from: InjectionPlan | str | Path | None = None,
               analysis_path: str | Path | None = None, metric: str = "alpha",
-              fraction: float | None = None) -> InjectionPlan:
+              fraction: float | None = None, method: str = "lora") -> InjectionPlan:
     """Choose the modules that get a LoRA adapter, and their ranks, from an alpha table.
 
     ``k`` counts matrices (alora, random by matrix) or blocks (blora, first, last, band,
@@ -401,10 +436,12 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
     the module docstring for how k or the rank is then chosen. ``metric`` is the table column
     alora and blora rank by (``order`` high: its highest values first). ``spectrum`` takes
     the ``fraction`` of each kind's matrices with the highest SNR (Spectrum's rule), or the
-    fraction whose plan meets the budget.
+    fraction whose plan meets the budget. ``method`` ``unfreeze`` plans matrices that train in
+    full: a matrix costs rows × cols, and there are no ranks (``rank``, ``lora_alpha`` and
+    ``rank_alloc`` shape adapters only).
     """
     _check_options(scheme, k, order, unit, seed, start, rank, rank_alloc, beta, budget,
-                   budget_from is not None, metric, fraction)
+                   budget_from is not None, metric, fraction, method, lora_alpha)
     metric = SPECTRUM_METRIC if scheme == "spectrum" else metric
     kind_list = parse_kinds(kinds)
     frame = candidates(table, kind_list, metric)
@@ -430,17 +467,22 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
         raise PlanError(f"scheme {scheme} finds no selectable {unit} among the candidates of "
                         f"kind(s) {', '.join(kind_list)}" + (f" ({unit_notes[0]})"
                                                               if unit_notes else ""))
-    budget, budget_from_path = _target_budget(budget, budget_from)
-    costs = frame["rows"].to_numpy() + frame["cols"].to_numpy()
-    k, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
-                            _what_units_count(scheme, unit, start, metric), kind_list)
-    chosen = sorted(((row, score) for rows, score in zip(units[:k], scores[:k], strict=True)
-                     for row in rows), key=lambda item: int(frame.at[item[0], "position"]))
+    budget, budget_from_path = _target_budget(budget, budget_from, method)
+    if method == UNFREEZE:  # a matrix costs rows × cols: "rank 1" of that cost
+        costs, rank = frame["rows"].to_numpy() * frame["cols"].to_numpy(), 1
+    else:
+        costs = frame["rows"].to_numpy() + frame["cols"].to_numpy()
+    taken, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
+                                _what_units_count(scheme, unit, start, metric), kind_list,
+                                unit, ranked=method != UNFREEZE)
+    k = len(taken)
+    chosen = sorted(((row, scores[index]) for index in taken for row in units[index]),
+                    key=lambda item: int(frame.at[item[0], "position"]))
     rows = [row for row, _ in chosen]
     if rank_alloc == "alpha":
-        ranks = _alpha_ranks(frame.loc[rows], costs[rows], beta, budget, notes)
+        ranks: list = list(_alpha_ranks(frame.loc[rows], costs[rows], beta, budget, notes))
     else:
-        ranks = np.full(len(rows), uniform_rank)
+        ranks = [None if method == UNFREEZE else uniform_rank] * len(rows)
     if scheme == "spectrum":  # each matrix's own SNR, not the fraction its unit entered at
         chosen = [(row, float(frame.at[row, "score"])) for row, _ in chosen]
         fraction = scores[k - 1]  # the smallest fraction giving this choice
@@ -448,7 +490,8 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
                      f"({len(rows)} matrices)")
     return InjectionPlan(
         modules=_planned_modules(frame, chosen, ranks, lora_alpha), scheme=scheme, k=int(k),
-        unit=unit, kinds=kind_list, order=order, metric=metric, fraction=fraction,
+        unit=unit, kinds=kind_list, method=method, order=order, metric=metric,
+        fraction=fraction,
         seed=seed, start=start, rank_alloc=rank_alloc,
         beta=beta, budget=budget, budget_from=budget_from_path,
         notes=notes, alphasel_version=__version__, created=utc_now(),
@@ -463,22 +506,29 @@ def _what_units_count(scheme: str, unit: str, start: int | None, metric: str) ->
             "band": f"contiguous blocks from block {start}"}.get(scheme, f"candidate {unit}s")
 
 
-def _target_budget(budget: int | None, budget_from: InjectionPlan | str | Path | None
-                   ) -> tuple[int | None, str | None]:
-    """(the trainable-parameter budget, the path of the plan it came from)."""
+def _target_budget(budget: int | None, budget_from: InjectionPlan | str | Path | None,
+                   method: str) -> tuple[int | None, str | None]:
+    """(the trainable-parameter budget, the path of the plan it came from); a plan counted in
+    another currency (LoRA parameters for an unfreeze plan, or the reverse) is refused."""
     if budget_from is None:
         return (None if budget is None else int(budget)), None
     path = None
     if isinstance(budget_from, str | Path):
         path, budget_from = str(budget_from), InjectionPlan.load(budget_from)
+    if budget_from.unfreezes != (method == UNFREEZE):
+        counted = "unfrozen matrices" if budget_from.unfreezes else "LoRA adapters"
+        raise PlanError(f"--budget-from {path or 'plan'} counts the parameters of {counted} "
+                        f"(method {budget_from.method}), not of --method {method}: give a "
+                        f"plan made with the same kind of method, or --budget N")
     return int(budget_from.trainable_params), path
 
 
 def _size(scheme: str, units: list[list[int]], costs: np.ndarray, k: int | None,
           rank: int | None, rank_alloc: str, budget: int | None, notes: list[str], what: str,
-          kinds: list[str]) -> tuple[int, int | None]:
-    """k, and the uniform rank (None for ranks allocated by alpha): as given, every unit for
-    scheme all, or matched to ``budget`` (the module docstring's policy)."""
+          kinds: list[str], unit: str, ranked: bool = True) -> tuple[list[int], int | None]:
+    """The units taken (indices into ``units``, in ranking order), and the uniform rank (None
+    for ranks allocated by alpha): the first k as given, every unit for scheme all, or matched
+    to ``budget`` (the module docstring's policy)."""
     if scheme == "all":
         k = len(units)
     if k is not None and k > len(units):
@@ -486,14 +536,49 @@ def _size(scheme: str, units: list[list[int]], costs: np.ndarray, k: int | None,
                         f"{', '.join(kinds)}): use --k between 1 and {len(units)}")
     if rank_alloc == "alpha":
         assert k is not None  # _check_options demands k for rank allocation by alpha
-        return k, None
+        return list(range(k)), None
     if budget is None:
         assert k is not None  # _check_options demands k unless a budget or scheme all sets it
-        return k, rank or DEFAULT_RANK
-    prefix_cost = np.cumsum([int(costs[rows].sum()) for rows in units])
-    k, rank, note = _match_uniform(prefix_cost, budget, k, rank)
-    notes.append(note)
-    return k, rank
+        return list(range(k)), rank or DEFAULT_RANK
+    unit_costs = np.array([int(costs[rows].sum()) for rows in units], dtype=np.int64)
+    fills = k is None and unit == "matrix" and scheme in FILL_SCHEMES
+    try:
+        k, rank, note = _match_uniform(np.cumsum(unit_costs), budget, k, rank, ranked,
+                                       search_ranks=not fills)
+        notes.append(note)
+        return list(range(k)), rank
+    except PlanError:
+        if not fills:
+            raise
+    unit_rank = rank or DEFAULT_RANK
+    taken, total = fill_budget(unit_rank * unit_costs, budget)
+    if abs(total - budget) > BUDGET_TOLERANCE * budget:
+        if ranked and rank is None:  # a rank other than the default may still meet it
+            k, rank, note = _match_uniform(np.cumsum(unit_costs), budget, None, None)
+            notes.append(note)
+            return list(range(k)), rank
+        raise PlanError(f"cannot match the budget of {budget:,} trainable parameters within "
+                        f"{BUDGET_TOLERANCE:.0%} with whole matrices: the closest {scheme} "
+                        f"finds is {len(taken)} matrices with {total:,} "
+                        f"({(total - budget) / budget:+.1%}); choose another budget")
+    passed = taken[-1] + 1 - len(taken)
+    notes.append(f"budget {budget:,}: no first k matrices come within {BUDGET_TOLERANCE:.0%}; "
+                 f"took {len(taken)} in ranking order, passing over {passed} that would "
+                 f"overshoot → {total:,} ({(total - budget) / budget:+.2%})")
+    return taken, unit_rank
+
+
+def fill_budget(costs: np.ndarray, target: int) -> tuple[list[int], int]:
+    """The units a ranking gives when it fills ``target``: walking it in order, each unit is
+    taken when it brings the total closer to the target without passing it by more than the
+    tolerance. Returns (the indices taken, their total)."""
+    total, taken = 0, []
+    ceiling = target * (1 + BUDGET_TOLERANCE)
+    for index, cost in enumerate(int(cost) for cost in costs):
+        if total + cost <= ceiling and abs(total + cost - target) < abs(total - target):
+            taken.append(index)
+            total += cost
+    return taken, total
 
 
 def _alpha_ranks(picked: pd.DataFrame, costs: np.ndarray, beta: float, budget: int,
@@ -513,7 +598,9 @@ def _alpha_ranks(picked: pd.DataFrame, costs: np.ndarray, beta: float, budget: i
 
 
 def _planned_modules(frame: pd.DataFrame, chosen: list[tuple[int, float | None]],
-                     ranks: np.ndarray, lora_alpha: float | None) -> list[PlannedModule]:
+                     ranks: list, lora_alpha: float | None) -> list[PlannedModule]:
+    """The chosen rows as plan modules; a rank of None (an unfrozen matrix) has no
+    lora_alpha."""
     if lora_alpha is not None and float(lora_alpha) == int(lora_alpha):
         lora_alpha = int(lora_alpha)  # 16, not 16.0, in the plan file and the LoraConfig
     modules = []
@@ -523,8 +610,9 @@ def _planned_modules(frame: pd.DataFrame, chosen: list[tuple[int, float | None]]
             name=str(item["name"]),
             block=None if pd.isna(item["block"]) else int(item["block"]),
             kind=str(item["kind"]), rows=int(item["rows"]), cols=int(item["cols"]),
-            rank=int(module_rank),
-            lora_alpha=int(module_rank) if lora_alpha is None else lora_alpha,
+            rank=None if module_rank is None else int(module_rank),
+            lora_alpha=(None if module_rank is None else
+                        int(module_rank) if lora_alpha is None else lora_alpha),
             alpha=float(item["alpha"]) if item["usable"] else None,
             selection_alpha=None if score is None else float(score)))
     return modules

@@ -5,6 +5,8 @@
     alphasel plan --scheme random --k 8 --unit block --seed 7
     alphasel plan --scheme alora --budget-from runs/plans/PLAN.json
     alphasel plan --scheme blora --k 4 --export peft --out lora_config.json
+    alphasel plan --scheme alora --metric snr --k 14 --method unfreeze
+    alphasel plan --scheme spectrum --fraction 0.25 --method unfreeze --export axolotl --out s.yml
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from alphasel.columns import METRICS
 from alphasel.errors import PlanError
 from alphasel.exports import EXPORTS, check_export, write_export
-from alphasel.plan import InjectionPlan, PlannedModule, default_plan_path
+from alphasel.plan import PLAN_METHODS, InjectionPlan, PlannedModule, default_plan_path
 from alphasel.planner import ORDERS, RANK_ALLOCS, SCHEMES, UNITS, make_plan
 from alphasel.table import latest_analysis, read_table
 
@@ -42,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default matrix)")
     parser.add_argument("--seed", type=int, help="seed of the random scheme")
     parser.add_argument("--start", type=int, help="first block of the band scheme")
+    parser.add_argument("--method", default="lora",
+                        help=f"how the plan's modules train, {', '.join(PLAN_METHODS)}: the "
+                        "currency of its budget (an adapter costs r·(rows+cols), an unfrozen "
+                        "matrix rows·cols; default lora)")
     parser.add_argument("--rank", type=int, help="uniform LoRA rank (default 8)")
     parser.add_argument("--lora-alpha", type=float,
                         help="LoRA alpha of every module (default: its rank, i.e. scaling 1)")
@@ -74,11 +80,13 @@ def describe(plan: InjectionPlan) -> str:
               + (f" order={plan.order}" if plan.order else "")
               + (f" seed={plan.seed}" if plan.seed is not None else "")
               + (f" start={plan.start}" if plan.start is not None else "")
-              + f" kinds={','.join(plan.kinds)} ranks={plan.rank_alloc}")
+              + f" kinds={','.join(plan.kinds)}"
+              + (" method=unfreeze" if plan.unfreezes else f" ranks={plan.rank_alloc}"))
     lines = [header, f"from {plan.analysis_path or 'an in-memory table'}"
              + (f" (model {plan.model_id})" if plan.model_id else "")]
     show_block_alpha = plan.scheme == "blora"
-    lines.append(f"{'block':>5}  {'kinds':<22} {'alpha':<40} rank"
+    lines.append(f"{'block':>5}  {'kinds':<22} {'alpha':<40} "
+                 + ("" if plan.unfreezes else "rank")
                  + ("  block alpha" if show_block_alpha else ""))
 
     def block_key(module: PlannedModule) -> int:
@@ -92,7 +100,7 @@ def describe(plan: InjectionPlan) -> str:
         row = (f"{'-' if key < 0 else key:>5}  "
                f"{' '.join(module.kind for module in members):<22} "
                f"{' '.join(_format_number(module.alpha) for module in members):<40} "
-               f"{' '.join(map(str, ranks))}")
+               + ("" if plan.unfreezes else " ".join(map(str, ranks))))
         if show_block_alpha:
             row += f"  {_format_number(members[0].selection_alpha)}"
         lines.append(row)
@@ -116,7 +124,7 @@ def run(args: argparse.Namespace) -> None:
         seed=args.seed, start=args.start, rank=args.rank, lora_alpha=args.lora_alpha,
         rank_alloc=args.rank_alloc, beta=args.beta, budget=args.budget,
         budget_from=args.budget_from, analysis_path=analysis, metric=args.metric,
-        fraction=args.fraction)
+        fraction=args.fraction, method=args.method)
     paths = save(plan, args.out, args.export)
     print(describe(plan))
     print("\n".join(f"wrote {path}" for path in paths))

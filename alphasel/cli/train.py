@@ -117,9 +117,11 @@ def _check(args: argparse.Namespace) -> None:
         RunWriter.check_target(args.out, args.overwrite)
 
 
-def inline_plan(args: argparse.Namespace, seed: int) -> tuple[pd.DataFrame, InjectionPlan]:
-    """Analyse the model and make the plan --scheme asks for: (table, plan); ``seed``, the
-    training seed, draws the random scheme's selection unless --selection-seed does."""
+def inline_plan(args: argparse.Namespace, seed: int,
+                method: str) -> tuple[pd.DataFrame, InjectionPlan]:
+    """Analyse the model and make the plan --scheme asks for, counted in ``method``'s currency:
+    (table, plan); ``seed``, the training seed, draws the random scheme's selection unless
+    --selection-seed does."""
     from alphasel.analyzer import analyze
     from alphasel.planner import make_plan
 
@@ -128,7 +130,7 @@ def inline_plan(args: argparse.Namespace, seed: int) -> tuple[pd.DataFrame, Inje
     options = {keyword: getattr(args, dest) for dest, keyword in PLAN_OPTIONS.items()}
     if args.scheme == "random" and options["seed"] is None:
         options["seed"] = seed  # paired design: the training seed draws the selection
-    return table, make_plan(table, args.scheme, **options)
+    return table, make_plan(table, args.scheme, method=method, **options)
 
 
 def _planned_once(args: argparse.Namespace,
@@ -137,7 +139,7 @@ def _planned_once(args: argparse.Namespace,
     table and plan (one analysis, not one per rank, and one plan for every rank)."""
     from alphasel.training.distributed import agree, start_process
 
-    return agree(start_process(config), lambda: inline_plan(args, config.seed))
+    return agree(start_process(config), lambda: inline_plan(args, config.seed, config.method))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from alphasel.errors import PlanError, TrainConfigError
-from alphasel.plan import InjectionPlan
-from alphasel.training.config import TrainConfig
+from alphasel.layout import kind_of
+from alphasel.plan import UNFREEZE, InjectionPlan
+from alphasel.training.config import ALSO_PARTS, TrainConfig
 from alphasel.training.models import ModelInfo, load_model, stored_dtype
 from alphasel.training.precision import Precision, hold_trainable_in_float32, resolve_precision
 
@@ -60,8 +61,8 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
         return model
     if plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
-    if config.method == "unfreeze":
-        unfreeze(model, plan)
+    if config.method == UNFREEZE:
+        unfreeze(model, plan, config.also)
         if config.task == "classification":  # a new head learns, as PEFT's SEQ_CLS adapters do
             for name, parameter in model.named_parameters():
                 if name.split(".")[0] in CLASSIFIER_HEADS:
@@ -78,14 +79,21 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
     return adapted
 
 
-def unfreeze(model: torch.nn.Module, plan: InjectionPlan) -> None:
+def unfreeze(model: torch.nn.Module, plan: InjectionPlan, also: list[str] = ()) -> None:
     """Every parameter frozen except the plan's matrices and their biases (a block plan names
-    every candidate matrix of its blocks), which then train in full."""
+    every candidate matrix of its blocks) and the ``also`` parts (:func:`part_parameters`),
+    which then train in full."""
     present = dict(model.named_modules())
     missing = [module.name for module in plan.modules if module.name not in present]
     if missing:
         raise PlanError(f"the plan names {len(missing)} module(s) the model lacks "
                         f"({', '.join(missing[:3])}): plan from this model's analysis")
+    parts = part_parameters(model)
+    lacking = [part for part in also if not parts[part]]
+    if lacking:
+        has = [part for part, parameters in parts.items() if parameters]
+        raise TrainConfigError(f"--also {','.join(lacking)}: the model has no such part (it has "
+                               f"{', '.join(has) or 'none of them'}): drop it from --also")
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     for module in plan.modules:
@@ -93,6 +101,40 @@ def unfreeze(model: torch.nn.Module, plan: InjectionPlan) -> None:
         for parameter in (layer.weight, getattr(layer, "bias", None)):
             if isinstance(parameter, torch.nn.Parameter):
                 parameter.requires_grad_(True)
+    for part in also:
+        for parameter in parts[part].values():
+            parameter.requires_grad_(True)
+
+
+def also_params(model: torch.nn.Module, also: list[str]) -> int:
+    """Parameters of the ``also`` parts (each tensor once: a tied head is the embedding)."""
+    parts = part_parameters(model)
+    unique = {id(parameter): parameter for part in also for parameter in parts[part].values()}
+    return sum(parameter.numel() for parameter in unique.values())
+
+
+def part_parameters(model: torch.nn.Module) -> dict[str, dict[str, torch.nn.Parameter]]:
+    """The parameters of each part --also names, by parameter name: ``embed``, the embedding
+    tables (the input embeddings and what the layout calls embed: positions, token types);
+    ``head``, the output layer's (a head tied to the embeddings is their one tensor); ``norm``,
+    every normalisation layer's (LayerNorm, RMSNorm: a module whose class name ends in Norm)."""
+    parts: dict[str, dict[str, torch.nn.Parameter]] = {part: {} for part in ALSO_PARTS}
+    owners = {id(parameter): name for name, parameter in model.named_parameters()}
+    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    outputs = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, module in model.named_modules():
+        if module is inputs or (module is not outputs and kind_of(name) == "embed"
+                                and isinstance(module, torch.nn.Embedding)):
+            part = "embed"
+        elif module is outputs:
+            part = "head"
+        elif type(module).__name__.endswith("Norm"):
+            part = "norm"
+        else:
+            continue
+        for parameter in module.parameters(recurse=False):
+            parts[part][owners[id(parameter)]] = parameter
+    return parts
 
 
 #: Names transformers' sequence classifiers give their new head (BERT's ``classifier``,
@@ -102,11 +144,13 @@ CLASSIFIER_HEADS = ("classifier", "score")
 UNFROZEN_FILE = "unfrozen.safetensors"
 
 
-def save_trained(trainer: Any, folder: Path, config: TrainConfig, state: Any) -> None:
+def save_trained(trainer: Any, folder: Path, config: TrainConfig, state: Any,
+                 released: set[str] | frozenset[str] = frozenset()) -> None:
     """What the run trained, under ``folder`` (adapter/): PEFT's adapter files, every weight
     for full fine-tuning (the Trainer's save), or for ``unfreeze`` only the changed tensors under
-    their model names in :data:`UNFROZEN_FILE` (safetensors)."""
-    if config.method != "unfreeze":
+    their model names in :data:`UNFROZEN_FILE` (safetensors): those training now and the
+    ``released`` ones earlier re-selection rounds trained."""
+    if config.method != UNFREEZE:
         trainer.save_model(str(folder))
         return
     if state.is_main_process:
@@ -114,7 +158,8 @@ def save_trained(trainer: Any, folder: Path, config: TrainConfig, state: Any) ->
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         tensors = {name: parameter.detach().cpu().contiguous()
-                   for name, parameter in model.named_parameters() if parameter.requires_grad}
+                   for name, parameter in model.named_parameters()
+                   if parameter.requires_grad or name in released}
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f"{UNFROZEN_FILE}.partial"
         save_file(tensors, str(partial))

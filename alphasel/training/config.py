@@ -22,15 +22,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from alphasel.errors import TrainConfigError
+from alphasel.plan import PLAN_METHODS, UNFREEZE
 from alphasel.training.precision import DTYPES, half_autocast
 
 TASKS = ("causal", "classification")
-METHODS = ("lora", "dora", "rslora", "unfreeze", "full")
-ADAPTER_METHODS = ("lora", "dora", "rslora")
-#: Methods that train a plan's modules: adapters on them, or the matrices themselves.
-PLAN_METHODS = (*ADAPTER_METHODS, "unfreeze")
+METHODS = (*PLAN_METHODS, "full")
 #: Methods whose trained parameters are the model's own weights (no adapters).
-FULL_WEIGHT_METHODS = ("unfreeze", "full")
+FULL_WEIGHT_METHODS = (UNFREEZE, "full")
+#: Parts of a model --also trains in full beside an unfreeze plan's matrices.
+ALSO_PARTS = ("embed", "head", "norm")
 QUANTIZE = ("4bit",)
 TEMPLATES = ("alpaca", "chat")
 #: What alpha is measured on after every epoch (--remeasure).
@@ -63,6 +63,11 @@ class TrainConfig:
     """``lora``, ``dora``, ``rslora`` (PEFT adapters on the plan's modules), ``unfreeze``
     (the plan's matrices, and their biases, train in full; everything else frozen) or
     ``full`` (every weight trains; no plan) (--method)."""
+    also: list[str] = field(default_factory=list)
+    """With --method unfreeze, parts that train in full beside the plan's matrices: ``embed``
+    (the embeddings), ``head`` (the output layer) and ``norm`` (every normalisation layer), a
+    comma list; Spectrum always unfreezes embed and head. They count in trainable_params
+    (--also)."""
     quantize: str | None = None
     """``4bit``: load the base model in 4-bit NF4 through bitsandbytes (QLoRA) (--quantize)."""
     epochs: float = 1.0
@@ -144,6 +149,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.report_to, str):
             self.report_to = [item.strip() for item in self.report_to.split(",") if item.strip()]
+        if isinstance(self.also, str):
+            self.also = [item.strip() for item in self.also.split(",") if item.strip()]
         problems = self.problems()
         if problems:
             raise TrainConfigError("; ".join(problems))
@@ -185,6 +192,15 @@ class TrainConfig:
                 problems.append(f"--quantize 4bit trains adapters on a frozen 4-bit model: "
                                 f"4-bit weights cannot be trained in full (--method "
                                 f"{self.method}); choose --method lora, dora or rslora")
+        unknown_parts = [part for part in self.also if part not in ALSO_PARTS]
+        if unknown_parts:
+            problems.append(f"--also {','.join(unknown_parts)}: name parts among "
+                            f"{', '.join(ALSO_PARTS)}")
+        elif self.also and self.method != UNFREEZE:
+            problems.append(f"--also trains parts in full beside an unfreeze plan's matrices; "
+                            f"it contradicts --method {self.method}: use --method unfreeze")
+        elif len(set(self.also)) != len(self.also):
+            problems.append(f"--also {','.join(self.also)} names a part twice")
         one_of(self.template, TEMPLATES, "--template")
         one_of(self.scheduler, SCHEDULERS, "--scheduler")
         if not (self.lora_init in LORA_INITS or _PISSA_NITER.match(str(self.lora_init))):
@@ -241,11 +257,8 @@ class TrainConfig:
         if self.reselecting:
             flag = "--reselect-every" if self.reselect_every else "--reselect"
             if self.method == "full":
-                problems.append(f"{flag} re-chooses the adapted modules; --method full trains "
-                                "every weight: choose --method lora, dora or rslora")
-            elif self.method == "unfreeze":
-                problems.append(f"{flag} with --method unfreeze is not built yet (re-selection "
-                                "folds adapters): choose --method lora, dora or rslora")
+                problems.append(f"{flag} re-chooses the trained modules; --method full trains "
+                                "every weight: choose --method lora, dora, rslora or unfreeze")
             if self.quantize:
                 problems.append(f"{flag} folds the adapters into the base weights, which "
                                 "--quantize 4bit keeps packed: drop one of them")

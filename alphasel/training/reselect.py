@@ -1,7 +1,10 @@
 """Re-selection: after every epoch (``--reselect``) or every N steps (``--reselect-every N``),
 fold the adapters into the base weights, re-plan from the alpha of the folded candidates with
 the plan's own recipe, and train fresh adapters with a fresh optimizer while the learning rate
-continues the run's schedule.
+continues the run's schedule. With ``--method unfreeze`` there is nothing to fold: the newly
+chosen matrices are unfrozen, the dropped ones frozen again with their trained values, and the
+optimizer is rebuilt over the new set (Adam's moments restart from zero for every matrix, those
+that stay chosen too, as a fresh optimizer per round does in LISA and the original experiments).
 
 How it runs: at a re-selection point the Trainer saves a checkpoint of its own (scheduler, RNG,
 state, position in the data) and stops. alphasel folds every adapter (W ← W + ΔW, DoRA's
@@ -86,8 +89,9 @@ def candidate_table(rows: list[dict[str, Any]], model: torch.nn.Module,
     return table
 
 
-def _uniform_values(plan: InjectionPlan) -> tuple[int, float | None]:
-    """The plan's uniform rank and its lora_alpha (None: the planner's default, = rank)."""
+def _uniform_values(plan: InjectionPlan) -> tuple[int | None, float | None]:
+    """The plan's uniform rank and its lora_alpha (None: the planner's default, = rank; both
+    None for an unfreeze plan)."""
     rank = Counter(module.rank for module in plan.modules).most_common(1)[0][0]
     alphas = {module.lora_alpha for module in plan.modules}
     if all(module.lora_alpha == module.rank for module in plan.modules):
@@ -103,10 +107,11 @@ def replan(plan: InjectionPlan, table: pd.DataFrame, round_: int,
     ``random`` draws from (plan seed, round). With uniform ranks, k and the rank are kept when
     the new choice stays within the planner's 5% of the budget (always so for block schemes);
     otherwise k is re-chosen by the planner's budget matching at the same rank. Rank
-    allocation by alpha re-allocates the same budget.
+    allocation by alpha re-allocates the same budget. An unfreeze plan has no ranks: its k
+    alone is kept or re-chosen, in its own currency (rows × cols a matrix).
     """
     recipe: dict[str, Any] = dict(
-        order=plan.order, kinds=plan.kinds, start=plan.start,
+        order=plan.order, kinds=plan.kinds, start=plan.start, method=plan.method,
         unit=plan.unit if plan.scheme == "random" else None,
         seed=selection_seed(plan.seed, round_) if plan.scheme == "random" else None)
     k = None if plan.scheme == "all" else plan.k
@@ -114,17 +119,18 @@ def replan(plan: InjectionPlan, table: pd.DataFrame, round_: int,
         return make_plan(table, plan.scheme, k, rank_alloc="alpha", beta=plan.beta,
                          budget=budget, **recipe)
     rank, lora_alpha = _uniform_values(plan)
-    chosen = make_plan(table, plan.scheme, k, rank=rank, lora_alpha=lora_alpha, **recipe)
+    recipe.update(rank=rank, lora_alpha=lora_alpha)
+    chosen = make_plan(table, plan.scheme, k, **recipe)
     if k is None or abs(chosen.trainable_params - budget) <= BUDGET_TOLERANCE * budget:
         return chosen
+    at_rank = "" if plan.unfreezes else f" at rank {rank}"
     try:
-        matched = make_plan(table, plan.scheme, None, rank=rank, lora_alpha=lora_alpha,
-                            budget=budget, **recipe)
+        matched = make_plan(table, plan.scheme, None, budget=budget, **recipe)
     except PlanError as err:
         note = (f"round {round_}: {chosen.trainable_params:,} trainable parameters miss the "
-                f"budget {budget:,} by more than 5% and no k at rank {rank} meets it ({err})")
+                f"budget {budget:,} by more than 5% and no k{at_rank} meets it ({err})")
         return dataclasses.replace(chosen, notes=[*chosen.notes, note])
-    note = (f"round {round_}: k={k} at rank {rank} would train {chosen.trainable_params:,} "
+    note = (f"round {round_}: k={k}{at_rank} would train {chosen.trainable_params:,} "
             f"parameters; k={matched.k} meets the budget {budget:,}")
     return dataclasses.replace(matched, notes=[*matched.notes, note])
 
@@ -136,6 +142,9 @@ class Reselector(TrainerCallback):
     def __init__(self, alpha: Any, every: int | None) -> None:
         self.alpha, self.every = alpha, every
         self.pending: int | None = None
+        self.released: set[str] = set()
+        """Unfreeze runs: parameters trained in an earlier round and frozen since (their
+        trained values are part of what the run trained)."""
 
     def _stop(self, state: Any, control: Any, model: Any) -> None:
         if state.global_step >= state.max_steps:  # training ends here: nothing to re-select
@@ -180,8 +189,10 @@ def selection_row(round_: int, plan: InjectionPlan, step: int, epoch: float,
 
 def mark_reselected(checkpoint: Path, model: torch.nn.Module, round_: int) -> None:
     """Put the fresh adapters into the checkpoint the Trainer resumes from, and the marker
-    that keeps it from loading the folded adapters' optimizer state."""
-    model.save_pretrained(str(checkpoint), save_embedding_layers=False)
+    that keeps it from loading the folded adapters' optimizer state. An unfreeze run's
+    checkpoint already holds its weights as they are (nothing was folded)."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(checkpoint), save_embedding_layers=False)
     write_json(checkpoint / RESELECTED_MARKER, {"round": round_})
 
 
@@ -244,7 +255,8 @@ def run_rounds(trainer: Any, reselector: Reselector, alpha: Any, state: Any,
     folds it into its base weights, the main process re-plans from the alpha just measured and
     every process receives that plan (so all ranks adapt the same modules), fresh adapters are
     injected with a seed from (run seed, round), and the Trainer resumes from the checkpoint it
-    saved, with a fresh optimizer and the scheduler restored."""
+    saved, with a fresh optimizer and the scheduler restored. An unfreeze run folds nothing: the
+    new plan's matrices are unfrozen and the rest frozen (the module docstring)."""
     from transformers import set_seed
 
     total = 0.0
@@ -254,10 +266,15 @@ def run_rounds(trainer: Any, reselector: Reselector, alpha: Any, state: Any,
         step, reselector.pending = reselector.pending, None
         checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{step}"
         started = time.perf_counter()
-        if writer is not None:
-            trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"),
-                                          save_embedding_layers=False)
-        base = fold_adapters(trainer.model)
+        if plan.unfreezes:  # the trained matrices are the weights: nothing to fold
+            base = trainer.model
+            reselector.released |= {name for name, parameter in base.named_parameters()
+                                     if parameter.requires_grad}
+        else:
+            if writer is not None:
+                trainer.model.save_pretrained(str(writer.path / FOLDED_DIR / f"round-{round_}"),
+                                              save_embedding_layers=False)
+            base = fold_adapters(trainer.model)
         round_ += 1
         # The initial plan is the recipe every round (its k, its seed for random).
         table = candidate_table(alpha.last_rows, base, plan) if writer is not None else None

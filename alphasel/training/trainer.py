@@ -27,9 +27,10 @@ import torch
 
 from alphasel.errors import RunError, TrainConfigError
 from alphasel.jsonfiles import read_jsonl
-from alphasel.plan import InjectionPlan
+from alphasel.plan import PLAN_METHODS, InjectionPlan
 from alphasel.training.adapters import (
     TrainableModel,
+    also_params,
     parameter_counts,
     save_trained,
     trainable_model,
@@ -37,7 +38,7 @@ from alphasel.training.adapters import (
 from alphasel.training.alpha import AlphaCallback, alpha_options, measured_modules
 from alphasel.training.builder import build_trainer, check_reporters
 from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
-from alphasel.training.config import PLAN_METHODS, TrainConfig
+from alphasel.training.config import TrainConfig
 from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
 from alphasel.training.distributed import agree, check_same_modules, start_process
@@ -131,7 +132,8 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
         reselect_seconds = _fit(run)
         memory = peak_memory()
         if config.save_adapter:
-            save_trained(run.trainer, run.path / ADAPTER_DIR, config, run.state)
+            save_trained(run.trainer, run.path / ADAPTER_DIR, config, run.state,
+                         run.reselector.released if run.reselector else frozenset())
         _generate(run, "after", prompt_texts)
         if run.writer is not None:
             _finish_record(run, memory, started, reselect_seconds)
@@ -151,6 +153,8 @@ def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig
     if config.method in PLAN_METHODS and plan is None:
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan FILE or "
                                "--scheme/--k to plan inline (or --method full)")
+    if plan is not None:
+        plan = plan.trained_as(config.method)
     if plan is not None and config.reselecting and plan.metric != "alpha":
         raise TrainConfigError(f"--reselect re-ranks by the alpha it measures during training; "
                                f"this plan ranks by {plan.metric} (scheme {plan.scheme}), which "
@@ -296,6 +300,8 @@ def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: fl
                           run.resumed_step if run.resumed else None, run.state.num_processes)
     summary["alpha_seconds"] = round(run.alpha.seconds, 3)
     summary["memory_breakdown"] = run.memory.breakdown(memory)
+    if run.config.also:  # trained beside the plan's matrices, counted in trainable_params
+        summary["also_params"] = also_params(run.trainer.model, run.config.also)
     if run.reselector is not None:
         summary["rounds"] = len(read_jsonl(run.path / SELECTIONS_FILE))
         summary["reselect_seconds"] = round(reselect_seconds, 3)

@@ -4,13 +4,14 @@ to a model's own module and parameter names, selects exactly the plan's matrices
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 
 import pytest
 import torch
 import yaml
-from helpers import ANALYSIS_LLAMA, alpha_table, name, tiny_llama
+from helpers import ANALYSIS_LLAMA, alpha_table, name, tiny_bert, tiny_llama
 from peft import LoraConfig, get_peft_model
 
 import alphasel
@@ -29,6 +30,7 @@ from alphasel.exports import (
 from alphasel.plan import InjectionPlan, PlannedModule, adapted_modules
 from alphasel.planner import make_plan
 from alphasel.table import save_analysis
+from alphasel.training.adapters import unfreeze
 
 # -- the tools' matching rules, as their sources state them --------------------------------------
 
@@ -85,8 +87,20 @@ def assert_exports_select_exactly(plan: InjectionPlan, build) -> None:
 
     fragment = yaml.safe_load(export_text(plan, "axolotl"))
     assert adapted(build(), axolotl_lora_config(fragment)) == planned(plan)
-    weights = {f"{module}.weight" for module in plan.module_names}
-    assert axolotl_unfreezes(axolotl_unfrozen(plan), build()) == weights
+
+    # The same matrices as an unfreeze plan: axolotl unfreezes what --method unfreeze trains
+    # (each weight, and its bias where it has one).
+    unfrozen = dataclasses.replace(plan, budget=None).trained_as("unfreeze")
+    fragment = yaml.safe_load(export_text(unfrozen, "axolotl"))
+    assert set(fragment) == {"unfrozen_parameters"}
+    model = build()
+    unfreeze(model, unfrozen)
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert {f"{module}.weight" for module in plan.module_names} <= trained
+    assert axolotl_unfreezes(fragment["unfrozen_parameters"], build()) == trained
+    with pytest.raises(PlanError, match="use --export axolotl .* or --export regex"):
+        export_text(unfrozen, "peft")
+    assert export_text(unfrozen, "regex") == export_text(plan, "regex")
 
     lines = export_text(plan, "regex").splitlines()
     assert lines == module_regexes(plan)
@@ -118,6 +132,22 @@ def test_block_plan_and_allocated_ranks_select_exactly_the_plan(table):
     assert len({module.rank for module in ranks.modules}) > 1
     for plan in (blocks, ranks):
         assert_exports_select_exactly(plan, tiny)
+
+
+def test_unfreeze_exports_cover_the_biases_of_a_bert():
+    """BERT's projections carry biases, which --method unfreeze trains and axolotl's patterns
+    must unfreeze too."""
+    import pandas as pd
+
+    from alphasel.layout import block_of, kind_of
+
+    table = alpha_table(tiny_bert(num_labels=2))
+    table["kind"] = [kind_of(name) for name in table["name"]]
+    table["block"] = pd.array([block_of(name) for name in table["name"]], dtype="Int64")
+    plan = make_plan(table, "blora", k=1, method="unfreeze")
+    assert_exports_select_exactly(dataclasses.replace(plan, method="lora", modules=[
+        dataclasses.replace(module, rank=8, lora_alpha=8) for module in plan.modules]),
+        lambda: tiny_bert(num_labels=2))
 
 
 def test_layer_1_never_catches_layer_11():
@@ -197,7 +227,8 @@ def test_axolotl_refuses_a_fractional_lora_alpha():
 
 def test_axolotl_unfrozen_patterns_are_anchored_names_with_plain_dots(table):
     plan = make_plan(table, "first", k=1, kinds="q,v")
-    assert axolotl_unfrozen(plan) == [f"^{name(0, 'q')}.weight$", f"^{name(0, 'v')}.weight$"]
+    assert axolotl_unfrozen(plan) == [f"^{name(0, 'q')}.(weight|bias)$",
+                                      f"^{name(0, 'v')}.(weight|bias)$"]
 
 
 def test_unknown_export_and_empty_plan_are_refused(table, tmp_path):
@@ -244,12 +275,29 @@ def test_cli_writes_the_export_to_out_and_the_plan_under_runs(runs, analysis, tm
     assert f"wrote {out}\nwrote {plan_path}\n" in printed
 
 
+def test_cli_unfreeze_plan_exports_axolotl_unfrozen_parameters(runs, analysis, tmp_path, capsys):
+    out = tmp_path / "unfrozen.yml"
+    assert alphasel.cli.main(["plan", "--scheme", "alora", "--k", "3", "--method", "unfreeze",
+                              "--export", "axolotl", "--out", str(out)]) == 0
+    [plan_path] = plan_files(runs)
+    plan = InjectionPlan.load(plan_path)
+    assert plan.unfreezes and plan.trainable_params == sum(m.rows * m.cols
+                                                           for m in plan.modules)
+    assert yaml.safe_load(out.read_text()) == {"unfrozen_parameters": axolotl_unfrozen(plan)}
+    printed = capsys.readouterr().out
+    assert "method=unfreeze" in printed and f"{plan.trainable_params:,} trainable" in printed
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--export", "lisa", "--out", "{out}"], "unknown export 'lisa': choose one of peft, "),
     (["--export", "lisa"], "unknown export 'lisa'"),
     (["--export", "peft"], "--export peft needs --out FILE"),
     (["--export", "axolotl", "--out", "{out}", "--lora-alpha", "12.5"],
      "integer lora_alpha only"),
+    (["--method", "unfreeze", "--export", "peft", "--out", "{out}"],
+     "use --export axolotl (unfrozen_parameters) or --export regex"),
+    (["--method", "unfreeze", "--rank", "4"], "--rank shape adapters; --method unfreeze"),
+    (["--method", "qlora"], "unknown method 'qlora'"),
 ])
 def test_cli_bad_export_is_one_line_exit_2_and_nothing_written(runs, analysis, tmp_path, capsys,
                                                                argv, message):

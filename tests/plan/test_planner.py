@@ -8,10 +8,12 @@ import pytest
 from helpers import ANALYSIS_LLAMA, CANDIDATE_ORDER, alpha_table, name, tiny_llama
 
 from alphasel.errors import PlanError, TableError
+from alphasel.plan import InjectionPlan
 from alphasel.planner import (
     BUDGET_TOLERANCE,
     SCHEMES,
     allocate_ranks,
+    fill_budget,
     make_plan,
     parse_kinds,
 )
@@ -186,6 +188,46 @@ def test_budget_changes_rank_only_when_k_alone_cannot_match(table):
         make_plan(table, "blora", budget=2000, rank=8)
     every = make_plan(table, "all", budget=8192)
     assert {m.rank for m in every.modules} == {4}
+
+
+def test_unfreeze_plans_count_rows_times_cols_and_have_no_ranks(table, tmp_path):
+    plan = make_plan(table, "blora", k=1, method="unfreeze")
+    assert plan.unfreezes and {m.rank for m in plan.modules} == {None}
+    assert plan.trainable_params == sum(m.rows * m.cols for m in plan.modules) == 9216
+    assert InjectionPlan.from_json(plan.to_json()).trainable_params == 9216
+    # A matrix budget in the same currency: 14 q_proj-sized matrices.
+    matched = make_plan(table, "alora", budget_from=plan, method="unfreeze")
+    assert abs(matched.trainable_params - 9216) <= BUDGET_TOLERANCE * 9216
+    lora = make_plan(table, "blora", k=1).save(tmp_path / "lora.json")
+    with pytest.raises(PlanError, match="counts the parameters of LoRA adapters"):
+        make_plan(table, "alora", budget_from=lora, method="unfreeze")
+    with pytest.raises(PlanError, match="--rank, --lora-alpha shape adapters"):
+        make_plan(table, "alora", k=2, rank=4, lora_alpha=8, method="unfreeze")
+    with pytest.raises(PlanError, match="unknown method 'qlora'"):
+        make_plan(table, "alora", k=2, method="qlora")
+
+
+def test_fill_budget_passes_over_what_would_overshoot():
+    # Target 100: 60 is taken, 70 would overshoot (130), 30 brings it to 90, 8 to 98; 5 would
+    # end 3 away instead of 2 and is passed over.
+    assert fill_budget(np.array([60, 70, 30, 8, 5]), 100) == ([0, 2, 3], 98)
+    assert fill_budget(np.array([200, 150]), 100) == ([], 0)
+
+
+def test_matrix_schemes_fill_a_budget_no_first_k_meets(table):
+    """Unfrozen matrices of the tiny Llama differ by 4× (k_proj 512, up_proj 2048): ALoRA's
+    and random's first ks can miss a block's worth by more than 5%, and then fill it."""
+    budget = 9216
+    for scheme, options in (("alora", {}), ("alora", {"order": "low"}),
+                            *(("random", {"seed": seed}) for seed in range(8))):
+        plan = make_plan(table, scheme, budget=budget, method="unfreeze", **options)
+        assert abs(plan.trainable_params - budget) <= BUDGET_TOLERANCE * budget, options
+    # Seed 3's draw has no first k within 5%: it fills, and its note says what it passed over.
+    filled = make_plan(table, "random", budget=budget, method="unfreeze", seed=3)
+    assert filled.trainable_params == budget
+    assert any("took 7 in ranking order, passing over 6" in note for note in filled.notes)
+    low = make_plan(table, "alora", budget=budget, method="unfreeze", order="low")
+    assert low.k == 9 and any("passing over 3" in note for note in low.notes)
 
 
 # -- bad input -------------------------------------------------------------------------------
