@@ -6,6 +6,7 @@
     alphasel study study.toml                      # the same from a spec file
     alphasel study --resume runs/studies/<id>      # finish an interrupted study
     alphasel study ... --sweep grad_checkpointing=off,on --sweep bf16=off,on
+    alphasel study ... --schemes alora,spectrum,random,last --methods lora,unfreeze:k=14:unit=matrix
     alphasel study study.toml --executor ray --address auto --gpus-per-run 1
 """
 
@@ -22,7 +23,7 @@ from alphasel.study.spec import STUDY_OWNED, STUDY_SCHEMES
 #: The study's own flags that define it (refused beside a spec file or --resume), with the
 #: training options (TrainConfig's fields but those the study decides per run, and --task and
 #: --method, which are the study's own).
-SPEC_FLAGS = ("model", "data", "task", "schemes", "k", "unit", "rank", "seeds", "method",
+SPEC_FLAGS = ("model", "data", "task", "schemes", "k", "unit", "rank", "seeds", "methods",
               "estimator", "sweep")
 
 
@@ -42,13 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--unit", help="what k counts for the budget: block (default) or matrix")
     what.add_argument("--rank", help="LoRA rank, a comma list (default 8)")
     what.add_argument("--seeds", help="number of seeds (default 3), or a comma list of seeds")
-    what.add_argument("--method", help="lora (default), dora or rslora")
+    what.add_argument("--methods", "--method", dest="methods",
+                      help="comma list of lora (default), dora, rslora, unfreeze: each method "
+                      "is its own set of groups at its own budget; a method may carry its own "
+                      "k, unit and lr (unfreeze:k=14:unit=matrix:lr=1e-4)")
     what.add_argument("--estimator", help="alpha estimator of the analysis (default ks)")
     what.add_argument("--sweep", action="append", metavar="FIELD=V,V",
                       help="a training option to vary, e.g. grad_checkpointing=off,on "
                            "(repeatable: every combination runs)")
     knobs = parser.add_argument_group("training (every run; TrainConfig, defaults as shown)")
-    config_dests = add_config_options(knobs, skip=STUDY_OWNED | {"method"})
+    config_dests = add_config_options(knobs, skip=STUDY_OWNED)
     run = parser.add_argument_group("running")
     run.add_argument("--out", type=Path, help="study directory (default runs/studies/<id>)")
     run.add_argument("--resume", type=Path, metavar="STUDY_DIR",
@@ -87,7 +91,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     if missing:
         raise StudyError(f"{', '.join(missing)} required (or give a study spec .toml file)")
     data: dict[str, Any] = {"model": args.model, "data": args.data, "schemes": args.schemes}
-    for dest in ("task", "k", "unit", "rank", "method", "estimator"):
+    for dest in ("task", "k", "unit", "rank", "methods", "estimator"):
         if getattr(args, dest) is not None:
             data[dest] = getattr(args, dest)
     if args.seeds is not None:

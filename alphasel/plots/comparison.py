@@ -27,11 +27,11 @@ from alphasel.errors import PlotError
 from alphasel.study.collect import SWEEP_PREFIX
 from alphasel.study.directory import RunState
 from alphasel.study.stats import grouping_columns, t_interval
-from alphasel.training.record import RunRecord
+from alphasel.training.record import COMPONENTS, RunRecord
 
 #: Figures of a study, in the order the report shows them (also `alphasel plot compare
 #: --figure NAME`).
-STUDY_FIGURES = ("loss_curves", "final_loss", "cost", "alpha_shift")
+STUDY_FIGURES = ("loss_curves", "final_loss", "cost", "memory", "alpha_shift")
 #: Metrics a loss curve can follow: metrics.jsonl's per-evaluation and per-step losses.
 CURVE_METRICS = ("eval_loss", "loss")
 #: Per-run results a final-value figure can show (summary.json's).
@@ -339,6 +339,40 @@ def cost_figure(runs: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def memory_figure(runs: pd.DataFrame) -> go.Figure:
+    """Memory by component per group (scheme × method × cell): the mean over its complete runs
+    of each component of summary.json's memory_breakdown stacked as a bar (frozen and trained
+    weights, gradients, optimizer state, activations, inputs), and the measured peak beside it
+    as a marker with its 95% interval. The components do not sum to the peak: it also holds the
+    allocator's cache, backward temporaries and the framework."""
+    title = "memory by component (mean over seeds) and the measured peak"
+    groups = [group for group in study_groups(runs) if not group.complete.empty
+              and group.complete[list(COMPONENTS)].notna().any().any()]
+    if not groups:
+        return _empty_figure(title, "no complete run recorded its memory by component")
+    names = [group.name for group in groups]
+    fig = go.Figure()
+    for index, component in enumerate(COMPONENTS):
+        means = [float(group.complete[component].mean()) for group in groups]
+        fig.add_trace(go.Bar(
+            x=names, y=means, name=component.removesuffix("_mb").replace("_", " "),
+            marker_color=_PALETTE[index % len(_PALETTE)], meta={"part": component},
+            hovertemplate="%{x}<br>" + component + "=%{y:.1f} MB<extra></extra>"))
+    peaks = [t_interval(group.complete["peak_memory_mb"]) for group in groups]
+    fig.add_trace(go.Scatter(
+        x=names, y=[mean for mean, *_ in peaks], mode="markers", name="measured peak",
+        marker=dict(symbol="diamond", size=12, color="black"), meta={"part": "peak"},
+        error_y=dict(type="data", visible=True, color="black",
+                     array=[high - mean if math.isfinite(high) else 0.0
+                            for mean, _, _, high in peaks],
+                     arrayminus=[mean - low if math.isfinite(low) else 0.0
+                                 for mean, _, low, _ in peaks]),
+        hovertemplate="%{x}<br>peak %{y:.0f} MB<extra></extra>"))
+    fig.update_layout(title=title, barmode="stack", yaxis_title="MB", hovermode="closest",
+                      legend=dict(traceorder="normal"))
+    return fig
+
+
 # ---- all of them -------------------------------------------------------------------------------
 
 def study_figures(runs: pd.DataFrame, smooth: int | None = None) -> dict[str, go.Figure]:
@@ -346,7 +380,7 @@ def study_figures(runs: pd.DataFrame, smooth: int | None = None) -> dict[str, go
     check_smooth(smooth)
     return {"loss_curves": loss_curves_figure(runs, smooth=smooth),
             "final_loss": final_loss_figure(runs), "cost": cost_figure(runs),
-            "alpha_shift": alpha_shift_figure(runs)}
+            "memory": memory_figure(runs), "alpha_shift": alpha_shift_figure(runs)}
 
 
 def check_figure_options(name: str, smooth: int | None = None, metric: str | None = None
@@ -379,7 +413,8 @@ def study_figure(name: str, runs: pd.DataFrame, smooth: int | None = None,
         return loss_curves_figure(runs, metric or "eval_loss", smooth)
     if name == "final_loss":
         return final_loss_figure(runs, metric or "eval_loss")
-    return cost_figure(runs) if name == "cost" else alpha_shift_figure(runs)
+    return {"cost": cost_figure, "memory": memory_figure,
+            "alpha_shift": alpha_shift_figure}[name](runs)
 
 
 # ---- helpers -----------------------------------------------------------------------------------

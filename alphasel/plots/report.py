@@ -192,8 +192,8 @@ def _read_stability(path: Path) -> pd.DataFrame | None:
 
 
 def _stability_html(stability: pd.DataFrame | None) -> str:
-    """Mean and lowest Jaccard overlap of each alpha-based selection with itself under another
-    estimator and across downsampling draws."""
+    """Mean and lowest Jaccard overlap of each alpha-based (and spectrum) selection with itself
+    under another estimator and across downsampling draws, and with the other signal's."""
     if stability is None or stability.empty:
         return ""
     summary = stability_summary(stability)
@@ -204,8 +204,10 @@ def _stability_html(stability: pd.DataFrame | None) -> str:
         for _, row in summary.iterrows())
     return ("<h2>Selection stability</h2>\n<p class='note'>Jaccard overlap |A ∩ B| / |A ∪ B| "
             "of each alpha-based selection (at its planned k) with the same scheme on the "
-            "median and peak estimators' alphas (estimator), and between downsampled analyses "
-            "with different random draws (downsampling). 1: the same modules.</p>\n"
+            "median and peak estimators' alphas (estimator), between downsampled analyses "
+            "with different random draws (downsampling), and with the same scheme ranked by "
+            "the other signal, alpha against SNR (metric; spectrum: against ALoRA by alpha "
+            "with as many matrices). 1: the same modules.</p>\n"
             "<table class='stability'>\n<thead><tr><th>label</th><th>k</th><th>comparison"
             "</th><th>pairs</th><th>mean Jaccard</th><th>min Jaccard</th></tr></thead>\n"
             f"<tbody>\n{rows}\n</tbody>\n</table>")

@@ -40,17 +40,18 @@ from alphasel.training.record import COMPONENTS, RunRecord, holds_run
 SWEEP_PREFIX = "sweep."
 
 #: Columns before the sweep columns: what the run is.
-IDENTITY_COLUMNS = ["label", "scheme", "k", "rank", "seed"]
+IDENTITY_COLUMNS = ["label", "scheme", "method", "k", "rank", "seed"]
 #: Columns after the sweep columns: how the run went.
 RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "eval_loss",
                   "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s", "peak_memory_mb",
-                  *COMPONENTS, "trainable_params", "adapted_modules", "adapted_blocks",
+                  *COMPONENTS, "trainable_params", "also_params", "adapted_modules",
+                  "adapted_blocks",
                   "alpha_shift", "run_id", "path"]
 #: Every column, with the sweep columns where ``sweep.*`` stands.
 TABLE_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
 #: summary.json fields copied as they are (NaN when absent or null).
 SUMMARY_FIELDS = ("eval_loss", "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s",
-                  "peak_memory_mb", "trainable_params")
+                  "peak_memory_mb", "trainable_params", "also_params")
 #: Whole-number columns: nullable integers, so a missing value does not make them floats.
 INTEGER_COLUMNS = ("k", "rank", "seed", "budget")
 #: TrainConfig fields the label or the seed column already carry.
@@ -65,9 +66,11 @@ def sweep_columns(runs: pd.DataFrame) -> list[str]:
 def collect_study(study_dir: str | Path) -> pd.DataFrame:
     """One row per entry of the study's matrix.json, joined with its run record.
 
-    Identity columns (label, scheme, k, rank, seed, sweep, matched, budget) come from the
-    matrix, so a failed or missing run still has its place; results come from the record. The
-    model of a run without a record is the study's model when its finished runs agree on one.
+    Identity columns (label, scheme, method, k, rank, seed, sweep, matched, budget) come from
+    the matrix, so a failed or missing run still has its place; results come from the record.
+    The model of a run without a record is the study's model when its finished runs agree on
+    one. A run that trained parts beside its plan (``--also``) has them in its budget as in its
+    trainable parameters (every scheme of the method adds the same parts).
     """
     study_dir = check_study(_existing(study_dir))
     entries = matrix_entries(study_dir)
@@ -75,13 +78,18 @@ def collect_study(study_dir: str | Path) -> pd.DataFrame:
     rows = []
     for entry in entries:
         run_dir = run_folder(study_dir, str(entry["run_id"]))
-        row = {"label": entry["label"], "scheme": entry.get("scheme"), "k": entry.get("k"),
+        row = {"label": entry["label"], "scheme": entry.get("scheme"),
+               "method": entry.get("method") or (entry.get("config") or {}).get("method"),
+               "k": entry.get("k"),
                "rank": entry.get("rank"), "seed": entry.get("seed"),
                **{SWEEP_PREFIX + key: _scalar(entry["sweep"].get(key)) for key in sweep_fields},
                "matched": bool(entry.get("matched", entry["label"] not in UNMATCHED)),
                "budget": entry.get("budget"), "model_id": entry.get("model_id"),
                "run_id": str(entry["run_id"]), "path": str(run_dir)}
-        rows.append({**row, **_outcome(run_dir)})
+        outcome = _outcome(run_dir)
+        if row["budget"] is not None and _number(outcome.get("also_params")) > 0:
+            row["budget"] += int(outcome["also_params"])
+        rows.append({**row, **outcome})
     frame = _frame(rows, [SWEEP_PREFIX + key for key in sweep_fields])
     models = frame.loc[frame["status"] == RunState.COMPLETE, "model_id"].dropna().unique()
     if len(models) == 1:
@@ -122,7 +130,7 @@ def collect_runs(paths: list[str | Path]) -> pd.DataFrame:
         full = config.get("method") == "full"
         label = _loose_label(record)
         row = {"label": label, "scheme": "full" if full else config.get("scheme"),
-               "k": None if full else config.get("k"),
+               "method": config.get("method"), "k": None if full else config.get("k"),
                "rank": _uniform_rank(record), "seed": options.get("seed"),
                **{SWEEP_PREFIX + key: None if full else _scalar(_option(config, key))
                   for key in swept},

@@ -18,6 +18,8 @@ def display_table(table: pd.DataFrame, several_models: bool = False) -> pd.DataF
         shown["model"] = table["model_id"].fillna("-")
     shown["label"] = [label if matched else f"{label} (unmatched)"
                       for label, matched in zip(table["label"], table["matched"], strict=True)]
+    if "method" in table and table["method"].nunique() > 1:
+        shown["method"] = table["method"].fillna("-")
     for column in ("budget", "k", "rank"):
         if column in table:
             shown[column] = table[column].map(_whole)

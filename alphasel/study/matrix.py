@@ -1,9 +1,11 @@
-"""A study's runs: every scheme × k × rank × sweep value × seed, each scheme's plan matched to
-one reference budget.
+"""A study's runs: every method × scheme × k × rank × sweep value × seed, each scheme's plan
+matched to one reference budget per method.
 
 The budget of ``k`` units at rank ``r`` is r·k·(mean LoRA cost of one unit), a unit's cost
 being Σ(rows + cols) over its candidate matrices: for a transformer whose blocks are alike this
-is exactly what ``first``, ``last``, ``band`` and ``blora`` train with k blocks. A scheme that
+is exactly what ``first``, ``last``, ``band`` and ``blora`` train with k blocks. An unfreeze
+method counts in its own currency: k·(mean Σ rows·cols of one unit), with no rank. Each method
+is its own set of groups (schemes are compared within a method, never across). A scheme that
 counts in the study's unit keeps k (and is checked to be within the planner's 5%); one that
 counts otherwise (``alora`` by matrix in a study by block) has its k chosen by the planner's
 budget matching at the same rank. ``all`` and ``full`` are the unmatched upper baselines.
@@ -23,9 +25,9 @@ from typing import Any
 import pandas as pd
 
 from alphasel.errors import PlanError, StudyError
-from alphasel.plan import InjectionPlan
+from alphasel.plan import UNFREEZE, InjectionPlan
 from alphasel.planner import BUDGET_TOLERANCE, SCHEME_UNITS, candidates, make_plan, parse_kinds
-from alphasel.study.spec import UNMATCHED, SchemeSpec, StudySpec
+from alphasel.study.spec import UNMATCHED, MethodSpec, SchemeSpec, StudySpec
 
 
 @dataclass
@@ -44,15 +46,22 @@ class RunEntry:
     trainable_params: int | None
     config: dict[str, Any]
     plan: dict[str, Any] | None
+    method: str = "lora"
+    """How the run trains (its config's method): lora, dora, rslora, unfreeze, or full."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def unit_budget(table: pd.DataFrame, kinds: list[str], unit: str, k: int, rank: int) -> int:
-    """rank × k × the mean LoRA cost (Σ rows + cols) of one unit (block or matrix)."""
+def unit_budget(table: pd.DataFrame, kinds: list[str], unit: str, k: int, rank: int | None,
+                method: str = "lora") -> int:
+    """rank × k × the mean LoRA cost (Σ rows + cols) of one unit (block or matrix); for
+    ``unfreeze``, k × the mean Σ rows × cols of one unit (no rank)."""
     frame = candidates(table, kinds)
-    costs = frame["rows"] + frame["cols"]
+    if method == UNFREEZE:
+        costs, rank = frame["rows"] * frame["cols"], 1
+    else:
+        costs = frame["rows"] + frame["cols"]
     if unit == "block":
         per_unit = costs.groupby(frame["block"]).sum().mean()
     else:
@@ -60,13 +69,15 @@ def unit_budget(table: pd.DataFrame, kinds: list[str], unit: str, k: int, rank: 
     return int(round(rank * k * float(per_unit)))
 
 
-def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int, unit: str,
-                budget: int, seed: int) -> InjectionPlan | None:
-    """The plan of ``scheme`` at this budget (None for full fine-tuning)."""
+def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int | None, unit: str,
+                budget: int, seed: int, method: str = "lora") -> InjectionPlan | None:
+    """The plan of ``scheme`` at this budget, in ``method``'s currency (None for full
+    fine-tuning)."""
     if scheme.scheme == "full":
         return None
     options: dict[str, Any] = {key: value for key, value in scheme.options
                                if key in ("order", "kinds", "unit", "start", "metric")}
+    options["method"] = method
     if scheme.scheme == "random":
         options["seed"] = seed
         options.setdefault("unit", unit)
@@ -85,7 +96,8 @@ def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int, unit
                 return plan
         return make_plan(table, scheme.scheme, None, rank=rank, budget=budget, **options)
     except PlanError as err:
-        raise StudyError(f"scheme '{scheme.label}' at k={k}, rank {rank} (budget {budget:,} "
+        at_rank = f", rank {rank}" if rank is not None else f" ({method})"
+        raise StudyError(f"scheme '{scheme.label}' at k={k}{at_rank} (budget {budget:,} "
                          f"trainable parameters): {err}") from None
 
 
@@ -97,11 +109,14 @@ def _matched_k(table: pd.DataFrame, scheme: SchemeSpec, rank: int, budget: int,
 
 
 def run_id(label: str, k: int | None, rank: int | None, seed: int, sweep: dict[str, Any],
-           identity: dict[str, Any]) -> str:
+           identity: dict[str, Any], method: str = "lora") -> str:
     """A readable id that derives from the run's resolved configuration: the same study gives
-    the same ids, so a resumed study finds its runs."""
+    the same ids, so a resumed study finds its runs. The method shows unless it is lora (or
+    full, which the label says)."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     parts = [re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")]
+    if method not in ("lora", "full"):
+        parts.append(method)
     if k is not None:
         parts.append(f"k{k}")
     if rank is not None:
@@ -119,28 +134,40 @@ def expand(spec: StudySpec, table: pd.DataFrame) -> list[RunEntry]:
               for values in itertools.product(*spec.sweep.values())] or [{}]
     entries: list[RunEntry] = []
     plans: dict[tuple, InjectionPlan | None] = {}
-    for seed, k, rank, sweep, scheme in itertools.product(spec.seeds, spec.k, spec.rank,
-                                                          sweeps, spec.schemes):
-        budget = unit_budget(table, kinds, spec.unit, k, rank)
-        key = (scheme.label, k, rank, seed if scheme.scheme == "random" else None)
-        if key not in plans:
-            plans[key] = plan_scheme(table, scheme, k, rank, spec.unit, budget, seed)
-        plan = plans[key]
-        matched = scheme.scheme not in UNMATCHED
-        config = spec.config(seed, sweep, scheme).to_dict()
-        identity = {"model": spec.model, "data": spec.data, "label": scheme.label,
-                    "modules": [(m.name, m.rank, m.lora_alpha) for m in plan.modules]
-                    if plan else "all weights", "config": config}
-        entries.append(RunEntry(
-            run_id=run_id(scheme.label, k if matched else None, rank if plan else None, seed,
-                          sweep, identity),
-            label=scheme.label, scheme=scheme.scheme, k=plan.k if plan else None,
-            rank=rank if plan else None, seed=seed, sweep=sweep, matched=matched,
-            budget=budget if matched else None,
-            trainable_params=plan.trainable_params if plan else None,
-            config=config, plan=plan.to_dict() if plan else None))
-    # The upper baselines do not depend on k (full: nor on the rank): train them once.
+    for seed, method, sweep, scheme in itertools.product(spec.seeds, spec.methods, sweeps,
+                                                         spec.schemes):
+        unit = spec.unit_of(method)
+        ranks = [None] if method.method == UNFREEZE else spec.rank
+        for k, rank in itertools.product(spec.ks_of(method), ranks):
+            budget = unit_budget(table, kinds, unit, k, rank, method.method)
+            key = (method.label, scheme.label, k, rank,
+                   seed if scheme.scheme == "random" else None)
+            if key not in plans:
+                plans[key] = plan_scheme(table, scheme, k, rank, unit, budget, seed,
+                                         method.method)
+            entries.append(_entry(spec, method, scheme, plans[key], k, rank, budget, seed,
+                                  sweep))
+    # The upper baselines do not depend on k (full: nor on the rank or method): train them
+    # once.
     unique: dict[str, RunEntry] = {}
     for entry in entries:
         unique.setdefault(entry.run_id, entry)
     return list(unique.values())
+
+
+def _entry(spec: StudySpec, method: MethodSpec, scheme: SchemeSpec, plan: InjectionPlan | None,
+           k: int, rank: int | None, budget: int, seed: int, sweep: dict[str, Any]) -> RunEntry:
+    """One run of the matrix: ``scheme``'s ``plan`` trained with ``method`` at ``seed``."""
+    matched = scheme.scheme not in UNMATCHED
+    config = spec.config(seed, sweep, scheme, method).to_dict()
+    identity = {"model": spec.model, "data": spec.data, "label": scheme.label,
+                "modules": [(m.name, m.rank, m.lora_alpha) for m in plan.modules]
+                if plan else "all weights", "config": config}
+    rank = rank if plan else None
+    return RunEntry(
+        run_id=run_id(scheme.label, k if matched else None, rank, seed, sweep, identity,
+                      config["method"]),
+        label=scheme.label, scheme=scheme.scheme, k=plan.k if plan else None, rank=rank,
+        seed=seed, sweep=sweep, matched=matched, budget=budget if matched else None,
+        trainable_params=plan.trainable_params if plan else None, config=config,
+        plan=plan.to_dict() if plan else None, method=config["method"])

@@ -4,6 +4,7 @@ options, from command-line flags or a TOML file (the same fields either way).
     model = "smollm2"
     data = "stdlib-code"
     schemes = ["alora", "blora", "random", "first", "last", "all", "full"]
+    methods = ["lora", "unfreeze:k=14:unit=matrix"]
     k = [3]
     unit = "block"
     seeds = 3
@@ -18,6 +19,10 @@ options, from command-line flags or a TOML file (the same fields either way).
 A scheme may carry options after a colon: ``alora:order=low``, ``alora:kinds=q,k,v``,
 ``all:kinds=attn``, ``band:start=8``, ``random:reselect``, several joined by ``:``
 (``random:unit=matrix:reselect``). ``full`` (every weight trains) is a scheme here too.
+
+Each method (``lora``, ``dora``, ``rslora``, ``unfreeze``) is its own set of groups with its own
+budget, counted in its own currency; a method may carry its own ``k`` and ``unit``
+(``unfreeze:k=14:unit=matrix``: fourteen matrices' worth of parameters) instead of the study's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from alphasel.columns import METRICS
 from alphasel.errors import StudyError, TrainConfigError
+from alphasel.plan import PLAN_METHODS, UNFREEZE
 from alphasel.planner import ALPHA_SCHEMES, SCHEMES, UNITS, parse_kinds
 from alphasel.training.config import TrainConfig
 
@@ -39,7 +45,9 @@ UNMATCHED = ("all", "full")
 SCHEME_OPTIONS = {"order": True, "kinds": True, "unit": True, "start": True,
                   "rank_alloc": True, "beta": True, "metric": True, "reselect": False}
 #: TrainConfig fields a study decides itself (per run), not [train] or --sweep.
-STUDY_OWNED = {"seed", "reselect", "task"}
+STUDY_OWNED = {"seed", "reselect", "task", "method"}
+#: Options a method may carry (``unfreeze:k=14:unit=matrix:lr=1e-4``).
+METHOD_OPTIONS = ("k", "unit", "lr")
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
 
@@ -118,6 +126,60 @@ def _option_value(key: str, value: str, text: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method the study's schemes train with, the budget it is matched to when it is not
+    the study's own (``k`` units of ``unit``), and its learning rate when not the study's."""
+
+    method: str
+    k: int | None = None
+    unit: str | None = None
+    lr: float | None = None
+
+    @property
+    def label(self) -> str:
+        return ":".join([self.method, *(f"{key}={getattr(self, key)}" for key in METHOD_OPTIONS
+                                         if getattr(self, key) is not None)])
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        """``unfreeze:k=14:unit=matrix`` → MethodSpec('unfreeze', 14, 'matrix')."""
+        parsers = {"k": int, "unit": str, "lr": float}
+        name, *items = [item.strip() for item in str(text).split(":")]
+        if name not in PLAN_METHODS:
+            raise StudyError(f"unknown method '{name}' in --methods: use "
+                             f"{', '.join(PLAN_METHODS)} (full fine-tuning is the scheme "
+                             "'full')")
+        options: dict[str, Any] = {}
+        for item in items:
+            key, _, value = item.partition("=")
+            if key not in METHOD_OPTIONS or not value:
+                raise StudyError(f"method '{text}': write its options as k=N, unit=block|"
+                                 "matrix or lr=RATE")
+            try:
+                options[key] = parsers[key](value)
+            except ValueError:
+                raise StudyError(f"method '{text}': {key}={value} is not a "
+                                 f"{'whole number' if key == 'k' else 'number'}") from None
+            if key == "unit" and value not in UNITS:
+                raise StudyError(f"method '{text}': unit must be one of {', '.join(UNITS)}")
+            if key in ("k", "lr") and not options[key] > 0:
+                raise StudyError(f"method '{text}': {key} must be above 0")
+        return cls(name, **options)
+
+
+def parse_methods(value: str | list[str]) -> list[MethodSpec]:
+    """Methods from ``lora,unfreeze:k=14`` or a list of such strings, each once."""
+    pieces = value.split(",") if isinstance(value, str) else [str(item) for item in value]
+    methods = [MethodSpec.parse(piece) for piece in pieces if piece.strip()]
+    if not methods:
+        raise StudyError("--methods is empty: give e.g. lora,unfreeze")
+    names = [method.method for method in methods]
+    if len(set(names)) != len(names):
+        raise StudyError(f"--methods lists a method twice: {', '.join(names)}")
+    return methods
+
+
 def parse_schemes(value: str | list[str]) -> list[SchemeSpec]:
     """Schemes from ``alora,blora,alora:kinds=q,k,v`` or a list of such strings.
 
@@ -193,7 +255,7 @@ class StudySpec:
     rank: list[int] = field(default_factory=lambda: [8])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     task: str = "causal"
-    method: str = "lora"
+    methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec("lora")])
     estimator: str = "ks"
     train: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -208,27 +270,41 @@ class StudySpec:
                 problems.append(f"{name} {values} must be whole numbers ≥ 1")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             problems.append(f"--seeds {self.seeds} must be a count ≥ 1 or seeds ≥ 0")
-        if self.method not in ("lora", "dora", "rslora"):
-            problems.append(f"--method {self.method}: a study's adapters are lora, dora or "
-                            "rslora (full fine-tuning is the scheme 'full')")
-        owned = sorted((set(self.train) & STUDY_OWNED) | ({"method"} & set(self.train)))
+        owned = sorted(set(self.train) & STUDY_OWNED)
         if owned:
             problems.append(f"[train] {', '.join(owned)}: the study decides these per run")
+        if self.train.get("also") and not any(m.method == UNFREEZE for m in self.methods):
+            problems.append("[train] also: --also trains parts beside unfrozen matrices; add "
+                            f"{UNFREEZE} to --methods")
         if problems:
             raise StudyError("; ".join(problems))
-        try:
-            self.config(seed=0)  # every training option problem now, not after an hour
+        try:  # every training option problem now, not after an hour
+            for method in self.methods:
+                self.config(seed=0, method=method)
         except (TrainConfigError, TypeError) as err:
             raise StudyError(f"training options: {err}") from None
 
+    def unit_of(self, method: MethodSpec) -> str:
+        """What ``method``'s k counts: its own unit, else the study's."""
+        return method.unit or self.unit
+
+    def ks_of(self, method: MethodSpec) -> list[int]:
+        """The ks ``method`` is matched at: its own, else the study's."""
+        return [method.k] if method.k is not None else self.k
+
     def config(self, seed: int, sweep: dict[str, Any] | None = None, scheme: SchemeSpec | None
-               = None) -> TrainConfig:
-        """The TrainConfig of one run."""
+               = None, method: MethodSpec | None = None) -> TrainConfig:
+        """The TrainConfig of one run, trained with ``method`` (``full`` for scheme full);
+        ``also`` applies to the unfreeze runs only, a method's own ``lr`` over the study's."""
+        method = method or MethodSpec("lora")
+        name = "full" if scheme is not None and scheme.scheme == "full" else method.method
         # Generations cost seconds per run and compare nothing: on only when [train] asks.
         values = {"generate": False, **self.train, **(sweep or {}), "seed": seed,
-                  "task": self.task,
-                  "method": "full" if scheme is not None and scheme.scheme == "full"
-                  else self.method}
+                  "task": self.task, "method": name}
+        if name != UNFREEZE:
+            values.pop("also", None)
+        if method.lr is not None and name != "full":
+            values["lr"] = method.lr
         if scheme is not None and scheme.option("reselect"):
             values["reselect"] = True
         if values["method"] == "full":
@@ -239,12 +315,13 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["schemes"] = [spec.label for spec in self.schemes]
+        data["methods"] = [method.label for method in self.methods]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "spec") -> StudySpec:
         known = {item.name for item in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - {"method"})  # method: the older single method
         if unknown:
             raise StudyError(f"{source}: unknown field(s) {', '.join(unknown)}; a study spec "
                              f"has {', '.join(sorted(known))}")
@@ -252,6 +329,11 @@ class StudySpec:
             if required not in data:
                 raise StudyError(f"{source}: '{required}' is required")
         values = dict(data)
+        if "method" in values:  # a spec written before studies took several methods
+            if "methods" in values:
+                raise StudyError(f"{source}: give methods (a list), not method as well")
+            values["methods"] = [values.pop("method")]
+        values["methods"] = parse_methods(values.get("methods", ["lora"]))
         values["schemes"] = parse_schemes(values["schemes"])
         values["k"] = _int_list(values.get("k", [3]), "k")
         values["rank"] = _int_list(values.get("rank", [8]), "rank")

@@ -1,5 +1,5 @@
 """How stable an alpha-based selection is: would ALoRA and BLoRA choose the same modules had
-alpha been estimated another way?
+alpha been estimated another way, and how much does their choice overlap SNR's (Spectrum's)?
 
 The KS estimator is noisy on small matrices (DESIGN.md: three iid 192×768 Student-t matrices
 gave alpha 6.9 ± 2.4), so a selection's rank in a study means little if another estimator, or
@@ -9,7 +9,12 @@ study's analysis is compared by Jaccard overlap |A ∩ B| / |A ∪ B| with
 
 - ``estimator``: the same scheme on the ``median`` and ``peak`` estimators' tables, and
 - ``downsampling``: the tables of ``draws`` downsampled analyses (``common`` shape, one seed
-  each), every pair of draws.
+  each), every pair of draws;
+- ``metric``: on the study's own table, the same scheme ranked by the other spectral signal
+  (alpha's choice against SNR's, or SNR's against alpha's; for ``spectrum``, Spectrum's choice
+  against ALoRA's by alpha with as many matrices): how much the two signals agree.
+
+Each selection is ranked by the plan's own metric (``alora:metric=snr`` by snr).
 
 Analyses go through the result cache, so a repeated study costs nothing here.
 """
@@ -21,7 +26,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from alphasel.planner import ALPHA_SCHEMES, make_plan
+from alphasel.planner import ALPHA_SCHEMES, SPECTRUM_METRIC, make_plan
 from alphasel.powerlaw import ESTIMATORS
 from alphasel.study.matrix import RunEntry
 
@@ -37,23 +42,52 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 def _recipes(entries: list[RunEntry]) -> list[tuple[str, dict]]:
-    """(label, plan recipe) of every distinct alpha-based plan of the study."""
+    """(label, plan recipe) of every distinct alpha-based (and spectrum) plan of the study."""
     recipes: dict[tuple, tuple[str, dict]] = {}
     for entry in entries:
         plan = entry.plan
-        if not plan or plan.get("scheme") not in ALPHA_SCHEMES:
+        if not plan or plan.get("scheme") not in (*ALPHA_SCHEMES, "spectrum"):
             continue
         recipe = {"scheme": plan["scheme"], "k": plan["k"], "order": plan.get("order"),
-                  "kinds": plan.get("kinds")}
+                  "kinds": plan.get("kinds"), "metric": plan.get("metric") or "alpha",
+                  "modules": len(plan["modules"])}
         key = (entry.label, recipe["k"])
         recipes.setdefault(key, (entry.label, recipe))
     return list(recipes.values())
 
 
 def _selection(table: pd.DataFrame, recipe: dict) -> set[str]:
-    plan = make_plan(table, recipe["scheme"], recipe["k"], order=recipe["order"],
-                     kinds=recipe["kinds"])
+    """The modules the recipe chooses from ``table`` at its planned k (spectrum: at the
+    fraction that k of its units stands for)."""
+    if recipe["scheme"] == "spectrum":
+        plan = make_plan(table, "spectrum", None, kinds=recipe["kinds"],
+                         fraction=_spectrum_fraction(table, recipe))
+    else:
+        plan = make_plan(table, recipe["scheme"], recipe["k"], order=recipe["order"],
+                         kinds=recipe["kinds"], metric=recipe["metric"])
     return {module.name for module in plan.modules}
+
+
+def _spectrum_fraction(table: pd.DataFrame, recipe: dict) -> float:
+    """The fraction at which spectrum takes its first k units on ``table``."""
+    from alphasel.planner import candidates, parse_kinds, ranked_units
+
+    frame = candidates(table, parse_kinds(recipe["kinds"]), SPECTRUM_METRIC)
+    _, fractions, _ = ranked_units(frame, "spectrum", "matrix", None, None, None,
+                                   SPECTRUM_METRIC)
+    return fractions[min(recipe["k"], len(fractions)) - 1]
+
+
+def _other_signal(recipe: dict) -> tuple[str, str, dict]:
+    """(this selection's name, the other's name, the other's recipe) for the metric
+    comparison: alpha ↔ snr for alora/blora; spectrum against ALoRA by alpha with as many
+    matrices."""
+    if recipe["scheme"] == "spectrum":
+        return ("spectrum by snr", "alora by alpha",
+                {**recipe, "scheme": "alora", "k": recipe["modules"], "metric": "alpha",
+                 "order": "high"})
+    other = SPECTRUM_METRIC if recipe["metric"] != SPECTRUM_METRIC else "alpha"
+    return (f"metric={recipe['metric']}", f"metric={other}", {**recipe, "metric": other})
 
 
 def selection_stability(entries: list[RunEntry], analyse: Callable[..., pd.DataFrame],
@@ -75,10 +109,19 @@ def selection_stability(entries: list[RunEntry], analyse: Callable[..., pd.DataF
                for seed in range(draws)}
     rows = []
     for label, recipe in recipes:
-        chosen = {name: _selection(table, recipe) for name, table in tables.items()}
+        if SPECTRUM_METRIC in reference.columns:
+            own, other, other_recipe = _other_signal(recipe)
+            mine, theirs = _selection(reference, recipe), _selection(reference, other_recipe)
+            rows.append({"label": label, "k": recipe["k"], "comparison": "metric", "a": own,
+                         "b": other, "jaccard": jaccard(mine, theirs),
+                         "selected_a": len(mine), "selected_b": len(theirs)})
         reference_name = f"estimator={reference_estimator}"
-        pairs = [("estimator", reference_name, other) for other in chosen
-                 if other != reference_name]
+        if recipe["scheme"] == "spectrum":  # snr does not depend on the alpha estimator
+            chosen, pairs = {}, []
+        else:
+            chosen = {name: _selection(table, recipe) for name, table in tables.items()}
+            pairs = [("estimator", reference_name, other) for other in chosen
+                     if other != reference_name]
         chosen.update({name: _selection(table, recipe) for name, table in sampled.items()})
         pairs += [("downsampling", a, b) for a, b in itertools.combinations(sampled, 2)]
         for comparison, a, b in pairs:

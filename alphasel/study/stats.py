@@ -66,14 +66,15 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE
 
 
 def grouping_columns(runs: pd.DataFrame) -> list[str]:
-    """The columns that define a group: model_id, label, budget (k when no run has a budget:
-    loose runs), rank and the sweep columns, those the table has.
+    """The columns that define a group: model_id, label, method, budget (k when no run has a
+    budget: loose runs), rank and the sweep columns, those the table has. Each method is its
+    own set of groups: a label is compared with a baseline of its own method only.
 
     A study's k is the plan's: a scheme counted in other units than the study's (alora by
     matrix in a study by block) has another k at the same budget, so k describes a group there
     rather than defining it."""
     cell = "budget" if "budget" in runs and runs["budget"].notna().any() else "k"
-    return [column for column in ("model_id", "label", cell, "rank")
+    return [column for column in ("model_id", "label", "method", cell, "rank")
             if column in runs] + sweep_columns(runs)
 
 

@@ -22,12 +22,13 @@ from alphasel.plots.comparison import (
     cost_figure,
     final_loss_figure,
     loss_curves_figure,
+    memory_figure,
     study_figures,
 )
 from alphasel.plots.report import write_report
 from alphasel.study.collect import collect_runs, collect_study
 from alphasel.study.stats import format_interval
-from alphasel.training.record import RunWriter
+from alphasel.training.record import COMPONENTS, RunWriter
 
 #: t quantiles 0.975 with 1 and 2 degrees of freedom, from a printed table.
 T_975 = {1: 12.7062047, 2: 4.3026527}
@@ -97,9 +98,16 @@ def write_run(path: Path, label: str, seed: int, extra_eval: bool = False,
                           "wall_s": 100.0 + 10 * seed + (modules or 40),
                           "tokens_per_s": 50.0,
                           "peak_memory_mb": LABELS[label][2] + seed,
+                          "memory_breakdown": memory_breakdown(label, seed),
                           "trainable_params": 0 if plan is None else plan.trainable_params,
                           "total_params": 9000})
     return path
+
+
+def memory_breakdown(label: str, seed: int) -> dict[str, float]:
+    """Known components: each a function of the label's peak and the seed."""
+    peak = LABELS[label][2] + seed
+    return {component: peak / (index + 2) + seed for index, component in enumerate(COMPONENTS)}
 
 
 def write_study(root: Path, entries: list[dict], model: str = "toy/llama") -> Path:
@@ -259,6 +267,20 @@ def test_cost_figure_means_and_full_fine_tuning_as_a_reference_line(study):
     assert sum(bool(trace.showlegend) for trace in fig.data) == 4
 
 
+def test_memory_figure_stacks_the_components_beside_the_peak(study):
+    fig = memory_figure(collect_study(study))
+    bars = {trace.meta["part"]: trace for trace in fig.data}
+    assert list(bars) == [*COMPONENTS, "peak"] and fig.layout.barmode == "stack"
+    names = list(bars["frozen_weights_mb"].x)
+    assert names == ["random", "alora", "all (unmatched)", "full (unmatched)"]
+    # alora: seeds 0 and 1 complete (seed 2 failed).
+    expected = np.mean([memory_breakdown("alora", seed)["optimizer_state_mb"] for seed in (0, 1)])
+    assert bars["optimizer_state_mb"].y[1] == pytest.approx(expected)
+    mean, low, high = expected_interval([500.0, 501.0, 502.0])
+    assert bars["peak"].y[0] == pytest.approx(mean)
+    assert bars["peak"].error_y.array[0] == pytest.approx(high - mean)
+
+
 def test_alpha_shift_figure_skips_runs_without_history(study):
     fig = alpha_shift_figure(collect_study(study))
     assert {trace.meta["group"] for trace in fig.data} == {"random", "alora", "all (unmatched)"}
@@ -288,7 +310,7 @@ def test_nothing_complete_gives_empty_figures_not_a_crash(tmp_path):
         {"label": "random", "seed": 0, "state": "failed"},
         {"label": "alora", "seed": 0, "state": "missing"}])
     drawn = study_figures(collect_study(study))
-    assert list(drawn) == ["loss_curves", "final_loss", "cost", "alpha_shift"]
+    assert list(drawn) == ["loss_curves", "final_loss", "cost", "memory", "alpha_shift"]
     for fig in drawn.values():
         assert not fig.data
         assert "no complete run" in fig.layout.annotations[0].text
@@ -302,7 +324,7 @@ def test_report_holds_table_figures_and_one_plotly(study):
     page = path.read_text()
     assert "Selection study: toy/llama on stdlib-code" in page
     assert page.count(get_plotlyjs()[:300]) == 1  # plotly.js inlined once
-    assert page.count("Plotly.newPlot") == 4 and '<script src="http' not in page
+    assert page.count("Plotly.newPlot") == 5 and '<script src="http' not in page
     last = [eval_loss("random", seed, 2) for seed in range(3)]
     mean, low, high = expected_interval(last)
     assert format_interval(mean, low, high) in page
@@ -314,7 +336,7 @@ def test_report_holds_table_figures_and_one_plotly(study):
     assert "12 runs: 10 complete, 1 failed, 1 missing" in page
     assert "RuntimeError: CUDA out of memory" in page
     assert "href='figures/cost.html'" in page
-    for name in ("loss_curves", "final_loss", "cost", "alpha_shift"):
+    for name in ("loss_curves", "final_loss", "cost", "memory", "alpha_shift"):
         alone = (study / "figures" / f"{name}.html").read_text()
         assert alone.count("Plotly.newPlot") == 1
     assert not list(study.rglob(".*.tmp"))  # atomic writes leave no temporary file

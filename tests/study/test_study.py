@@ -15,7 +15,14 @@ from alphasel.errors import StudyError
 from alphasel.study.directory import RunState, open_study, run_folder, run_state
 from alphasel.study.launch import create_study, run_study
 from alphasel.study.matrix import expand, unit_budget
-from alphasel.study.spec import SchemeSpec, StudySpec, load_spec, parse_schemes, parse_sweep
+from alphasel.study.spec import (
+    SchemeSpec,
+    StudySpec,
+    load_spec,
+    parse_methods,
+    parse_schemes,
+    parse_sweep,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +116,55 @@ def test_every_matched_scheme_meets_one_budget(table):
     assert len({entry.run_id for entry in entries}) == len(entries)
 
 
+def test_each_method_is_matched_to_its_own_budget_in_its_own_currency(table):
+    """lora at 2 blocks of rank 8, unfreeze at 7 matrices' worth of rows × cols (one block's,
+    as 14 are two of SmolLM2's): every matched plan meets its method's budget within 5%, and
+    full trains once for both."""
+    spec = StudySpec("m", "d", parse_schemes("alora,blora,random,last,all,full"), k=[2],
+                     methods=parse_methods("lora,unfreeze:k=7:unit=matrix:lr=1e-3"),
+                     seeds=[0, 1])
+    entries = expand(spec, table)
+    kinds = ["q", "k", "v", "o", "gate", "up", "down"]
+    # The tiny Llama's 28 candidate matrices hold 4 × 9216 parameters: 7 of them, on average,
+    # hold one block's 9216.
+    unfreeze_budget = unit_budget(table, kinds, "matrix", 7, None, "unfreeze")
+    assert unfreeze_budget == 9216
+    by_method = {}
+    for entry in entries:
+        by_method.setdefault(entry.method, []).append(entry)
+    assert set(by_method) == {"lora", "unfreeze", "full"}
+    assert len(by_method["full"]) == 2  # one per seed, whatever the methods
+    for method, budget in (("lora", 8192), ("unfreeze", unfreeze_budget)):
+        matched = [entry for entry in by_method[method] if entry.matched]
+        assert {entry.budget for entry in matched} == {budget}
+        for entry in matched:
+            assert abs(entry.trainable_params - budget) <= 0.05 * budget, (method, entry.label)
+            assert entry.config["method"] == method and entry.plan["method"] == method
+    unfrozen = [entry for entry in by_method["unfreeze"] if entry.plan]
+    assert all(module["rank"] is None for entry in unfrozen for module in entry.plan["modules"])
+    assert {entry.config["lr"] for entry in unfrozen} == {1e-3}
+    assert {entry.rank for entry in by_method["unfreeze"]} == {None}
+    assert all("-unfreeze-" in entry.run_id for entry in by_method["unfreeze"])
+    assert len({entry.run_id for entry in entries}) == len(entries)
+
+
+def test_methods_parse_and_older_specs_with_one_method_still_open():
+    methods = parse_methods("lora,unfreeze:k=14:unit=matrix")
+    assert [m.label for m in methods] == ["lora", "unfreeze:k=14:unit=matrix"]
+    spec = StudySpec.from_dict({"model": "m", "data": "d", "schemes": ["alora"],
+                                "method": "dora"})
+    assert [m.method for m in spec.methods] == ["dora"]
+    assert StudySpec.from_dict(spec.to_dict()).methods == spec.methods
+    for text, message in (("lora,qlora", "unknown method 'qlora'"),
+                          ("unfreeze:k=0", "k must be above 0"),
+                          ("unfreeze:unit=layer", "unit must be one of"),
+                          ("lora,lora", "twice"), ("unfreeze:depth=2", "k=N, unit=")):
+        with pytest.raises(StudyError, match=message):
+            parse_methods(text)
+    with pytest.raises(StudyError, match="add unfreeze to --methods"):
+        StudySpec("m", "d", parse_schemes("alora"), train={"also": "embed"})
+
+
 def test_a_budget_no_plan_can_meet_is_refused(table):
     spec = StudySpec("m", "d", parse_schemes("alora:kinds=q"), k=[1], seeds=[0])
     with pytest.raises(StudyError, match="alora:kinds=q.*within 5%"):
@@ -175,7 +231,7 @@ def test_selection_stability_compares_estimators_and_draws(table):
     from alphasel.study.stability import jaccard, selection_stability, stability_summary
 
     assert jaccard({"a", "b"}, {"b", "c"}) == 1 / 3 and jaccard(set(), set()) == 1.0
-    spec = StudySpec("m", "d", parse_schemes("alora,blora,first"), k=[2], seeds=[0])
+    spec = StudySpec("m", "d", parse_schemes("alora,blora,first,spectrum"), k=[2], seeds=[0])
     entries = expand(spec, table)
     model = tiny_llama(layers=4)  # the model behind the `table` fixture
     calls = []
@@ -187,19 +243,31 @@ def test_selection_stability_compares_estimators_and_draws(table):
     stability = selection_stability(entries, analyse, table, "ks", draws=3)
     assert calls == [{"estimator": "median"}, {"estimator": "peak"},
                      *({"estimator": "ks", "downsample": "common", "seed": s} for s in range(3))]
-    assert set(stability["label"]) == {"alora", "blora"}  # first has no alpha to be unstable in
+    # first has no signal to be unstable in
+    assert set(stability["label"]) == {"alora", "blora", "spectrum"}
     alora = stability[stability["label"] == "alora"]
-    assert list(alora["comparison"]) == ["estimator"] * 2 + ["downsampling"] * 3
-    # Recompute one overlap by hand: alora at its planned k on the median table vs the ks one.
+    assert list(alora["comparison"]) == ["metric"] + ["estimator"] * 2 + ["downsampling"] * 3
+    spectrum = stability[stability["label"] == "spectrum"]
+    assert list(spectrum["comparison"]) == ["metric"] + ["downsampling"] * 3
+    # alpha's choice against snr's, recomputed by hand on the study's own table.
     k = next(entry.k for entry in entries if entry.label == "alora")
+    by = {metric: {m.name for m in alphasel.make_plan(table, "alora", k, metric=metric).modules}
+          for metric in ("alpha", "snr")}
+    assert (alora.iloc[0]["a"], alora.iloc[0]["b"]) == ("metric=alpha", "metric=snr")
+    assert alora.iloc[0]["jaccard"] == pytest.approx(jaccard(by["alpha"], by["snr"]))
+    spectrum_plan = next(entry.plan for entry in entries if entry.label == "spectrum")
+    alpha_alike = alphasel.make_plan(table, "alora", len(spectrum_plan["modules"]))
+    assert spectrum.iloc[0]["jaccard"] == pytest.approx(jaccard(
+        {m["name"] for m in spectrum_plan["modules"]}, set(alpha_alike.module_names)))
+    # Recompute one overlap by hand: alora at its planned k on the median table vs the ks one.
     expected = jaccard({m.name for m in alphasel.make_plan(table, "alora", k).modules},
                        {m.name for m in alphasel.make_plan(analyse(estimator="median"),
                                                            "alora", k).modules})
-    assert alora.iloc[0]["b"] == "estimator=median"
-    assert alora.iloc[0]["jaccard"] == pytest.approx(expected)
+    assert alora.iloc[1]["b"] == "estimator=median"
+    assert alora.iloc[1]["jaccard"] == pytest.approx(expected)
     assert (stability["selected_a"] == stability["selected_b"]).all()
     summary = stability_summary(stability)
-    assert list(summary["pairs"]) == [2, 3, 2, 3]
+    assert list(summary["pairs"]) == [1, 2, 3, 1, 2, 3, 1, 3]
     assert summary["mean_jaccard"].between(0, 1).all()
 
 
@@ -218,7 +286,7 @@ def test_study_command_writes_table_report_and_stability(checkpoint, code, tmp_p
     report = (out / "report.html").read_text()
     assert "Selection stability" in report and "Comparison" in report
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "alpha_shift.html", "cost.html", "final_loss.html", "loss_curves.html"]
+        "alpha_shift.html", "cost.html", "final_loss.html", "loss_curves.html", "memory.html"]
     # The same command again refuses to overwrite; --resume finds everything complete.
     assert alphasel.cli.main(args) == 2
     assert "--resume" in capsys.readouterr().err
