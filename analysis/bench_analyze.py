@@ -15,6 +15,8 @@ Prints, from this run only (each timing the fastest of --repeats):
 - the bare eigendecomposition floor: the same matrices, already in memory, through
   `spectra.eigenvalues` with the analyzer's own parallelism; alphasel's overhead above it;
 - the largest relative alpha/xmin difference between the two tables;
+- the cost of the table's ``snr`` column: Spectrum's SNR computed from every matrix's
+  eigenvalues (the analyzer's own call), against the whole analysis;
 - peak RSS of a separate process analysing a generated multi-GB safetensors checkpoint.
 """
 
@@ -60,12 +62,28 @@ def _best_of(repeats: int, work):
 
 
 def _eigen_floor(alias: str, workers: int) -> tuple[float, int]:
+    seconds, spectra = _spectra(alias, workers)
+    return seconds, len(spectra)
+
+
+def _spectra(alias: str, workers: int) -> tuple[float, list[tuple[np.ndarray, tuple]]]:
+    """(seconds of the bare eigendecompositions, each matrix's eigenvalues and shape)."""
     with open_source(alias) as source:
         matrices = [source.load(ref) for ref in source.matrices() if min(ref.shape) >= 10]
     with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
         started = time.perf_counter()
-        list(pool.map(eigenvalues, matrices))
-        return time.perf_counter() - started, len(matrices)
+        evals = list(pool.map(eigenvalues, matrices))
+        seconds = time.perf_counter() - started
+    return seconds, [(values, matrix.shape) for values, matrix in zip(evals, matrices,
+                                                                       strict=True)]
+
+
+def _snr_seconds(spectra: list[tuple[np.ndarray, tuple]], repeats: int) -> float:
+    """The fastest of ``repeats`` passes of the analyzer's SNR call over every spectrum."""
+    from alphasel.snr import marchenko_pastur_snr
+
+    return _best_of(repeats, lambda: [marchenko_pastur_snr(values, shape)
+                                      for values, shape in spectra])[0]
 
 
 def _max_relative(ours, reference, prefix: str, column: str) -> float:
@@ -153,6 +171,7 @@ def main() -> None:
     single_s, _ = _best_of(args.repeats,
                            lambda: analyze(args.model, progress=False, workers=1, cache=False))
     single_floor_s, _ = min(_eigen_floor(args.model, 1) for _ in range(args.repeats))
+    snr_s = _snr_seconds(_spectra(args.model, workers)[1], args.repeats)
 
     started = time.perf_counter()
     model = _weightwatcher_model(args.model)
@@ -172,6 +191,9 @@ def main() -> None:
     print(f"  with 1 worker ({os.cpu_count()} BLAS threads): {single_s:.2f} s against a "
           f"one-thread floor of {single_floor_s:.2f} s "
           f"({single_s / single_floor_s:.2f}x)")
+    print(f"snr column (Spectrum's SNR, same evals)  {snr_s:7.3f} s   "
+          f"{100 * snr_s / ours_s:.2f} % of the analysis ({1e3 * snr_s / fitted:.2f} ms per "
+          "matrix, one thread)")
     print(f"WeightWatcher analyze() (default BLAS)   {ww_s:7.2f} s   {len(reference)} rows")
     print(f"WeightWatcher analyze() (BLAS 1 thread)  {ww_single_s:7.2f} s")
     print(f"transformers model load for WW           {load_s:7.2f} s")

@@ -1,10 +1,13 @@
 """Benchmark: alphasel's trainer against a bare PEFT + transformers Trainer script, in one run.
 
     python -m analysis.bench_train                          # SmolLM2, BLoRA k=3, LoRA
+    python -m analysis.bench_train --method unfreeze        # the same 21 matrices in full
     python -m analysis.bench_train --method full --steps 20
     python -m analysis.bench_train --model minilm ...       # (causal LMs only)
 
-Both sides train the same model, the same modules (the plan's), on the same tokenized examples
+Both sides train the same model, the same modules (the plan's: LoRA adapters on them, or with
+``--method unfreeze`` the matrices themselves and their biases, every other parameter frozen by
+hand on the bare side), on the same tokenized examples
 (`load_data("stdlib-code")`), with the same batch, sequence length, optimizer, learning rate
 and seed, each in a fresh process so peak RSS is its own. Printed from this run only:
 train tokens/s (non-padding tokens over the training loop's wall time) and peak RSS of each,
@@ -88,6 +91,11 @@ def run_bare(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     if args.method == "full":
         trainable = sum(p.numel() for p in model.parameters())
+    elif args.method == "unfreeze":
+        chosen = set(InjectionPlan.load(args.plan).module_names)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.rpartition(".")[0] in chosen)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     else:
         plan = InjectionPlan.load(args.plan)
         module = plan.modules[0]
@@ -140,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="a packaged causal LM (smollm2)")
-    parser.add_argument("--method", default="lora", choices=("lora", "full"))
+    parser.add_argument("--method", default="lora", choices=("lora", "unfreeze", "full"))
     parser.add_argument("--scheme", default="blora")
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
@@ -159,7 +167,8 @@ def main() -> None:
     if args.method != "full":
         from alphasel import analyze, make_plan
 
-        plan = make_plan(analyze(args.model, progress=False), args.scheme, args.k)
+        plan = make_plan(analyze(args.model, progress=False), args.scheme, args.k,
+                         method=args.method)
         args.plan = Path(tempfile.mkdtemp()) / "plan.json"
         plan.save(args.plan)
         print(f"plan: {args.scheme} k={args.k}, {len(plan.modules)} modules, "
