@@ -7,7 +7,7 @@ that trains them.
   ``lora_alpha``, ``lora_target_modules`` and the per-module patterns; for an unfreeze plan,
   ``unfrozen_parameters``).
 - ``regex``: one pattern per line, ``^name$`` with the name escaped: each fullmatches exactly
-  one module name.
+  one module name (a plan with per-module ranks is refused: the lines cannot carry them).
 
 Every export names modules by their full names as the analysis (the checkpoint) holds them, and
 the LoRA exports are :meth:`InjectionPlan.to_lora_config`'s own fields, so alphasel, PEFT and
@@ -138,7 +138,12 @@ def module_regexes(plan: InjectionPlan) -> list[str]:
 
 
 def regex_lines(plan: InjectionPlan) -> str:
-    """The plan's :func:`module_regexes`, one a line."""
+    """The plan's :func:`module_regexes`, one a line. Patterns name modules, not ranks: a plan
+    whose adapters differ in rank or lora_alpha is refused (its sizes would be lost)."""
+    if len({(module.rank, module.lora_alpha) for module in plan.modules}) > 1:
+        raise PlanError("the plan gives its modules different ranks or lora_alpha, which one "
+                        "pattern per line cannot carry: use --export peft (rank_pattern, "
+                        "alpha_pattern) or --export axolotl")
     return "".join(f"{pattern}\n" for pattern in module_regexes(plan))
 
 

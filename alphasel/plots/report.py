@@ -40,8 +40,8 @@ from alphasel.study.stability import stability_summary
 from alphasel.study.stats import comparison_table
 
 #: Settings of spec.json shown under the title, in this order (when present).
-SPEC_FIELDS = ("schemes", "k", "unit", "rank", "seeds", "task", "method", "estimator", "sweep",
-               "train", "created")
+SPEC_FIELDS = ("schemes", "methods", "k", "unit", "rank", "seeds", "task", "estimator",
+               "sweep", "train", "created")
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
 h1 { margin-bottom: 0.2em; }
