@@ -108,7 +108,11 @@ class TrainConfig:
     save_every: int | None = None
     """Keep a resumable Trainer checkpoint every N steps (--save-every)."""
     seed: int = 0
-    """Seed of initialisation, data order and dropout (--seed)."""
+    """Seed of initialisation, data order, dropout and the random scheme's draw (--seed)."""
+    eval_seed: int = 0
+    """Seed of the evaluation sample: which held-out examples a capped eval split keeps, and
+    their order; independent of --seed, so runs of different seeds evaluate on the same
+    examples (--eval-seed)."""
     lora_dropout: float = 0.0
     """Dropout on the adapter input (--lora-dropout)."""
     weight_decay: float = 0.0
@@ -245,6 +249,7 @@ class TrainConfig:
         whole(self.log_every, "--log-every", 1)
         whole(self.save_every, "--save-every", 1, optional=True)
         whole(self.seed, "--seed", 0)
+        whole(self.eval_seed, "--eval-seed", 0)
         number(self.lora_dropout, "--lora-dropout", 0, 1, open_high=True)
         number(self.weight_decay, "--weight-decay", 0)
         number(self.eval_fraction, "--eval-fraction", 0, 0.5, open_low=True)

@@ -61,7 +61,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 def load_data(spec: str, tokenizer, *, task: str = "causal", template: str = "alpaca",
               max_seq_len: int = 512, max_samples: int | None = None,
-              eval_fraction: float = 0.1, seed: int = 0) -> TrainData:
+              eval_fraction: float = 0.1, seed: int = 0, eval_seed: int = 0) -> TrainData:
     """Load `spec` (built-in name, file, directory or hub id) as tokenized train/eval splits.
 
     What `spec` is, in this order: a name in BUILTIN; an existing directory — a data set for
@@ -72,11 +72,12 @@ def load_data(spec: str, tokenizer, *, task: str = "causal", template: str = "al
 
     `task` is `causal` or `classification`; `template` (`alpaca` or `chat`) formats
     instruction data; `max_samples` caps the train split (and the eval split in proportion),
-    None keeps everything. Raises DataError, naming the input and the fix, for anything that
-    cannot be used.
+    None keeps everything. `seed` orders the train side, `eval_seed` the eval side: runs with
+    other seeds but one eval seed evaluate on the same examples. Raises DataError, naming the
+    input and the fix, for anything that cannot be used.
     """
     options = _check_options(tokenizer, task, template, max_seq_len, max_samples,
-                             eval_fraction, seed)
+                             eval_fraction, seed, eval_seed)
     spec = str(spec)
     if spec in BUILTIN:
         return load_builtin(spec, options)
@@ -113,7 +114,8 @@ def tokenizer_and_data(model: Any, tokenizer: Any, data: str | TrainData, config
     if not isinstance(data, TrainData):
         data = load_data(data, tokenizer, task=config.task, template=config.template,
                          max_seq_len=config.max_seq_len, max_samples=config.max_samples,
-                         eval_fraction=config.eval_fraction, seed=config.seed)
+                         eval_fraction=config.eval_fraction, seed=config.seed,
+                         eval_seed=config.eval_seed)
     if (data.kind == "classification") != (config.task == "classification"):
         raise TrainConfigError(f"data '{data.name}' is {data.kind} data but --task is "
                                f"{config.task}: use --task "
@@ -122,7 +124,7 @@ def tokenizer_and_data(model: Any, tokenizer: Any, data: str | TrainData, config
 
 
 def _check_options(tokenizer, task, template, max_seq_len, max_samples, eval_fraction,
-                   seed) -> SplitOptions:
+                   seed, eval_seed) -> SplitOptions:
     problems = []
     if task not in TASKS:
         problems.append(f"--task {task!r} is unknown: use causal or classification")
@@ -142,7 +144,7 @@ def _check_options(tokenizer, task, template, max_seq_len, max_samples, eval_fra
     if problems:
         raise DataError("; ".join(problems))
     return SplitOptions(tokenizer, task, template, max_seq_len, max_samples, float(eval_fraction),
-                        int(seed))
+                        int(seed), int(eval_seed))
 
 
 # ------------------------------------------------------------------------------- file sources

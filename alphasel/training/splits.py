@@ -7,8 +7,11 @@ dedupes, caps, tokenizes and formats, and builds the `TrainData` with its finger
 Splits are decided before anything is sampled, by a stable hash of the unit they are made of —
 a file's relative path for file-based data, a record's content for record-based data — so eval
 text is never seen in training, whatever `seed` and `max_samples` are. The seed only orders the
-units and examples, and `max_samples` caps each split after that seeded shuffle. An eval row
-whose text also occurs in train (a duplicate file or record across the split) is dropped.
+units and examples, and `max_samples` caps each split after that seeded shuffle. The eval side
+has a seed of its own, `eval_seed`: which held-out units and examples a capped eval split keeps,
+and their order, never depend on the training seed, so runs that differ only in `seed` are
+evaluated on the same examples. An eval row whose text also occurs in train (a duplicate file or
+record across the split) is dropped.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class SplitOptions:
     max_samples: int | None
     eval_fraction: float
     seed: int
+    eval_seed: int = 0
 
     def targets(self) -> dict[str, int | None]:
         """How many examples each split may keep; the eval cap keeps the eval fraction."""
@@ -89,9 +93,19 @@ class SplitOptions:
         ratio = round(self.max_samples * self.eval_fraction / (1 - self.eval_fraction), 9)
         return {"train": self.max_samples, "eval": max(1, math.ceil(ratio))}
 
-    def rng(self, purpose: str) -> random.Random:
-        """A generator of its own per purpose, so one shuffle does not shift the others."""
-        return random.Random(f"{self.seed}:{purpose}")
+    def rng(self, purpose: str, side: str = "train") -> random.Random:
+        """A generator of its own per purpose, so one shuffle does not shift the others; the
+        eval side's from ``eval_seed``, the train side's from ``seed``."""
+        return random.Random(f"{self.eval_seed if side == 'eval' else self.seed}:{purpose}")
+
+    def unit_order(self, keys: list, sides: Mapping) -> dict[str, list]:
+        """Each side's units in its own seeded order (the eval side's from ``eval_seed``)."""
+        orders = {}
+        for side in _SIDES:
+            order = list(keys)
+            self.rng("units", side).shuffle(order)
+            orders[side] = [key for key in order if sides[key] == side]
+        return orders
 
 
 # ---------------------------------------------------------------------------------- splitting
@@ -112,27 +126,29 @@ def assign_sides(keys, eval_fraction: float) -> dict[str, str]:
     return sides
 
 
-def _gather(order: list, sides: Mapping, produce: Callable[[list], list[list[dict]]],
+def _gather(orders: dict[str, list], produce: Callable[[list], list[list[dict]]],
             options: SplitOptions) -> dict[str, list[tuple[Any, dict]]]:
-    """Walk the units in (seeded) order and turn them into rows, in growing batches, until
-    both splits have what max_samples asks for: the built-in sets then tokenize a few files,
-    not the whole standard library."""
+    """Walk each side's units in its seeded order (:meth:`SplitOptions.unit_order`) and turn
+    them into rows, in growing batches, until the side has what max_samples asks for: the
+    built-in sets then tokenize a few files, not the whole standard library. The sides are
+    walked apart, so what the eval side gathers never depends on the training seed, and the
+    eval side reads at least as many units as it keeps rows, so that a capped eval split is a
+    sample of many held-out files rather than the chunks of the first one."""
     targets = options.targets()
     rows: dict[str, list] = {"train": [], "eval": []}
 
-    def full(side: str) -> bool:
-        return targets[side] is not None and len(rows[side]) >= targets[side]
+    def full(side: str, read: int) -> bool:
+        target = targets[side]
+        return target is not None and len(rows[side]) >= target and (
+            side == "train" or read >= target)
 
-    position, size = 0, 4
-    while position < len(order) and not (full("train") and full("eval")):
-        batch = []
-        while position < len(order) and len(batch) < size:
-            if not full(sides[order[position]]):
-                batch.append(order[position])
-            position += 1
-        for unit, produced in zip(batch, produce(batch), strict=True):
-            rows[sides[unit]].extend((unit, row) for row in produced)
-        size = min(2 * size, 256)
+    for side in _SIDES:
+        order, position, size = orders[side], 0, 4
+        while position < len(order) and not full(side, position):
+            batch, position = order[position:position + size], position + size
+            for unit, produced in zip(batch, produce(batch), strict=True):
+                rows[side].extend((unit, row) for row in produced)
+            size = min(2 * size, 256)
     return rows
 
 
@@ -147,7 +163,7 @@ def _finish_rows(rows: dict[str, list], options: SplitOptions, leak_keys: Callab
     rows = {"train": rows["train"], "eval": kept}
     targets = options.targets()
     for side in _SIDES:
-        options.rng(side).shuffle(rows[side])
+        options.rng(side, side).shuffle(rows[side])
         rows[side] = rows[side][:targets[side]]
     return rows
 
@@ -206,9 +222,8 @@ def text_data(name: str, keys: list[str], read: Callable[[str], str | None],
                                                         skip_special_tokens=True))
     else:
         sides = assign_sides(keys, options.eval_fraction)
-        order = list(keys)
-        options.rng("units").shuffle(order)
-        held_out = [key for key in order if sides[key] == "eval"]
+        orders = options.unit_order(keys, sides)
+        held_out = orders["eval"]
 
         def produce(batch: list[str]) -> list[list[dict]]:
             texts = {key: read(key) for key in batch}
@@ -220,7 +235,7 @@ def text_data(name: str, keys: list[str], read: Callable[[str], str | None],
                                                              options), strict=True))
             return [[{"input_ids": ids} for ids in chunked.get(key, [])] for key in batch]
 
-        rows = _gather(order, sides, produce, options)
+        rows = _gather(orders, produce, options)
     # A digest per chunk, not the chunk: the train side of the stdlib holds ~10⁷ ids.
     rows = _finish_rows(rows, options, lambda row: [hashlib.blake2b(
         _canonical(row["input_ids"]), digest_size=16).digest()], details)
@@ -249,11 +264,14 @@ def _units_in_order(rows: list[tuple[Any, dict]]) -> list:
 
 
 def _first_per_unit(rows: list[tuple[Any, dict]]) -> list[dict]:
-    """The first row of each of the first NUM_PROMPTS units, for generation prompts."""
+    """The first row of each of the first NUM_PROMPTS units, for generation prompts; with
+    fewer units than that (a small capped split), further rows in the split's order."""
     first: dict = {}
     for unit, row in rows:
         first.setdefault(unit, row)
-    return list(first.values())[:NUM_PROMPTS]
+    chosen = list(first.values())[:NUM_PROMPTS]
+    others = [row for _, row in rows if all(row is not taken for taken in chosen)]
+    return chosen + others[:NUM_PROMPTS - len(chosen)]
 
 
 # --------------------------------------------------------------------------- instruction kind
@@ -318,9 +336,7 @@ def instruction_data(name: str, keys: list, sides: Mapping,
                     details["dropped_no_response"] += 1
         return kept
 
-    order = list(keys)
-    options.rng("units").shuffle(order)
-    rows = _gather(order, sides, produce, options)
+    rows = _gather(options.unit_order(keys, sides), produce, options)
     for side in _SIDES:
         if not rows[side] and shortest[side] is not None:
             raise DataError(
@@ -361,7 +377,7 @@ def classification_data(name: str, rows: dict[str, list], labels: list[str],
             for item in rows[side]:
                 by_class[side].setdefault(item[1]["label"], []).append(item)
             for label in sorted(by_class[side]):
-                options.rng(f"balance:{side}").shuffle(by_class[side][label])
+                options.rng(f"balance:{side}", side).shuffle(by_class[side][label])
         per_class = min(len(items) for items in by_class["train"].values())
         if options.max_samples is not None:
             per_class = min(per_class, options.max_samples // len(labels))
@@ -410,7 +426,8 @@ def _build(name: str, kind: str, rows: dict[str, list], labels: list[str] | None
               if not details["split"].startswith("by position") else " (one document)")
     details.update(kind=kind, task=options.task, max_seq_len=options.max_seq_len,
                    max_samples=options.max_samples, eval_fraction=options.eval_fraction,
-                   seed=options.seed, train_examples=counts["train"],
+                   seed=options.seed, eval_seed=options.eval_seed,
+                   train_examples=counts["train"],
                    eval_examples=counts["eval"], train_units=units["train"],
                    eval_units=units["eval"], unit=unit, labels=labels)
     if unit == "files":  # which files are held out, for the record (train: all the others)

@@ -17,6 +17,7 @@ from helpers import (
     tiny_bert,
     tiny_llama,
     topic_data,
+    write_code_files,
 )
 from transformers import TrainerCallback
 
@@ -416,3 +417,23 @@ def test_hub_id_trains_from_the_cache_offline(tmp_path, offline_hub, tokenizer, 
     with pytest.raises(alphasel.AlphaselError, match="not in the cache"):
         train("tiny-org/absent", blora_plan, code_data(tokenizer), TrainConfig(**FAST),
               out=tmp_path / "absent")
+
+
+def test_runs_of_different_seeds_evaluate_on_the_same_examples(tmp_path, tokenizer):
+    """One eval set whatever the training seed: a capped eval split is drawn with --eval-seed,
+    so two seeds' step-0 eval losses (LoRA starts at the base model) are the same number."""
+    code = write_code_files(tmp_path / "code", files=60)
+    plan = make_plan(alpha_table(tiny_llama()), "blora", 1)
+    step0 = {}
+    for seed, eval_seed in ((0, 0), (1, 0), (0, 3)):
+        record = train(tiny_llama(), plan, str(code),
+                       TrainConfig(max_steps=1, max_samples=20, max_seq_len=32, seed=seed,
+                                   eval_seed=eval_seed, generate=False, **FAST),
+                       tokenizer=tokenizer, out=tmp_path / f"run-{seed}-{eval_seed}",
+                       progress=False)
+        metrics = record.metrics()
+        step0[seed, eval_seed] = metrics.loc[metrics["step"].eq(0) & metrics["eval_loss"]
+                                             .notna(), "eval_loss"].item()
+        assert record.config["config"]["eval_seed"] == eval_seed
+    assert step0[0, 0] == step0[1, 0]
+    assert step0[0, 0] != step0[0, 3]

@@ -585,3 +585,24 @@ def test_local_dataset_directory_with_text_and_labels(offline_datasets, tmp_path
     assert data.labels == ["even", "odd"] and len(data.train) + len(data.eval) == 30
     text = load_data(str(folder), tokenizer, max_seq_len=32)  # causal: a `text` column
     assert text.kind == "text" and text.details["split"] == "by record"
+
+
+# -- one evaluation set whatever the training seed ------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, options", [
+    ("stdlib-code", dict(max_samples=60, max_seq_len=128)),
+    ("stdlib-instruct", dict(max_samples=40, max_seq_len=1024)),
+    ("stdlib-topics", dict(task="classification", max_samples=80, max_seq_len=64)),
+])
+def test_the_eval_split_follows_the_eval_seed_not_the_training_seed(tokenizer, spec, options):
+    runs = {(seed, eval_seed): load_data(spec, tokenizer, seed=seed, eval_seed=eval_seed,
+                                         **options)
+            for seed, eval_seed in ((0, 0), (1, 0), (0, 1))}
+    column = runs[0, 0].eval.column_names[0]
+    same_eval = runs[0, 0].eval[column] == runs[1, 0].eval[column]
+    assert same_eval and runs[0, 0].prompts == runs[1, 0].prompts
+    assert runs[0, 0].train[column] != runs[1, 0].train[column]  # the seed still orders training
+    assert runs[0, 0].eval[column] != runs[0, 1].eval[column]  # another eval seed, another sample
+    assert runs[0, 0].train[column] == runs[0, 1].train[column]
+    assert runs[1, 0].details["eval_seed"] == 0 and runs[1, 0].details["seed"] == 1
