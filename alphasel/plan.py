@@ -45,6 +45,8 @@ ADAPTER_METHODS = ("lora", "dora", "rslora")
 UNFREEZE = "unfreeze"
 #: Methods that train a plan's modules: adapters on them, or the matrices themselves.
 PLAN_METHODS = (*ADAPTER_METHODS, UNFREEZE)
+#: The method a plan is made for when none is named.
+DEFAULT_METHOD = "lora"
 
 
 def lora_parameter_count(rows: int, cols: int, rank: int) -> int:
@@ -56,18 +58,24 @@ def lora_parameter_count(rows: int, cols: int, rank: int) -> int:
     return int(rank) * (int(rows) + int(cols))
 
 
+def rank_step_cost(rows: Any, cols: Any, method: str) -> Any:
+    """What a matrix costs per unit of rank under ``method`` (numbers or numpy arrays): rows +
+    cols for an adapter, whose cost is that times its rank; rows × cols for an unfrozen matrix,
+    which has no rank (its bias, where it has one, is not part of a plan's budget, nor is
+    DoRA's magnitude vector part of an adapter's)."""
+    return rows * cols if method == UNFREEZE else rows + cols
+
+
 def parameter_cost(rows: int, cols: int, rank: int | None, method: str) -> int:
-    """What one planned matrix costs in trainable parameters under ``method``: rows × cols when
-    it is unfrozen (its bias, where it has one, is not part of a plan's budget), its LoRA
-    parameters otherwise (DoRA's magnitude vector is not counted either)."""
-    if method == UNFREEZE:
-        return int(rows) * int(cols)
-    return lora_parameter_count(rows, cols, int(rank or 0))
+    """What one planned matrix costs in trainable parameters under ``method``:
+    :func:`rank_step_cost` times the rank (an unfrozen matrix: once)."""
+    return int(rank_step_cost(int(rows), int(cols), method)) * (
+        1 if method == UNFREEZE else int(rank))
 
 
 @dataclass
 class PlannedModule:
-    """One module that receives an adapter."""
+    """One module the plan trains: with an adapter, or (an unfreeze plan) in full."""
 
     name: str
     """Full module name as in the model, e.g. ``model.layers.3.self_attn.q_proj``."""
@@ -106,7 +114,7 @@ class InjectionPlan:
     """What ``k`` counts: ``matrix`` or ``block``."""
     kinds: list[str]
     """Module kinds that were candidates."""
-    method: str = "lora"
+    method: str = DEFAULT_METHOD
     """How the modules train, and so the currency of ``trainable_params`` and ``budget``:
     ``lora``, ``dora``, ``rslora`` (an adapter each, r·(rows + cols)) or ``unfreeze`` (the
     matrix itself, rows·cols)."""
@@ -240,6 +248,14 @@ class InjectionPlan:
                 raise PlanError(f"{source}: module entry {index} must have exactly the fields "
                                 f"{', '.join(sorted(module_keys))}")
             modules.append(PlannedModule(**entry))
+        method = data.get("method", DEFAULT_METHOD)
+        if method not in PLAN_METHODS:
+            raise PlanError(f"{source} has method {method!r}, not one of "
+                            f"{', '.join(PLAN_METHODS)}: re-create it with `alphasel plan`")
+        if any((module.rank is None) != (method == UNFREEZE) for module in modules):
+            raise PlanError(f"{source}: an {UNFREEZE} plan's modules have no rank and every "
+                            f"other plan's have one, but this {method} plan's modules disagree: "
+                            "re-create it with `alphasel plan`")
         return cls(**{**data, "modules": modules})
 
     def to_json(self) -> str:

@@ -1,23 +1,19 @@
 """The planner: an alpha table in, an :class:`InjectionPlan` out (the schemes of DESIGN.md).
 
-Every scheme orders its *units* (matrices or blocks) and takes the first ``k``; plan modules are
-then listed in model order. Ties are broken by model order: the earlier matrix, the lower block.
+Every scheme orders its *units* (matrices or blocks) and takes the first ``k`` of them, or under
+a budget the units :mod:`alphasel.budget` decides; plan modules are then listed in model order.
+Ties are broken by model order: the earlier matrix, the lower block.
 
-Budgets are counted in the plan's method's currency (:func:`alphasel.plan.parameter_cost`):
+Budgets are counted in the plan's method's currency (:func:`alphasel.plan.rank_step_cost`):
 r·(rows + cols) per adapted matrix, rows·cols per unfrozen one (``method="unfreeze"``, where
-there is no rank to choose: only ``k``).
-
-Budget policy (``budget`` or ``budget_from``, the fair comparison between schemes):
+there is no rank to choose: only which units). Budget policy (``budget`` or ``budget_from``):
 - ``rank_alloc="alpha"``: the ranks are allocated to meet the budget within one rank step
   (never over it); ``k`` must be given.
-- ``rank_alloc="uniform"``: whichever of ``k`` and ``rank`` was not given is chosen so the
-  trainable-parameter count is closest to the budget. When only ``k`` is free it is searched at
-  the default rank 8 first; only if no ``k`` comes within 5% and ``rank`` was left unset, the
-  rank changes too (the in-tolerance pair with the rank nearest 8 wins). Outside 5% → error.
-- matrix-unit ``alora`` and ``random``: when no first k of the ranking (ALoRA's metric order, or
-  random's seeded draw) comes within 5% at the given or default rank, the ranking *fills* the
-  budget instead (:func:`fill_budget`: in ranking order, a matrix that would overshoot is passed
-  over and later, smaller ones fill the rest); the plan's note says how many were passed over.
+- ``rank_alloc="uniform"``: :func:`alphasel.budget.match_budget`: the first k at the given or
+  default rank; where the rank is free and no k comes within 5%, the rank changes too; where it
+  cannot change (given, or unfrozen matrices), matrix-unit ``alora`` and ``random``
+  (:data:`FILL_SCHEMES`) fill the budget instead, passing over a matrix that would overshoot it
+  (the plan's note says how many). Outside 5% → error.
 """
 
 from __future__ import annotations
@@ -32,10 +28,18 @@ import numpy as np
 import pandas as pd
 
 from alphasel import __version__
+from alphasel.budget import DEFAULT_RANK, allocate_ranks, match_budget
 from alphasel.columns import METRICS, STATUS_OK, TOTAL_MATRIX_PARAMS, metadata
 from alphasel.errors import PlanError, TableError
 from alphasel.layout import CANDIDATE_KINDS, KIND_GROUPS
-from alphasel.plan import PLAN_METHODS, UNFREEZE, InjectionPlan, PlannedModule
+from alphasel.plan import (
+    DEFAULT_METHOD,
+    PLAN_METHODS,
+    UNFREEZE,
+    InjectionPlan,
+    PlannedModule,
+    rank_step_cost,
+)
 from alphasel.provenance import utc_now
 from alphasel.table import check_table
 
@@ -50,16 +54,11 @@ SCHEME_UNITS = {"alora": "matrix", "blora": "block", "spectrum": "matrix", "firs
 UNITS = ("matrix", "block")
 ORDERS = ("high", "low")
 RANK_ALLOCS = ("uniform", "alpha")
-DEFAULT_RANK = 8
 DEFAULT_BETA = 1.0
-#: How far a budget-matched plan may miss the target, relative to it.
-BUDGET_TOLERANCE = 0.05
 #: Matrix-unit schemes that fill a budget past matrices that would overshoot it, when no first
-#: k of their ranking comes within the tolerance (matrices differ in size: an up_proj holds
-#: eight times a GQA k_proj). The rest keep to their ranking's first k.
+#: k of their ranking comes within the tolerance and the rank cannot change (matrices differ
+#: in size: a SmolLM2 up_proj holds eight times a k_proj). The rest keep to their first k.
 FILL_SCHEMES = ("alora", "random")
-#: Largest uniform rank tried when the rank is free under a budget.
-MAX_SEARCH_RANK = 512
 TABLE_COLUMNS = ["name", "block", "kind", "rows", "cols", "alpha"]
 
 
@@ -314,103 +313,6 @@ def _check_options(scheme: str, k: int | None, order: str | None, unit: str | No
         raise PlanError("; ".join(problems))
 
 
-def _match_uniform(prefix_cost: np.ndarray, target: int, k: int | None,
-                   rank: int | None, ranked: bool = True,
-                   search_ranks: bool = True) -> tuple[int, int, str]:
-    """Choose k and/or a uniform rank so rank × prefix_cost[k-1] is closest to ``target``;
-    ``ranked`` False (unfrozen matrices: the prefix costs are the parameters) chooses k only,
-    at "rank" 1; ``search_ranks`` False keeps the default rank even when it misses."""
-    ks = np.arange(1, len(prefix_cost) + 1) if k is None else np.array([k])
-    costs = prefix_cost[ks - 1]
-
-    def best(ranks: np.ndarray) -> tuple[int, int, float]:
-        totals = np.outer(ranks, costs)  # ranks × ks
-        miss = np.abs(totals - target) / target
-        # Prefer in-tolerance pairs whose rank is nearest the default, then the closest count,
-        # then the smaller k; np.lexsort takes the last key as primary.
-        key = np.lexsort((np.broadcast_to(ks, miss.shape).ravel(), miss.ravel(),
-                          np.abs(np.repeat(ranks, len(ks)) - DEFAULT_RANK),
-                          (miss > BUDGET_TOLERANCE).ravel()))[0]
-        row, col = divmod(int(key), len(ks))
-        return int(ks[col]), int(ranks[row]), float(miss[row, col])
-
-    first = best(np.array([rank or DEFAULT_RANK]))
-    if first[2] <= BUDGET_TOLERANCE or rank is not None or not ranked or not search_ranks:
-        chosen = first
-    else:
-        chosen = best(np.arange(1, MAX_SEARCH_RANK + 1))
-    chosen_k, chosen_rank, miss = chosen
-    total = chosen_rank * int(prefix_cost[chosen_k - 1])
-    at_rank = f" at rank {chosen_rank}" if ranked else ""
-    if miss > BUDGET_TOLERANCE:
-        if not ranked:
-            fix = ("leave out --k so it can change" if k is not None
-                   else "choose a budget one of the totals meets, or another scheme")
-            raise PlanError(f"cannot match the budget of {target:,} trainable parameters within "
-                            f"{BUDGET_TOLERANCE:.0%} with whole matrices: the closest is "
-                            f"k={chosen_k} with {total:,} ({(total - target) / target:+.1%}); "
-                            f"{fix}")
-        free = " and ".join(name for name, fixed in (("k", k), ("the rank", rank))
-                            if fixed is None)
-        fix = ("leave --rank unset so the rank can change, or " if rank is not None else "")
-        free = free or "nothing (k and --rank are both fixed)"
-        raise PlanError(f"cannot match the budget of {target:,} trainable parameters within "
-                        f"{BUDGET_TOLERANCE:.0%} by choosing {free}: the "
-                        f"closest is k={chosen_k}{at_rank} with {total:,} "
-                        f"({(total - target) / target:+.1%}); {fix}use --rank-alloc alpha")
-    note = (f"budget {target:,}: chose k={chosen_k}{at_rank} → {total:,} "
-            f"({(total - target) / target:+.2%})")
-    return chosen_k, chosen_rank, note
-
-
-def allocate_ranks(weights: np.ndarray, costs: np.ndarray, caps: np.ndarray,
-                   budget: int) -> np.ndarray:
-    """Integer ranks ∝ ``weights``, each in [1, cap], costing at most ``budget`` in total.
-
-    ``costs[i]`` is the parameter cost of one rank step of module i (rows + cols). The result
-    misses the budget by less than one rank step of any module that could still grow.
-    """
-    weights = np.asarray(weights, dtype=np.float64)
-    costs = np.asarray(costs, dtype=np.int64)
-    caps = np.maximum(np.asarray(caps, dtype=np.int64), 1)
-    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-        raise PlanError("rank allocation needs positive, finite alpha^beta for every module: "
-                        "check --beta and the table's alpha values")
-    least, most = int(costs.sum()), int((caps * costs).sum())
-    if budget < least:
-        raise PlanError(f"--budget {budget:,} is below {least:,}, the cost of rank 1 on each of "
-                        f"the {len(costs)} chosen modules: raise the budget or lower --k")
-    if budget > most:
-        raise PlanError(f"--budget {budget:,} exceeds {most:,}, the cost of full rank on each "
-                        f"of the {len(costs)} chosen modules: lower the budget or raise --k")
-
-    def ideal(scale: float) -> np.ndarray:
-        return np.clip(scale * weights, 1.0, caps)
-
-    # The continuous total grows monotonically with the scale, so bisection finds it; 200
-    # halvings take float64 to its resolution.
-    low, high = 0.0, float(caps.max()) / float(weights.min())
-    for _ in range(200):
-        middle = (low + high) / 2
-        if (ideal(middle) * costs).sum() > budget:
-            high = middle
-        else:
-            low = middle
-    target = ideal(low)
-    ranks = np.maximum(np.floor(target).astype(np.int64), 1)
-    remaining = budget - int((ranks * costs).sum())
-    # Hand out the leftover one rank at a time to the module furthest below its ideal share;
-    # np.argmax takes the first on ties, i.e. model order.
-    while True:
-        can_grow = (ranks < caps) & (costs <= remaining)
-        if not can_grow.any():
-            return ranks
-        deficit = np.where(can_grow, target - ranks, -np.inf)
-        index = int(np.argmax(deficit))
-        ranks[index] += 1
-        remaining -= int(costs[index])
-
-
 def _file_sha256(path: str | None) -> str | None:
     if not path or not Path(path).is_file():
         return None
@@ -425,8 +327,9 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
               budget: int | None = None,
               budget_from: InjectionPlan | str | Path | None = None,
               analysis_path: str | Path | None = None, metric: str = "alpha",
-              fraction: float | None = None, method: str = "lora") -> InjectionPlan:
-    """Choose the modules that get a LoRA adapter, and their ranks, from an alpha table.
+              fraction: float | None = None, method: str = DEFAULT_METHOD) -> InjectionPlan:
+    """Choose the modules that train (with a LoRA adapter, and its rank; or with ``method``
+    unfreeze, in full) from an alpha table.
 
     ``k`` counts matrices (alora, random by matrix) or blocks (blora, first, last, band,
     random by block); ``order`` is ``high`` (default: least trained first) or ``low``.
@@ -468,10 +371,7 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
                         f"kind(s) {', '.join(kind_list)}" + (f" ({unit_notes[0]})"
                                                               if unit_notes else ""))
     budget, budget_from_path = _target_budget(budget, budget_from, method)
-    if method == UNFREEZE:  # a matrix costs rows × cols: "rank 1" of that cost
-        costs, rank = frame["rows"].to_numpy() * frame["cols"].to_numpy(), 1
-    else:
-        costs = frame["rows"].to_numpy() + frame["cols"].to_numpy()
+    costs = rank_step_cost(frame["rows"].to_numpy(), frame["cols"].to_numpy(), method)
     taken, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
                                 _what_units_count(scheme, unit, start, metric), kind_list,
                                 unit, ranked=method != UNFREEZE)
@@ -482,7 +382,7 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
     if rank_alloc == "alpha":
         ranks: list = list(_alpha_ranks(frame.loc[rows], costs[rows], beta, budget, notes))
     else:
-        ranks = [None if method == UNFREEZE else uniform_rank] * len(rows)
+        ranks = [uniform_rank] * len(rows)
     if scheme == "spectrum":  # each matrix's own SNR, not the fraction its unit entered at
         chosen = [(row, float(frame.at[row, "score"])) for row, _ in chosen]
         fraction = scores[k - 1]  # the smallest fraction giving this choice
@@ -527,8 +427,9 @@ def _size(scheme: str, units: list[list[int]], costs: np.ndarray, k: int | None,
           rank: int | None, rank_alloc: str, budget: int | None, notes: list[str], what: str,
           kinds: list[str], unit: str, ranked: bool = True) -> tuple[list[int], int | None]:
     """The units taken (indices into ``units``, in ranking order), and the uniform rank (None
-    for ranks allocated by alpha): the first k as given, every unit for scheme all, or matched
-    to ``budget`` (the module docstring's policy)."""
+    for ranks allocated by alpha, and for unfrozen matrices, not ``ranked``): the first k as
+    given, every unit for scheme all, or matched to ``budget`` (the module docstring's
+    policy)."""
     if scheme == "all":
         k = len(units)
     if k is not None and k > len(units):
@@ -539,46 +440,12 @@ def _size(scheme: str, units: list[list[int]], costs: np.ndarray, k: int | None,
         return list(range(k)), None
     if budget is None:
         assert k is not None  # _check_options demands k unless a budget or scheme all sets it
-        return list(range(k)), rank or DEFAULT_RANK
-    unit_costs = np.array([int(costs[rows].sum()) for rows in units], dtype=np.int64)
-    fills = k is None and unit == "matrix" and scheme in FILL_SCHEMES
-    try:
-        k, rank, note = _match_uniform(np.cumsum(unit_costs), budget, k, rank, ranked,
-                                       search_ranks=not fills)
-        notes.append(note)
-        return list(range(k)), rank
-    except PlanError:
-        if not fills:
-            raise
-    unit_rank = rank or DEFAULT_RANK
-    taken, total = fill_budget(unit_rank * unit_costs, budget)
-    if abs(total - budget) > BUDGET_TOLERANCE * budget:
-        if ranked and rank is None:  # a rank other than the default may still meet it
-            k, rank, note = _match_uniform(np.cumsum(unit_costs), budget, None, None)
-            notes.append(note)
-            return list(range(k)), rank
-        raise PlanError(f"cannot match the budget of {budget:,} trainable parameters within "
-                        f"{BUDGET_TOLERANCE:.0%} with whole matrices: the closest {scheme} "
-                        f"finds is {len(taken)} matrices with {total:,} "
-                        f"({(total - budget) / budget:+.1%}); choose another budget")
-    passed = taken[-1] + 1 - len(taken)
-    notes.append(f"budget {budget:,}: no first k matrices come within {BUDGET_TOLERANCE:.0%}; "
-                 f"took {len(taken)} in ranking order, passing over {passed} that would "
-                 f"overshoot → {total:,} ({(total - budget) / budget:+.2%})")
-    return taken, unit_rank
-
-
-def fill_budget(costs: np.ndarray, target: int) -> tuple[list[int], int]:
-    """The units a ranking gives when it fills ``target``: walking it in order, each unit is
-    taken when it brings the total closer to the target without passing it by more than the
-    tolerance. Returns (the indices taken, their total)."""
-    total, taken = 0, []
-    ceiling = target * (1 + BUDGET_TOLERANCE)
-    for index, cost in enumerate(int(cost) for cost in costs):
-        if total + cost <= ceiling and abs(total + cost - target) < abs(total - target):
-            taken.append(index)
-            total += cost
-    return taken, total
+        return list(range(k)), (rank or DEFAULT_RANK) if ranked else None
+    taken, rank, note = match_budget(
+        np.array([int(costs[rows].sum()) for rows in units]), budget, k, rank, ranked,
+        fills=k is None and unit == "matrix" and scheme in FILL_SCHEMES)
+    notes.append(note)
+    return taken, rank
 
 
 def _alpha_ranks(picked: pd.DataFrame, costs: np.ndarray, beta: float, budget: int,

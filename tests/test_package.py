@@ -21,7 +21,7 @@ STAGES = [
                  "alphasel.downsample"]),
     ("analyzer", ["alphasel.analyzer", "alphasel.cache"]),
     ("table", ["alphasel.table"]),
-    ("plan", ["alphasel.plan", "alphasel.planner", "alphasel.exports"]),
+    ("plan", ["alphasel.plan", "alphasel.budget", "alphasel.planner", "alphasel.exports"]),
     ("training", ["alphasel.training"]),
     ("study", ["alphasel.study"]),
     ("plots", ["alphasel.plots"]),

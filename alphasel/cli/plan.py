@@ -18,7 +18,13 @@ from pathlib import Path
 from alphasel.columns import METRICS
 from alphasel.errors import PlanError
 from alphasel.exports import EXPORTS, check_export, write_export
-from alphasel.plan import PLAN_METHODS, InjectionPlan, PlannedModule, default_plan_path
+from alphasel.plan import (
+    DEFAULT_METHOD,
+    PLAN_METHODS,
+    InjectionPlan,
+    PlannedModule,
+    default_plan_path,
+)
 from alphasel.planner import ORDERS, RANK_ALLOCS, SCHEMES, UNITS, make_plan
 from alphasel.table import latest_analysis, read_table
 
@@ -44,10 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default matrix)")
     parser.add_argument("--seed", type=int, help="seed of the random scheme")
     parser.add_argument("--start", type=int, help="first block of the band scheme")
-    parser.add_argument("--method", default="lora",
+    parser.add_argument("--method", default=DEFAULT_METHOD,
                         help=f"how the plan's modules train, {', '.join(PLAN_METHODS)}: the "
                         "currency of its budget (an adapter costs r·(rows+cols), an unfrozen "
-                        "matrix rows·cols; default lora)")
+                        f"matrix rows·cols; default {DEFAULT_METHOD})")
     parser.add_argument("--rank", type=int, help="uniform LoRA rank (default 8)")
     parser.add_argument("--lora-alpha", type=float,
                         help="LoRA alpha of every module (default: its rank, i.e. scaling 1)")

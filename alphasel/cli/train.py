@@ -36,7 +36,8 @@ PLAN_OPTIONS = {"k": "k", "order": "order", "kinds": "kinds", "unit": "unit",
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="fine-tune a LoRA plan (or every weight) and record the run",
+        "train", help="fine-tune a plan (adapters, or its matrices in full) or every weight, "
+        "and record the run",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("model, plan and data")
     what.add_argument("--model", help="hub id, checkpoint dir, .gguf, or smollm2 / minilm")

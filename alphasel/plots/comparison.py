@@ -358,16 +358,15 @@ def memory_figure(runs: pd.DataFrame) -> go.Figure:
             x=names, y=means, name=component.removesuffix("_mb").replace("_", " "),
             marker_color=_PALETTE[index % len(_PALETTE)], meta={"part": component},
             hovertemplate="%{x}<br>" + component + "=%{y:.1f} MB<extra></extra>"))
-    peaks = [t_interval(group.complete["peak_memory_mb"]) for group in groups]
-    fig.add_trace(go.Scatter(
-        x=names, y=[mean for mean, *_ in peaks], mode="markers", name="measured peak",
-        marker=dict(symbol="diamond", size=12, color="black"), meta={"part": "peak"},
-        error_y=dict(type="data", visible=True, color="black",
-                     array=[high - mean if math.isfinite(high) else 0.0
-                            for mean, _, _, high in peaks],
-                     arrayminus=[mean - low if math.isfinite(low) else 0.0
-                                 for mean, _, low, _ in peaks]),
-        hovertemplate="%{x}<br>peak %{y:.0f} MB<extra></extra>"))
+    for index, (group, name) in enumerate(zip(groups, names, strict=True)):
+        mean, _, low, high = t_interval(group.complete["peak_memory_mb"])
+        fig.add_trace(go.Scatter(
+            x=[name], y=[mean], mode="markers", name="measured peak", legendgroup="peak",
+            showlegend=index == 0, marker=dict(symbol="diamond", size=12, color="black"),
+            error_y=_error_bar(mean, low, high, "black"),
+            meta={"group": group.name, "part": "peak", "ci_low": _finite(low),
+                  "ci_high": _finite(high)},
+            hovertemplate="%{x}<br>peak %{y:.0f} MB<extra></extra>"))
     fig.update_layout(title=title, barmode="stack", yaxis_title="MB", hovermode="closest",
                       legend=dict(traceorder="normal"))
     return fig

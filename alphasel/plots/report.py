@@ -40,8 +40,8 @@ from alphasel.study.stability import stability_summary
 from alphasel.study.stats import comparison_table
 
 #: Settings of spec.json shown under the title, in this order (when present).
-SPEC_FIELDS = ("schemes", "methods", "k", "unit", "rank", "seeds", "task", "estimator",
-               "sweep", "train", "created")
+SPEC_FIELDS = ("schemes", "methods", "method", "k", "unit", "rank", "seeds", "task",
+               "estimator", "sweep", "train", "created")
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
 h1 { margin-bottom: 0.2em; }
@@ -198,7 +198,8 @@ def _stability_html(stability: pd.DataFrame | None) -> str:
         return ""
     summary = stability_summary(stability)
     rows = "\n".join(
-        f"<tr><td>{_escape(row['label'])}</td><td>{_escape(row['k'])}</td>"
+        f"<tr><td>{_escape(row['label'])}</td><td>{_escape(row.get('method', '-'))}</td>"
+        f"<td>{_escape(row['k'])}</td>"
         f"<td>{_escape(row['comparison'])}</td><td>{int(row['pairs'])}</td>"
         f"<td>{row['mean_jaccard']:.2f}</td><td>{row['min_jaccard']:.2f}</td></tr>"
         for _, row in summary.iterrows())
@@ -208,7 +209,8 @@ def _stability_html(stability: pd.DataFrame | None) -> str:
             "with different random draws (downsampling), and with the same scheme ranked by "
             "the other signal, alpha against SNR (metric; spectrum: against ALoRA by alpha "
             "with as many matrices). 1: the same modules.</p>\n"
-            "<table class='stability'>\n<thead><tr><th>label</th><th>k</th><th>comparison"
+            "<table class='stability'>\n<thead><tr><th>label</th><th>method</th><th>k</th>"
+            "<th>comparison"
             "</th><th>pairs</th><th>mean Jaccard</th><th>min Jaccard</th></tr></thead>\n"
             f"<tbody>\n{rows}\n</tbody>\n</table>")
 

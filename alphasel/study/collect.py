@@ -55,7 +55,7 @@ SUMMARY_FIELDS = ("eval_loss", "best_eval_loss", "eval_accuracy", "wall_s", "tok
 #: Whole-number columns: nullable integers, so a missing value does not make them floats.
 INTEGER_COLUMNS = ("k", "rank", "seed", "budget")
 #: TrainConfig fields the label or the seed column already carry.
-LABELLED_FIELDS = frozenset({"seed", "reselect", "reselect_every"})
+LABELLED_FIELDS = frozenset({"seed", "reselect", "reselect_every", "method"})
 
 
 def sweep_columns(runs: pd.DataFrame) -> list[str]:
@@ -69,8 +69,7 @@ def collect_study(study_dir: str | Path) -> pd.DataFrame:
     Identity columns (label, scheme, method, k, rank, seed, sweep, matched, budget) come from
     the matrix, so a failed or missing run still has its place; results come from the record.
     The model of a run without a record is the study's model when its finished runs agree on
-    one. A run that trained parts beside its plan (``--also``) has them in its budget as in its
-    trainable parameters (every scheme of the method adds the same parts).
+    one.
     """
     study_dir = check_study(_existing(study_dir))
     entries = matrix_entries(study_dir)
@@ -79,17 +78,14 @@ def collect_study(study_dir: str | Path) -> pd.DataFrame:
     for entry in entries:
         run_dir = run_folder(study_dir, str(entry["run_id"]))
         row = {"label": entry["label"], "scheme": entry.get("scheme"),
-               "method": entry.get("method") or (entry.get("config") or {}).get("method"),
+               "method": (entry.get("config") or {}).get("method"),
                "k": entry.get("k"),
                "rank": entry.get("rank"), "seed": entry.get("seed"),
                **{SWEEP_PREFIX + key: _scalar(entry["sweep"].get(key)) for key in sweep_fields},
                "matched": bool(entry.get("matched", entry["label"] not in UNMATCHED)),
                "budget": entry.get("budget"), "model_id": entry.get("model_id"),
                "run_id": str(entry["run_id"]), "path": str(run_dir)}
-        outcome = _outcome(run_dir)
-        if row["budget"] is not None and _number(outcome.get("also_params")) > 0:
-            row["budget"] += int(outcome["also_params"])
-        rows.append({**row, **outcome})
+        rows.append({**row, **_outcome(run_dir)})
     frame = _frame(rows, [SWEEP_PREFIX + key for key in sweep_fields])
     models = frame.loc[frame["status"] == RunState.COMPLETE, "model_id"].dropna().unique()
     if len(models) == 1:

@@ -24,9 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from alphasel.budget import BUDGET_TOLERANCE
 from alphasel.errors import PlanError, StudyError
-from alphasel.plan import UNFREEZE, InjectionPlan
-from alphasel.planner import BUDGET_TOLERANCE, SCHEME_UNITS, candidates, make_plan, parse_kinds
+from alphasel.plan import DEFAULT_METHOD, UNFREEZE, InjectionPlan, rank_step_cost
+from alphasel.planner import SCHEME_UNITS, candidates, make_plan, parse_kinds
 from alphasel.study.spec import UNMATCHED, MethodSpec, SchemeSpec, StudySpec
 
 
@@ -46,22 +47,23 @@ class RunEntry:
     trainable_params: int | None
     config: dict[str, Any]
     plan: dict[str, Any] | None
-    method: str = "lora"
-    """How the run trains (its config's method): lora, dora, rslora, unfreeze, or full."""
+
+    @property
+    def method(self) -> str:
+        """How the run trains (its config's): lora, dora, rslora, unfreeze, or full."""
+        return str(self.config.get("method", DEFAULT_METHOD))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def unit_budget(table: pd.DataFrame, kinds: list[str], unit: str, k: int, rank: int | None,
-                method: str = "lora") -> int:
-    """rank × k × the mean LoRA cost (Σ rows + cols) of one unit (block or matrix); for
-    ``unfreeze``, k × the mean Σ rows × cols of one unit (no rank)."""
+                method: str = DEFAULT_METHOD) -> int:
+    """k × the mean cost of one unit (block or matrix) in ``method``'s currency: rank × Σ(rows
+    + cols) of its matrices for adapters, Σ rows × cols for unfrozen matrices (no rank)."""
     frame = candidates(table, kinds)
-    if method == UNFREEZE:
-        costs, rank = frame["rows"] * frame["cols"], 1
-    else:
-        costs = frame["rows"] + frame["cols"]
+    costs = rank_step_cost(frame["rows"], frame["cols"], method)
+    rank = 1 if method == UNFREEZE else rank
     if unit == "block":
         per_unit = costs.groupby(frame["block"]).sum().mean()
     else:
@@ -70,7 +72,7 @@ def unit_budget(table: pd.DataFrame, kinds: list[str], unit: str, k: int, rank: 
 
 
 def plan_scheme(table: pd.DataFrame, scheme: SchemeSpec, k: int, rank: int | None, unit: str,
-                budget: int, seed: int, method: str = "lora") -> InjectionPlan | None:
+                budget: int, seed: int, method: str = DEFAULT_METHOD) -> InjectionPlan | None:
     """The plan of ``scheme`` at this budget, in ``method``'s currency (None for full
     fine-tuning)."""
     if scheme.scheme == "full":
@@ -109,13 +111,13 @@ def _matched_k(table: pd.DataFrame, scheme: SchemeSpec, rank: int, budget: int,
 
 
 def run_id(label: str, k: int | None, rank: int | None, seed: int, sweep: dict[str, Any],
-           identity: dict[str, Any], method: str = "lora") -> str:
+           identity: dict[str, Any], method: str = DEFAULT_METHOD) -> str:
     """A readable id that derives from the run's resolved configuration: the same study gives
     the same ids, so a resumed study finds its runs. The method shows unless it is lora (or
     full, which the label says)."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     parts = [re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")]
-    if method not in ("lora", "full"):
+    if method not in (DEFAULT_METHOD, "full"):
         parts.append(method)
     if k is not None:
         parts.append(f"k{k}")
@@ -170,4 +172,4 @@ def _entry(spec: StudySpec, method: MethodSpec, scheme: SchemeSpec, plan: Inject
         label=scheme.label, scheme=scheme.scheme, k=plan.k if plan else None, rank=rank,
         seed=seed, sweep=sweep, matched=matched, budget=budget if matched else None,
         trainable_params=plan.trainable_params if plan else None, config=config,
-        plan=plan.to_dict() if plan else None, method=config["method"])
+        plan=plan.to_dict() if plan else None)

@@ -34,7 +34,7 @@ from typing import Any
 
 from alphasel.columns import METRICS
 from alphasel.errors import StudyError, TrainConfigError
-from alphasel.plan import PLAN_METHODS, UNFREEZE
+from alphasel.plan import DEFAULT_METHOD, PLAN_METHODS, UNFREEZE
 from alphasel.planner import ALPHA_SCHEMES, SCHEMES, UNITS, parse_kinds
 from alphasel.training.config import TrainConfig
 
@@ -46,8 +46,9 @@ SCHEME_OPTIONS = {"order": True, "kinds": True, "unit": True, "start": True,
                   "rank_alloc": True, "beta": True, "metric": True, "reselect": False}
 #: TrainConfig fields a study decides itself (per run), not [train] or --sweep.
 STUDY_OWNED = {"seed", "reselect", "task", "method"}
-#: Options a method may carry (``unfreeze:k=14:unit=matrix:lr=1e-4``).
-METHOD_OPTIONS = ("k", "unit", "lr")
+#: Options a method may carry (``unfreeze:k=14:unit=matrix:lr=1e-4``), each with a value, and
+#: what the value is read as.
+METHOD_OPTIONS = {"k": int, "unit": str, "lr": float}
 _TRUE, _FALSE = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
 
@@ -71,22 +72,9 @@ class SchemeSpec:
     @classmethod
     def parse(cls, text: str) -> SchemeSpec:
         """``alora:order=low:kinds=q,k,v`` → SchemeSpec('alora', (('order', 'low'), ...))."""
-        name, *items = [item.strip() for item in text.split(":")]
-        if name not in STUDY_SCHEMES:
-            raise StudyError(f"unknown scheme '{name}' in --schemes: use "
-                             f"{', '.join(STUDY_SCHEMES)}")
-        options: list[tuple[str, Any]] = []
-        for item in items:
-            key, has_value, value = item.partition("=")
-            key = key.strip().replace("-", "_")
-            if key not in SCHEME_OPTIONS:
-                raise StudyError(f"unknown option '{key}' in scheme '{text}': use "
-                                 f"{', '.join(SCHEME_OPTIONS)}")
-            if SCHEME_OPTIONS[key] != bool(has_value):
-                form = f"{key}=VALUE" if SCHEME_OPTIONS[key] else key
-                raise StudyError(f"scheme '{text}': write the option as {form}")
-            options.append((key, _option_value(key, value.strip(), text) if has_value else True))
-        spec = cls(name, tuple(options))
+        name, items = _named_options(text, "scheme", STUDY_SCHEMES, SCHEME_OPTIONS)
+        spec = cls(name, tuple((key, True if value is True else _option_value(key, value, text))
+                               for key, value in items))
         spec.check()
         return spec
 
@@ -106,6 +94,29 @@ class SchemeSpec:
         if "metric" in given and self.scheme not in ALPHA_SCHEMES:
             raise StudyError(f"scheme '{self.label}': metric applies to "
                              f"{' and '.join(ALPHA_SCHEMES)}")
+
+
+def _named_options(text: str, kind: str, names: tuple[str, ...],
+                   takes_value: dict[str, Any]) -> tuple[str, list[tuple[str, str | bool]]]:
+    """``name:key=value:flag`` → (name, [(key, "value"), (flag, True)]) for a scheme or a
+    method (``kind``): the name one of ``names``, each key one of ``takes_value``'s and written
+    with a value exactly when it takes one (a truthy entry there)."""
+    name, *items = [item.strip() for item in str(text).split(":")]
+    if name not in names:
+        extra = " (full fine-tuning is the scheme 'full')" if kind == "method" else ""
+        raise StudyError(f"unknown {kind} '{name}' in --{kind}s: use {', '.join(names)}{extra}")
+    options: list[tuple[str, str | bool]] = []
+    for item in items:
+        key, has_value, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in takes_value:
+            raise StudyError(f"unknown option '{key}' in {kind} '{text}': use "
+                             f"{', '.join(takes_value)}")
+        if bool(takes_value[key]) != bool(has_value) or (has_value and not value.strip()):
+            form = f"{key}=VALUE" if takes_value[key] else key
+            raise StudyError(f"{kind} '{text}': write the option as {form}")
+        options.append((key, value.strip() if has_value else True))
+    return name, options
 
 
 def _option_value(key: str, value: str, text: str) -> Any:
@@ -144,20 +155,11 @@ class MethodSpec:
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
         """``unfreeze:k=14:unit=matrix`` → MethodSpec('unfreeze', 14, 'matrix')."""
-        parsers = {"k": int, "unit": str, "lr": float}
-        name, *items = [item.strip() for item in str(text).split(":")]
-        if name not in PLAN_METHODS:
-            raise StudyError(f"unknown method '{name}' in --methods: use "
-                             f"{', '.join(PLAN_METHODS)} (full fine-tuning is the scheme "
-                             "'full')")
+        name, items = _named_options(text, "method", PLAN_METHODS, METHOD_OPTIONS)
         options: dict[str, Any] = {}
-        for item in items:
-            key, _, value = item.partition("=")
-            if key not in METHOD_OPTIONS or not value:
-                raise StudyError(f"method '{text}': write its options as k=N, unit=block|"
-                                 "matrix or lr=RATE")
+        for key, value in items:
             try:
-                options[key] = parsers[key](value)
+                options[key] = METHOD_OPTIONS[key](value)
             except ValueError:
                 raise StudyError(f"method '{text}': {key}={value} is not a "
                                  f"{'whole number' if key == 'k' else 'number'}") from None
@@ -255,7 +257,7 @@ class StudySpec:
     rank: list[int] = field(default_factory=lambda: [8])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     task: str = "causal"
-    methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec("lora")])
+    methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec(DEFAULT_METHOD)])
     estimator: str = "ks"
     train: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, list[Any]] = field(default_factory=dict)
@@ -296,7 +298,7 @@ class StudySpec:
                = None, method: MethodSpec | None = None) -> TrainConfig:
         """The TrainConfig of one run, trained with ``method`` (``full`` for scheme full);
         ``also`` applies to the unfreeze runs only, a method's own ``lr`` over the study's."""
-        method = method or MethodSpec("lora")
+        method = method or MethodSpec(DEFAULT_METHOD)
         name = "full" if scheme is not None and scheme.scheme == "full" else method.method
         # Generations cost seconds per run and compare nothing: on only when [train] asks.
         values = {"generate": False, **self.train, **(sweep or {}), "seed": seed,
@@ -333,7 +335,7 @@ class StudySpec:
             if "methods" in values:
                 raise StudyError(f"{source}: give methods (a list), not method as well")
             values["methods"] = [values.pop("method")]
-        values["methods"] = parse_methods(values.get("methods", ["lora"]))
+        values["methods"] = parse_methods(values.get("methods", [DEFAULT_METHOD]))
         values["schemes"] = parse_schemes(values["schemes"])
         values["k"] = _int_list(values.get("k", [3]), "k")
         values["rank"] = _int_list(values.get("rank", [8]), "rank")

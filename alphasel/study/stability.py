@@ -26,13 +26,15 @@ from collections.abc import Callable
 
 import pandas as pd
 
+from alphasel.errors import PlanError
 from alphasel.planner import ALPHA_SCHEMES, SPECTRUM_METRIC, make_plan
 from alphasel.powerlaw import ESTIMATORS
 from alphasel.study.matrix import RunEntry
 
 #: Downsampled analyses compared with one another.
 DRAWS = 3
-COLUMNS = ["label", "k", "comparison", "a", "b", "jaccard", "selected_a", "selected_b"]
+COLUMNS = ["label", "method", "k", "comparison", "a", "b", "jaccard", "selected_a",
+           "selected_b"]
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -48,23 +50,35 @@ def _recipes(entries: list[RunEntry]) -> list[tuple[str, dict]]:
         plan = entry.plan
         if not plan or plan.get("scheme") not in (*ALPHA_SCHEMES, "spectrum"):
             continue
+        ranks = {module["rank"] for module in plan["modules"]}
+        uniform = plan.get("rank_alloc", "uniform") == "uniform" and len(ranks) == 1
         recipe = {"scheme": plan["scheme"], "k": plan["k"], "order": plan.get("order"),
                   "kinds": plan.get("kinds"), "metric": plan.get("metric") or "alpha",
-                  "modules": len(plan["modules"])}
-        key = (entry.label, recipe["k"])
+                  "modules": len(plan["modules"]), "method": entry.method,
+                  "budget": plan.get("budget") if uniform else None,
+                  "rank": ranks.pop() if uniform else None}
+        key = (entry.label, entry.method, recipe["k"])
         recipes.setdefault(key, (entry.label, recipe))
     return list(recipes.values())
 
 
 def _selection(table: pd.DataFrame, recipe: dict) -> set[str]:
-    """The modules the recipe chooses from ``table`` at its planned k (spectrum: at the
-    fraction that k of its units stands for)."""
+    """The modules the recipe chooses from ``table``: at its budget as the study planned it
+    (uniform ranks), else at its planned k (spectrum: at the fraction that k of its units
+    stands for)."""
     if recipe["scheme"] == "spectrum":
         plan = make_plan(table, "spectrum", None, kinds=recipe["kinds"],
                          fraction=_spectrum_fraction(table, recipe))
-    else:
-        plan = make_plan(table, recipe["scheme"], recipe["k"], order=recipe["order"],
-                         kinds=recipe["kinds"], metric=recipe["metric"])
+        return {module.name for module in plan.modules}
+    options = dict(order=recipe["order"], kinds=recipe["kinds"], metric=recipe["metric"])
+    if recipe["budget"] is not None:
+        try:
+            plan = make_plan(table, recipe["scheme"], None, budget=recipe["budget"],
+                             rank=recipe["rank"], method=recipe["method"], **options)
+            return {module.name for module in plan.modules}
+        except PlanError:  # this table's ranking cannot meet the budget: compare at k
+            pass
+    plan = make_plan(table, recipe["scheme"], recipe["k"], **options)
     return {module.name for module in plan.modules}
 
 
@@ -85,7 +99,7 @@ def _other_signal(recipe: dict) -> tuple[str, str, dict]:
     if recipe["scheme"] == "spectrum":
         return ("spectrum by snr", "alora by alpha",
                 {**recipe, "scheme": "alora", "k": recipe["modules"], "metric": "alpha",
-                 "order": "high"})
+                 "order": "high", "budget": None})
     other = SPECTRUM_METRIC if recipe["metric"] != SPECTRUM_METRIC else "alpha"
     return (f"metric={recipe['metric']}", f"metric={other}", {**recipe, "metric": other})
 
@@ -112,7 +126,8 @@ def selection_stability(entries: list[RunEntry], analyse: Callable[..., pd.DataF
         if SPECTRUM_METRIC in reference.columns:
             own, other, other_recipe = _other_signal(recipe)
             mine, theirs = _selection(reference, recipe), _selection(reference, other_recipe)
-            rows.append({"label": label, "k": recipe["k"], "comparison": "metric", "a": own,
+            rows.append({"label": label, "method": recipe["method"], "k": recipe["k"],
+                         "comparison": "metric", "a": own,
                          "b": other, "jaccard": jaccard(mine, theirs),
                          "selected_a": len(mine), "selected_b": len(theirs)})
         reference_name = f"estimator={reference_estimator}"
@@ -125,7 +140,8 @@ def selection_stability(entries: list[RunEntry], analyse: Callable[..., pd.DataF
         chosen.update({name: _selection(table, recipe) for name, table in sampled.items()})
         pairs += [("downsampling", a, b) for a, b in itertools.combinations(sampled, 2)]
         for comparison, a, b in pairs:
-            rows.append({"label": label, "k": recipe["k"], "comparison": comparison, "a": a,
+            rows.append({"label": label, "method": recipe["method"], "k": recipe["k"],
+                         "comparison": comparison, "a": a,
                          "b": b, "jaccard": jaccard(chosen[a], chosen[b]),
                          "selected_a": len(chosen[a]), "selected_b": len(chosen[b])})
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -134,7 +150,8 @@ def selection_stability(entries: list[RunEntry], analyse: Callable[..., pd.DataF
 def stability_summary(stability: pd.DataFrame) -> pd.DataFrame:
     """Mean, min and number of pairs of the Jaccard overlap per label, k and comparison."""
     if stability.empty:
-        return pd.DataFrame(columns=["label", "k", "comparison", "pairs", "mean_jaccard",
-                                     "min_jaccard"])
-    grouped = stability.groupby(["label", "k", "comparison"], sort=False)["jaccard"]
+        return pd.DataFrame(columns=["label", "method", "k", "comparison", "pairs",
+                                     "mean_jaccard", "min_jaccard"])
+    keys = ["label", *(["method"] if "method" in stability else []), "k", "comparison"]
+    grouped = stability.groupby(keys, sort=False)["jaccard"]
     return grouped.agg(pairs="count", mean_jaccard="mean", min_jaccard="min").reset_index()

@@ -1,10 +1,11 @@
 """Statistics across seeds: group means with 95% t-intervals, paired differences against the
-baselines, and the comparison table.
+baselines with their tests (:mod:`alphasel.study.significance`), the comparison table and the
+verdict it reads as.
 
-A *group* is the runs of one label in one *cell*: the same model, budget (or k, for loose runs
-that were not planned to a budget), rank and sweep values; the runs of a group differ only in
-their training seed. Every statistic is over all complete runs of a group: no run is ever
-picked as the best, and failed or unfinished runs are counted, never averaged.
+A *group* is the runs of one label in one *cell*: the same model, method, budget (or k, for
+loose runs that were not planned to a budget), rank and sweep values; the runs of a group
+differ only in their training seed. Every statistic is over all complete runs of a group: no
+run is ever picked as the best, and failed or unfinished runs are counted, never averaged.
 
 Schemes are compared by paired differences: a study gives every scheme the same training seeds
 (same data order, same adapter initialisation), so the difference label − baseline at one seed
@@ -28,21 +29,37 @@ from scipy import stats as scipy_stats
 from alphasel.errors import StudyError
 from alphasel.study.collect import sweep_columns
 from alphasel.study.directory import RunState
+from alphasel.study.significance import (
+    LEVEL,
+    better,
+    detectable_difference,
+    holm,
+    paired_tests,
+    seeds_needed,
+)
 from alphasel.training.record import COMPONENTS
 
 CONFIDENCE = 0.95
 #: Metrics reported with their interval; eval_accuracy only where some run has one.
 INTERVAL_METRICS = ("eval_loss", "best_eval_loss", "eval_accuracy")
 #: Per-run quantities reported as their mean over a group's complete runs.
-MEAN_COLUMNS = ("trainable_params", "adapted_modules", "adapted_blocks", "alpha_shift",
-                "wall_s", "tokens_per_s", "peak_memory_mb", *COMPONENTS)
+MEAN_COLUMNS = ("trainable_params", "also_params", "adapted_modules", "adapted_blocks",
+                "alpha_shift", "wall_s", "tokens_per_s", "peak_memory_mb", *COMPONENTS)
 #: Of those, the costs that vary from seed to seed: also std and 95% t-interval.
 COST_COLUMNS = ("wall_s", "tokens_per_s", "peak_memory_mb")
-#: The baselines of the comparison table's paired columns (vs_random, vs_all).
+#: The baselines of the comparison table's paired columns (vs_random, vs_all); a study may add
+#: its own (``--baseline LABEL``).
 BASELINES = ("random", "all")
 #: Columns an unmatched baseline ignores when it is paired: it is one reference for all k.
 BUDGET_COLUMNS = ("k", "budget")
-PAIRED_COLUMNS = ["label", "baseline", "metric", "n_pairs", "mean", "std", "ci_low", "ci_high"]
+PAIRED_COLUMNS = ["label", "baseline", "metric", "n_pairs", "mean", "std", "ci_low", "ci_high",
+                  "p_t", "p_wilcoxon", "effect_size"]
+#: Per baseline, the comparison table's numeric columns (``vs_<baseline>_<part>``) and the
+#: paired_differences column each comes from (None: computed across the table).
+COMPARISON_PARTS = {"mean": "mean", "ci_low": "ci_low", "ci_high": "ci_high",
+                    "pairs": "n_pairs", "std": "std", "p": "p_t", "p_wilcoxon": "p_wilcoxon",
+                    "effect_size": "effect_size", "p_holm": None, "p_wilcoxon_holm": None,
+                    "detectable": None, "seeds_needed": None}
 
 
 def t_interval(values: Iterable[float], confidence: float = CONFIDENCE
@@ -88,8 +105,10 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     ``_ci_low``, ``_ci_high`` (95% t-interval over the complete runs); the means of
     trainable_params, adapted_modules, adapted_blocks, alpha_shift, wall_s, tokens_per_s and
     peak_memory_mb, the last three also with ``_std``, ``_ci_low``, ``_ci_high``; and
-    ``budget_gap`` = mean trainable_params / budget − 1. Groups keep the order in which the
-    table first lists them (a study's matrix order).
+    ``budget_gap`` = mean (trainable_params − also_params) / budget − 1: the planned part
+    against the budget (``--also`` parts, the same for every scheme of a method, are in
+    trainable_params but not in the plan). Groups keep the order in which the table first lists
+    them (a study's matrix order).
     """
     by = grouping_columns(runs) if by is None else list(by)
     _check_columns(runs, [*by, "status"])
@@ -122,8 +141,10 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
                 row.update({f"{column}_std": std, f"{column}_ci_low": low,
                             f"{column}_ci_high": high})
             budget = _mean(group["budget"]) if "budget" in group else math.nan
-            row["budget_gap"] = (row["trainable_params"] / budget - 1
-                                 if budget and math.isfinite(budget) else math.nan)
+            planned = row["trainable_params"] - (row["also_params"] if math.isfinite(
+                row["also_params"]) else 0.0)
+            row["budget_gap"] = (planned / budget - 1 if budget and math.isfinite(budget)
+                                 else math.nan)
             rows.append(row)
     columns = [*by, *described, "matched", "n", "failed", "missing",
                *(f"{metric}_{part}" for metric in metrics
@@ -141,7 +162,9 @@ def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "e
     paired with the baseline's runs of the same seed; seeds without a partner are left out.
     Repeated runs of one label and seed are averaged first. Columns: the cell's columns, then
     label, baseline, metric, n_pairs, mean, std, ci_low, ci_high (95% t-interval of the mean
-    difference). No baseline run at all gives an empty frame: there is nothing to compare with.
+    difference), p_t and p_wilcoxon (paired t-test, Wilcoxon signed-rank; uncorrected) and
+    effect_size (mean / std). No baseline run at all gives an empty frame: there is nothing to
+    compare with.
     """
     by = grouping_columns(runs) if by is None else list(by)
     cell = [column for column in by if column != "label"]
@@ -164,37 +187,128 @@ def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "e
         mean, std, low, high = t_interval(differences)
         rows.append({**values, "baseline": baseline_label, "metric": metric,
                      "n_pairs": len(differences), "mean": mean, "std": std, "ci_low": low,
-                     "ci_high": high})
+                     "ci_high": high, **paired_tests(differences.to_numpy())})
     return _typed(rows, columns, runs, [*cell, "label"])
 
 
-def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss") -> pd.DataFrame:
-    """:func:`summarize` plus the paired differences of ``metric`` against each baseline.
+def baselines_of(runs: pd.DataFrame, extra: Sequence[str] = ()) -> list[str]:
+    """The table's baselines: random and all, then ``extra`` (``--baseline LABEL``), each a
+    label the runs have (an extra one they lack is refused, naming the labels there are)."""
+    labels = list(dict.fromkeys(runs["label"])) if "label" in runs else []
+    unknown = [label for label in extra if label not in labels]
+    if unknown:
+        raise StudyError(f"--baseline {', '.join(unknown)}: the runs have no such label (they "
+                         f"have {', '.join(map(str, labels)) or 'none'}): name one of those")
+    return list(dict.fromkeys([*BASELINES, *extra]))
 
-    For each of ``random`` and ``all``: ``vs_<baseline>`` (mean difference and its 95%
-    interval as text, e.g. ``-0.012 [-0.020, -0.004]``; empty for the baseline itself and where
-    no seed pairs) and the numbers behind it, ``vs_<baseline>_mean``, ``_ci_low``,
-    ``_ci_high``, ``_pairs``. A negative loss difference means the label beat the baseline.
-    Labels stay as the matrix wrote them; ``matched`` is False for the unmatched upper
-    baselines (``all``, ``full``), whose budget and budget_gap are NaN.
+
+def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss",
+                     baselines: Sequence[str] = (), effect: float | None = None
+                     ) -> pd.DataFrame:
+    """:func:`summarize` plus the paired comparisons of ``metric`` against each baseline.
+
+    Baselines: ``random``, ``all`` and ``baselines`` (labels of the runs). For each:
+    ``vs_<baseline>`` (mean difference and its 95% interval as text, e.g. ``-0.012 [-0.020,
+    -0.004]``; empty for the baseline itself and where no seed pairs) and the numbers behind it
+    (:data:`COMPARISON_PARTS`): ``_mean``, ``_ci_low``, ``_ci_high``, ``_pairs``, ``_std`` (of
+    the differences), ``_p`` (paired t-test), ``_p_wilcoxon``, their Holm-adjusted
+    ``_p_holm`` and ``_p_wilcoxon_holm`` (each test's family: every comparison the table
+    makes), ``_effect_size`` (mean / std), ``_detectable`` (the difference the comparison
+    could detect at 80% power, :func:`alphasel.study.significance.detectable_difference`) and,
+    with ``effect``, ``_seeds_needed`` to detect a difference of ``effect``. For a loss a
+    negative difference means the label beat the baseline. Labels stay as the matrix wrote
+    them; ``matched`` is False for the unmatched upper baselines (``all``, ``full``), whose
+    budget and budget_gap are NaN. ``table.attrs``: the metric and the number of comparisons.
     """
+    if effect is not None and (isinstance(effect, bool) or not effect > 0):
+        raise StudyError(f"--effect {effect} must be a positive difference of {metric}")
     by = grouping_columns(runs)
     table = summarize(runs, by)
-    for baseline in BASELINES:
+    chosen = baselines_of(runs, baselines)
+    matches = {}
+    for baseline in chosen:
         differences = paired_differences(runs, baseline, metric, by)
-        found = {_key(row[column] for column in by): row
+        found = {_key(row[column] for column in by): dict(row)
                  for _, row in differences.iterrows()}
-        matches = [found.get(_key(row[column] for column in by))
-                   for _, row in table.iterrows()]
+        matches[baseline] = [found.get(_key(row[column] for column in by))
+                             for _, row in table.iterrows()]
+    compared = [row for rows in matches.values() for row in rows if row is not None]
+    for test in ("p_t", "p_wilcoxon"):
+        for row, adjusted in zip(compared, holm([row[test] for row in compared]), strict=True):
+            row[f"{test}_holm"] = adjusted
+    family = sum(1 for row in compared if math.isfinite(row["p_t"]))
+    for row in compared:
+        row["detectable"] = detectable_difference(int(row["n_pairs"]), row["std"], family)
+        row["seeds_needed"] = (seeds_needed(effect, row["std"], family) if effect is not None
+                               else math.nan)
+    sources = {**COMPARISON_PARTS, "p_holm": "p_t_holm", "p_wilcoxon_holm": "p_wilcoxon_holm",
+               "detectable": "detectable", "seeds_needed": "seeds_needed"}
+    for baseline, rows in matches.items():
         table[f"vs_{baseline}"] = [
             "" if row is None else format_interval(row["mean"], row["ci_low"], row["ci_high"],
                                                    int(row["n_pairs"]))
-            for row in matches]
-        for part, source in (("mean", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high"),
-                             ("pairs", "n_pairs")):
+            for row in rows]
+        for part, source in sources.items():
+            if part == "seeds_needed" and effect is None:
+                continue
             table[f"vs_{baseline}_{part}"] = [math.nan if row is None else row[source]
-                                              for row in matches]
+                                              for row in rows]
+    table.attrs.update(metric=metric, comparisons=family, baselines=chosen, effect=effect)
     return table
+
+
+def verdicts(table: pd.DataFrame) -> list[str]:
+    """One line per comparison of a :func:`comparison_table`, at the Holm-corrected 5% level
+    of its paired t-tests: ``better`` or ``worse`` (with the difference, its interval and the
+    adjusted p), or ``no difference detected; this study could detect ≥ X``; with the table's
+    ``effect``, how many seeds would detect it."""
+    metric = table.attrs.get("metric", "eval_loss")
+    effect = table.attrs.get("effect")
+    lines = []
+    for baseline in table.attrs.get("baselines", BASELINES):
+        if f"vs_{baseline}_pairs" not in table:
+            continue
+        for index, row in table.iterrows():
+            pairs = row[f"vs_{baseline}_pairs"]
+            if not (isinstance(pairs, int | float) and math.isfinite(pairs) and pairs > 0):
+                continue
+            name = f"{_describe(table, index)} vs {baseline}"
+            mean, low, high = (row[f"vs_{baseline}_{part}"]
+                               for part in ("mean", "ci_low", "ci_high"))
+            shown = format_interval(mean, low, high, int(pairs))
+            adjusted = row[f"vs_{baseline}_p_holm"]
+            if not math.isfinite(adjusted):
+                lines.append(f"{name}: not tested ({int(pairs)} seed pair(s): a test needs 2 "
+                             f"or more); difference {shown}")
+                continue
+            tested = f"Holm p = {adjusted:.3g}, {int(pairs)} seeds"
+            if adjusted < LEVEL:
+                word = "better" if better(metric, mean) else "worse"
+                lines.append(f"{name}: {word}, {metric} {shown} ({tested})")
+                continue
+            detectable = row[f"vs_{baseline}_detectable"]
+            could = (f"this study could detect ≥ {detectable:.3g}" if math.isfinite(detectable)
+                     else "this study could not detect any difference")
+            line = f"{name}: no difference detected ({shown}, {tested}); {could}"
+            needed = row.get(f"vs_{baseline}_seeds_needed", math.nan)
+            if effect is not None and isinstance(needed, float) and math.isfinite(needed):
+                line += f"; {needed:.0f} seeds would detect {effect:g}"
+            lines.append(line)
+    return lines
+
+
+def _describe(table: pd.DataFrame, index: Any) -> str:
+    """A row's label, with its method and the cell values that differ between the rows."""
+    row = table.loc[index]
+    parts = [str(row["label"])]
+    for column in ("method", "budget", "k", "rank", *sweep_columns(table)):
+        if column in table and table[column].dropna().nunique() > 1 and not _missing(
+                row[column]):
+            value = row[column]
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(shown if column == "method" else f"{column.removeprefix('sweep.')}="
+                         f"{shown}")
+    return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
 
 
 def format_interval(mean: float, low: float, high: float, n: int | None = None) -> str:

@@ -151,10 +151,7 @@ class TrainConfig:
     (--reselect-every)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.report_to, str):
-            self.report_to = [item.strip() for item in self.report_to.split(",") if item.strip()]
-        if isinstance(self.also, str):
-            self.also = [item.strip() for item in self.also.split(",") if item.strip()]
+        self.report_to, self.also = _comma_list(self.report_to), _comma_list(self.also)
         problems = self.problems()
         if problems:
             raise TrainConfigError("; ".join(problems))
@@ -297,6 +294,13 @@ class TrainConfig:
             raise TrainConfigError(f"unknown training option(s) {', '.join(unknown)}: this "
                                    "alphasel reads " + ", ".join(sorted(known)))
         return cls(**data)
+
+
+def _comma_list(value: str | list[str]) -> list[str]:
+    """A list field given as ``"a,b"`` (the command line's form) or as a list."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 #: TrainConfig fields that only shape the record, not the training: runs that differ in them

@@ -31,11 +31,12 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
+from alphasel.budget import BUDGET_TOLERANCE
 from alphasel.columns import META_KEY, TOTAL_MATRIX_PARAMS
 from alphasel.errors import PlanError
 from alphasel.jsonfiles import write_json
 from alphasel.plan import InjectionPlan
-from alphasel.planner import BUDGET_TOLERANCE, make_plan
+from alphasel.planner import make_plan
 from alphasel.training.adapters import UNFROZEN_FILE, prepare_model
 from alphasel.training.config import TrainConfig
 from alphasel.training.distributed import agree, check_same_modules

@@ -56,6 +56,18 @@ def test_unknown_field_and_bad_json_are_rejected(table):
         InjectionPlan.from_json("{nope")
 
 
+def test_a_plan_file_whose_method_and_ranks_disagree_is_rejected(table):
+    data = make_plan(table, "blora", k=1, method="unfreeze").to_dict()
+    assert InjectionPlan.from_dict(dict(data)).trainable_params == 9216
+    with pytest.raises(PlanError, match="this lora plan's modules disagree"):
+        InjectionPlan.from_dict({**data, "method": "lora"})  # ranks None, as an unfreeze plan's
+    with pytest.raises(PlanError, match="method 'qlora', not one of lora, dora"):
+        InjectionPlan.from_dict({**data, "method": "qlora"})
+    older = make_plan(table, "blora", k=1).to_dict()
+    del older["method"]  # written before plans had a method: a LoRA plan
+    assert InjectionPlan.from_dict(older).method == "lora"
+
+
 def test_nan_alpha_is_written_as_null(table):
     holed = table.copy()
     holed.loc[holed["name"] == name(0, "q"), "alpha"] = float("nan")

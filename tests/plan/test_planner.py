@@ -7,13 +7,11 @@ import pandas as pd
 import pytest
 from helpers import ANALYSIS_LLAMA, CANDIDATE_ORDER, alpha_table, name, tiny_llama
 
+from alphasel.budget import BUDGET_TOLERANCE, allocate_ranks, fill_budget
 from alphasel.errors import PlanError, TableError
 from alphasel.plan import InjectionPlan
 from alphasel.planner import (
-    BUDGET_TOLERANCE,
     SCHEMES,
-    allocate_ranks,
-    fill_budget,
     make_plan,
     parse_kinds,
 )
@@ -228,6 +226,13 @@ def test_matrix_schemes_fill_a_budget_no_first_k_meets(table):
     assert any("took 7 in ranking order, passing over 6" in note for note in filled.notes)
     low = make_plan(table, "alora", budget=budget, method="unfreeze", order="low")
     assert low.k == 9 and any("passing over 3" in note for note in low.notes)
+    # LoRA with a free rank changes the rank first (every matrix at rank 8 is 16,384 < 30,000);
+    # with the rank given, the same budget is refused naming the closest.
+    ranked = make_plan(table, "alora", budget=30000)
+    assert {m.rank for m in ranked.modules} != {8}
+    assert abs(ranked.trainable_params - 30000) <= BUDGET_TOLERANCE * 30000
+    with pytest.raises(PlanError, match="the closest is k=28 at rank 8 with 16,384"):
+        make_plan(table, "alora", budget=30000, rank=8)
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -269,16 +269,19 @@ def test_cost_figure_means_and_full_fine_tuning_as_a_reference_line(study):
 
 def test_memory_figure_stacks_the_components_beside_the_peak(study):
     fig = memory_figure(collect_study(study))
-    bars = {trace.meta["part"]: trace for trace in fig.data}
-    assert list(bars) == [*COMPONENTS, "peak"] and fig.layout.barmode == "stack"
+    bars = {trace.meta["part"]: trace for trace in fig.data if trace.type == "bar"}
+    assert list(bars) == list(COMPONENTS) and fig.layout.barmode == "stack"
+    peaks = [trace for trace in fig.data if trace.meta["part"] == "peak"]
     names = list(bars["frozen_weights_mb"].x)
     assert names == ["random", "alora", "all (unmatched)", "full (unmatched)"]
     # alora: seeds 0 and 1 complete (seed 2 failed).
     expected = np.mean([memory_breakdown("alora", seed)["optimizer_state_mb"] for seed in (0, 1)])
     assert bars["optimizer_state_mb"].y[1] == pytest.approx(expected)
     mean, low, high = expected_interval([500.0, 501.0, 502.0])
-    assert bars["peak"].y[0] == pytest.approx(mean)
-    assert bars["peak"].error_y.array[0] == pytest.approx(high - mean)
+    assert [trace.x[0] for trace in peaks] == names and peaks[0].meta["group"] == "random"
+    assert peaks[0].y[0] == pytest.approx(mean)
+    assert peaks[0].error_y.array[0] == pytest.approx(high - mean)
+    assert sum(bool(trace.showlegend) for trace in peaks) == 1
 
 
 def test_alpha_shift_figure_skips_runs_without_history(study):

@@ -158,7 +158,8 @@ def test_methods_parse_and_older_specs_with_one_method_still_open():
     for text, message in (("lora,qlora", "unknown method 'qlora'"),
                           ("unfreeze:k=0", "k must be above 0"),
                           ("unfreeze:unit=layer", "unit must be one of"),
-                          ("lora,lora", "twice"), ("unfreeze:depth=2", "k=N, unit=")):
+                          ("lora,lora", "twice"),
+                          ("unfreeze:depth=2", "unknown option 'depth' in method")):
         with pytest.raises(StudyError, match=message):
             parse_methods(text)
     with pytest.raises(StudyError, match="add unfreeze to --methods"):
@@ -245,27 +246,33 @@ def test_selection_stability_compares_estimators_and_draws(table):
                      *({"estimator": "ks", "downsample": "common", "seed": s} for s in range(3))]
     # first has no signal to be unstable in
     assert set(stability["label"]) == {"alora", "blora", "spectrum"}
-    alora = stability[stability["label"] == "alora"]
-    assert list(alora["comparison"]) == ["metric"] + ["estimator"] * 2 + ["downsampling"] * 3
+    first_rows = stability[stability["label"] == "alora"]
+    assert list(first_rows["comparison"]) == ["metric", *["estimator"] * 2,
+                                              *["downsampling"] * 3]
     spectrum = stability[stability["label"] == "spectrum"]
     assert list(spectrum["comparison"]) == ["metric"] + ["downsampling"] * 3
     # alpha's choice against snr's, recomputed by hand on the study's own table.
-    k = next(entry.k for entry in entries if entry.label == "alora")
-    by = {metric: {m.name for m in alphasel.make_plan(table, "alora", k, metric=metric).modules}
-          for metric in ("alpha", "snr")}
-    assert (alora.iloc[0]["a"], alora.iloc[0]["b"]) == ("metric=alpha", "metric=snr")
-    assert alora.iloc[0]["jaccard"] == pytest.approx(jaccard(by["alpha"], by["snr"]))
+    # The study's ALoRA was matched to the budget at rank 8: each selection is remade so.
+    planned = next(entry.plan for entry in entries if entry.label == "alora")
+
+    def alora(source, metric="alpha"):
+        return {m.name for m in alphasel.make_plan(source, "alora", budget=planned["budget"],
+                                                   rank=8, metric=metric).modules}
+
+    assert alora(table) == {module["name"] for module in planned["modules"]}
+    by = {metric: alora(table, metric) for metric in ("alpha", "snr")}
+    assert (first_rows.iloc[0]["a"], first_rows.iloc[0]["b"]) == ("metric=alpha", "metric=snr")
+    assert first_rows.iloc[0]["jaccard"] == pytest.approx(jaccard(by["alpha"], by["snr"]))
     spectrum_plan = next(entry.plan for entry in entries if entry.label == "spectrum")
     alpha_alike = alphasel.make_plan(table, "alora", len(spectrum_plan["modules"]))
     assert spectrum.iloc[0]["jaccard"] == pytest.approx(jaccard(
         {m["name"] for m in spectrum_plan["modules"]}, set(alpha_alike.module_names)))
-    # Recompute one overlap by hand: alora at its planned k on the median table vs the ks one.
-    expected = jaccard({m.name for m in alphasel.make_plan(table, "alora", k).modules},
-                       {m.name for m in alphasel.make_plan(analyse(estimator="median"),
-                                                           "alora", k).modules})
-    assert alora.iloc[1]["b"] == "estimator=median"
-    assert alora.iloc[1]["jaccard"] == pytest.approx(expected)
-    assert (stability["selected_a"] == stability["selected_b"]).all()
+    # Recompute one overlap by hand: alora at its budget on the median table vs the ks one.
+    expected = jaccard(alora(table), alora(analyse(estimator="median")))
+    rows = stability[stability["label"] == "alora"]
+    assert rows.iloc[1]["b"] == "estimator=median"
+    assert rows.iloc[1]["jaccard"] == pytest.approx(expected)
+    assert set(stability["method"]) == {"lora"}
     summary = stability_summary(stability)
     assert list(summary["pairs"]) == [1, 2, 3, 1, 2, 3, 1, 3]
     assert summary["mean_jaccard"].between(0, 1).all()
