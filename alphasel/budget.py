@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alphasel.errors import PlanError
+from alphasel.errors import BudgetError, PlanError
 
 #: How far a budget-matched plan may miss the target, relative to it.
 BUDGET_TOLERANCE = 0.05
@@ -40,7 +40,7 @@ def match_budget(unit_costs: np.ndarray, target: int, k: int | None, rank: int |
     the default); where the rank cannot change (given, or not ``ranked``) and ``fills``, the
     ranking fills the budget (:func:`fill_budget`); where it can, the rank changes too (the
     in-tolerance pair with the rank nearest the default wins). Nothing within the tolerance: a
-    PlanError naming the closest total and what could be freed."""
+    :class:`BudgetError` naming the closest total and what could be freed."""
     prefix = np.cumsum(np.asarray(unit_costs, dtype=np.int64))
     ks = np.arange(1, len(prefix) + 1) if k is None else np.array([k])
     rank_free = ranked and rank is None
@@ -72,7 +72,7 @@ def match_budget(unit_costs: np.ndarray, target: int, k: int | None, rank: int |
                 f"budget {target:,}: no first k matrices come within "
                 f"{BUDGET_TOLERANCE:.0%}; took {len(taken)} in ranking order, passing over "
                 f"{passed} that would overshoot → {miss(filled)}")
-        if abs(filled - target) < abs(total - target):
+        if taken and abs(filled - target) < abs(total - target):  # an empty plan is no plan
             chosen_k, total = len(taken), filled
     elif not within(total) and rank_free:
         chosen_k, chosen_rank, total = best(np.arange(1, MAX_SEARCH_RANK + 1))
@@ -87,9 +87,9 @@ def match_budget(unit_costs: np.ndarray, target: int, k: int | None, rank: int |
             what = f"by choosing {free}"
             fix = (("leave --rank unset so the rank can change, or " if rank is not None
                     else "") + "use --rank-alloc alpha")
-        raise PlanError(f"cannot match the budget of {target:,} trainable parameters within "
-                        f"{BUDGET_TOLERANCE:.0%} {what}: the closest is k={chosen_k}{at_rank} "
-                        f"with {miss(total)}; {fix}")
+        raise BudgetError(f"cannot match the budget of {target:,} trainable parameters "
+                          f"within {BUDGET_TOLERANCE:.0%} {what}: the closest is "
+                          f"k={chosen_k}{at_rank} with {miss(total)}; {fix}", total)
     return (list(range(chosen_k)), chosen_rank if ranked else None,
             f"budget {target:,}: chose k={chosen_k}{at_rank} → {miss(total)}")
 

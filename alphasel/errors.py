@@ -21,6 +21,15 @@ class PlanError(AlphaselError):
     """A plan cannot be made or applied (bad scheme, k, kinds, budget, mismatched model)."""
 
 
+class BudgetError(PlanError):
+    """No choice meets a trainable-parameter budget within the tolerance; ``closest`` is the
+    nearest total found."""
+
+    def __init__(self, message: str, closest: int) -> None:
+        super().__init__(message)
+        self.closest = closest
+
+
 class PlotError(AlphaselError):
     """A figure cannot be drawn from the given table(s) or options."""
 

@@ -13,7 +13,8 @@ there is no rank to choose: only which units). Budget policy (``budget`` or ``bu
   default rank; where the rank is free and no k comes within 5%, the rank changes too; where it
   cannot change (given, or unfrozen matrices), matrix-unit ``alora`` and ``random``
   (:data:`FILL_SCHEMES`) fill the budget instead, passing over a matrix that would overshoot it
-  (the plan's note says how many). Outside 5% → error.
+  (the plan's note says how many); random by matrix tries further draws of its seed
+  (:data:`RANDOM_DRAWS`) until one fills it. Outside 5% → error naming the closest total.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 from alphasel import __version__
 from alphasel.budget import DEFAULT_RANK, allocate_ranks, match_budget
 from alphasel.columns import METRICS, STATUS_OK, TOTAL_MATRIX_PARAMS, metadata
-from alphasel.errors import PlanError, TableError
+from alphasel.errors import BudgetError, PlanError, TableError
 from alphasel.layout import CANDIDATE_KINDS, KIND_GROUPS
 from alphasel.plan import (
     DEFAULT_METHOD,
@@ -59,6 +60,9 @@ DEFAULT_BETA = 1.0
 #: k of their ranking comes within the tolerance and the rank cannot change (matrices differ
 #: in size: a SmolLM2 up_proj holds eight times a k_proj). The rest keep to their first k.
 FILL_SCHEMES = ("alora", "random")
+#: Draws of its seed a random-by-matrix plan tries for one that meets its budget (each filled
+#: as above); the first that does is the plan.
+RANDOM_DRAWS = 64
 TABLE_COLUMNS = ["name", "block", "kind", "rows", "cols", "alpha"]
 
 
@@ -142,9 +146,10 @@ def _rows_of(frame: pd.DataFrame, block: int) -> list[int]:
 
 
 def ranked_units(frame: pd.DataFrame, scheme: str, unit: str, order: str | None,
-                 seed: int | None, start: int | None, metric: str = "alpha"
+                 seed: int | None, start: int | None, metric: str = "alpha", draw: int = 0
                  ) -> tuple[list[list[int]], list, list[str]]:
-    """The units a scheme takes, best first (the plan takes the first k).
+    """The units a scheme takes, best first (the plan takes the first k); for random, the
+    ``draw``-th (from 0) permutation of the seed's stream.
 
     Returns the units as lists of row indices of ``frame``, the value that ranked each unit
     (the metric, its block mean, the spectrum fraction at which the unit enters, or None) and
@@ -184,6 +189,8 @@ def ranked_units(frame: pd.DataFrame, scheme: str, unit: str, order: str | None,
     if scheme == "random":
         rng = np.random.default_rng(seed)
         if unit == "matrix":
+            for _ in range(draw):
+                rng.permutation(len(frame))
             order_ = rng.permutation(len(frame))
             return [[int(frame.index[i])] for i in order_], [None] * len(frame), notes
         blocks = _blocks(in_blocks)
@@ -372,9 +379,28 @@ def make_plan(table: pd.DataFrame, scheme: str, k: int | None = None, *,
                                                               if unit_notes else ""))
     budget, budget_from_path = _target_budget(budget, budget_from, method)
     costs = rank_step_cost(frame["rows"].to_numpy(), frame["cols"].to_numpy(), method)
-    taken, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
-                                _what_units_count(scheme, unit, start, metric), kind_list,
-                                unit, ranked=method != UNFREEZE)
+    redraws = scheme == "random" and unit == "matrix" and k is None and budget is not None
+    closest: BudgetError | None = None
+    for draw in range(RANDOM_DRAWS if redraws else 1):
+        if draw:
+            units, scores, _ = ranked_units(frame, scheme, unit, order, seed, start, metric, draw)
+        try:
+            taken, uniform_rank = _size(scheme, units, costs, k, rank, rank_alloc, budget, notes,
+                                        _what_units_count(scheme, unit, start, metric),
+                                        kind_list, unit, ranked=method != UNFREEZE)
+            break
+        except BudgetError as err:
+            if closest is None or abs(err.closest - budget) < abs(closest.closest - budget):
+                closest = err
+    else:
+        assert closest is not None
+        if redraws:
+            raise BudgetError(f"no draw of seed {seed} meets the budget in {RANDOM_DRAWS} "
+                              f"tries: {closest}", closest.closest) from None
+        raise closest
+    if draw:
+        notes.append(f"random: draw {draw + 1} of seed {seed} is the first whose matrices meet "
+                     "the budget")
     k = len(taken)
     chosen = sorted(((row, scores[index]) for index in taken for row in units[index]),
                     key=lambda item: int(frame.at[item[0], "position"]))

@@ -17,7 +17,7 @@ from alphasel.errors import StudyError
 from alphasel.study.collect import collect_runs, collect_study
 from alphasel.study.directory import TABLE_FILE, is_study
 from alphasel.study.display import display_table
-from alphasel.study.stats import comparison_table
+from alphasel.study.stats import comparison_table, verdicts
 from alphasel.table import table_format, write_table
 
 
@@ -27,13 +27,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="One line per scheme and setting: runs complete, failed and missing, final "
         "and best eval loss (mean and 95% t-interval over seeds), trainable parameters against "
         "the budget, wall time, memory, alpha shift, and the seed-paired difference in final "
-        "eval loss against random and all (negative: better than the baseline).")
+        "eval loss against random and all (negative: better than the baseline) with its "
+        "Holm-adjusted p-value; then one verdict line per comparison.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="a study directory (runs/studies/<id>), or run directories")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the table here (.csv, .json, .parquet); default: table.csv "
                         "in the study directory, nothing for loose runs")
+    add_comparison_options(parser)
     parser.set_defaults(func=run)
+
+
+def add_comparison_options(parser: argparse.ArgumentParser) -> None:
+    """--baseline and --effect: what the comparison table compares with, and the effect whose
+    seeds it counts (compare, study and plot compare take them alike)."""
+    parser.add_argument("--baseline", action="append", default=[], metavar="LABEL",
+                        help="also compare every label with this one (besides random and all; "
+                        "repeatable)")
+    parser.add_argument("--effect", type=float, default=None, metavar="D",
+                        help="say how many seeds would detect a difference of D (in the "
+                        "compared metric) at 80%% power")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -46,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"alphasel compare: warning: the runs are of {len(models)} models "
               f"({', '.join(map(str, models))}): each model's runs are compared on their own",
               file=sys.stderr)
-    table = comparison_table(runs)
+    table = comparison_table(runs, baselines=tuple(args.baseline), effect=args.effect)
     out = args.out if args.out is not None else (study / TABLE_FILE if study else None)
     if out is not None:
         try:
@@ -55,8 +68,19 @@ def run(args: argparse.Namespace) -> None:
             raise StudyError(f"cannot write the table to '{out}' ({err}): pass a writable "
                              "--out") from None
     print(format_table(table, several_models=len(models) > 1))
+    print(format_verdicts(table))
     if out is not None:
         print(f"\nwrote {out}")
+
+
+def format_verdicts(table: pd.DataFrame) -> str:
+    """The verdict lines under a heading (:func:`alphasel.study.stats.verdicts`)."""
+    lines = verdicts(table)
+    if not lines:
+        return "\nno label shares two or more seeds with a baseline: nothing is compared"
+    return (f"\nverdicts (paired t-tests, Holm-corrected 5% level over "
+            f"{table.attrs.get('comparisons', 0)} comparisons; \"could detect\": 80% power):\n"
+            + "\n".join(f"  {line}" for line in lines))
 
 
 def format_table(table: pd.DataFrame, several_models: bool = False) -> str:

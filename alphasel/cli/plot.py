@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from alphasel.cli.compare import add_comparison_options
 from alphasel.columns import metadata
 from alphasel.errors import PlotError
 from alphasel.paths import model_slug, plots_dir
 from alphasel.plots.comparison import STUDY_FIGURES, check_figure_options, study_figure
-from alphasel.plots.output import check_output_path, save_figure
-from alphasel.plots.report import write_report
+from alphasel.plots.output import check_output_path, check_plotlyjs, save_figure
+from alphasel.plots.report import check_formats, write_report
 from alphasel.plots.tables import PLOT_NAMES, check_plot_name, figure
 from alphasel.plots.training import TRAINING_FIGURES, training_figure
 from alphasel.study.collect import collect_runs, collect_study
@@ -70,8 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "logged points per run")
     parser.add_argument("--metric", default=None, metavar="METRIC",
                         help=f"with {COMPARE_PLOT}: loss_curves of eval_loss (default) or loss "
-                             "(training); final_loss of eval_loss (default), best_eval_loss or "
-                             "eval_accuracy")
+                             "(training); final_loss and forest of eval_loss (default), "
+                             "best_eval_loss or eval_accuracy")
+    parser.add_argument("--paired", nargs="?", const="random", default=None, metavar="LABEL",
+                        help=f"with {COMPARE_PLOT} --figure loss_curves: each run's curve minus "
+                             "its seed's run of LABEL (default random)")
+    parser.add_argument("--plotlyjs", default=None,
+                        help=f"with {COMPARE_PLOT}'s report: directory (default), inline or cdn")
+    parser.add_argument("--format", default=None, metavar="FORMATS",
+                        help=f"with {COMPARE_PLOT}'s report: also png, svg and/or pdf figures")
+    add_comparison_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -137,10 +146,15 @@ def run_compare(args: argparse.Namespace) -> Path:
             raise PlotError(f"--figure {REPORT_FIGURE} is a study's page: pass one study "
                             "directory, or draw one figure of these runs with --figure "
                             f"{'|'.join(STUDY_FIGURES)}")
-        if args.metric is not None:
-            raise PlotError(f"--metric picks what one figure shows; the {REPORT_FIGURE} shows "
-                            "them all: drop --metric, or add --figure loss_curves|final_loss")
+        if args.metric is not None or args.paired is not None:
+            flag = "--metric" if args.metric is not None else "--paired"
+            raise PlotError(f"{flag} shapes one figure; the {REPORT_FIGURE} shows them all: "
+                            f"drop {flag}, or add --figure loss_curves|final_loss|forest")
         check_figure_options("loss_curves", args.smooth)
+        formats = tuple(item.strip() for item in (args.format or "").split(",")
+                        if item.strip())
+        check_plotlyjs(args.plotlyjs or "directory")
+        check_formats(formats)
         if args.out is not None and Path(args.out).suffix.lower() != ".html":
             raise PlotError(f"cannot write the study report to '{args.out}': the report is "
                             "one HTML page; use a file ending in .html")
@@ -148,7 +162,10 @@ def run_compare(args: argparse.Namespace) -> Path:
         raise PlotError(f"unknown compare figure '{name}': choose one of "
                         f"{', '.join(STUDY_FIGURES)} or {REPORT_FIGURE} (--figure)")
     else:
-        check_figure_options(name, args.smooth, args.metric)
+        if args.plotlyjs is not None or args.format is not None:
+            raise PlotError(f"--plotlyjs and --format shape a study's {REPORT_FIGURE}; for one "
+                            "figure, name its file with --out (.html, .png, .svg, .pdf)")
+        check_figure_options(name, args.smooth, args.metric, args.paired)
         if args.out is not None:
             check_output_path(args.out)
     runs = collect_study(study) if study is not None else collect_runs(paths)
@@ -158,10 +175,14 @@ def run_compare(args: argparse.Namespace) -> Path:
               f"({', '.join(map(str, models))}): each model's runs are drawn as groups of "
               "their own", file=sys.stderr)
     if name == REPORT_FIGURE:
-        path = write_report(study, args.smooth, out=args.out or study / REPORT_FILE)
+        path = write_report(study, args.smooth, out=args.out or study / REPORT_FILE,
+                            plotlyjs=args.plotlyjs or "directory", formats=formats,
+                            baselines=tuple(args.baseline), effect=args.effect)
     else:
-        fig = study_figure(name, runs, args.smooth, args.metric)
-        path = save_figure(fig, args.out or _figure_out(study, name, args.smooth, args.metric))
+        fig = study_figure(name, runs, args.smooth, args.metric, args.paired,
+                           tuple(args.baseline))
+        stem = name + (f"-paired-{args.paired}" if args.paired else "")
+        path = save_figure(fig, args.out or _figure_out(study, stem, args.smooth, args.metric))
     print(path)
     return path
 
@@ -169,9 +190,12 @@ def run_compare(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> Path:
     if args.plot == COMPARE_PLOT:
         return run_compare(args)
-    if args.smooth is not None or args.metric is not None:
-        flag = "--smooth" if args.smooth is not None else "--metric"
-        raise PlotError(f"{flag} applies to `plot {COMPARE_PLOT}` only: drop it")
+    only_compare = {"--smooth": args.smooth, "--metric": args.metric, "--paired": args.paired,
+                    "--plotlyjs": args.plotlyjs, "--format": args.format,
+                    "--baseline": args.baseline or None, "--effect": args.effect}
+    given = [flag for flag, value in only_compare.items() if value is not None]
+    if given:
+        raise PlotError(f"{given[0]} applies to `plot {COMPARE_PLOT}` only: drop it")
     if len(args.table) > 1:
         what = "run directory" if args.plot == TRAINING_PLOT else "alpha table (add --vs OTHER)"
         raise PlotError(f"`plot {args.plot}` draws one {what}, not {len(args.table)}: pass "

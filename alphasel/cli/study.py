@@ -5,6 +5,7 @@
                    --k 3 --unit block --seeds 3 --max-steps 60 --max-seq-len 64
     alphasel study study.toml                      # the same from a spec file
     alphasel study --resume runs/studies/<id>      # finish an interrupted study
+    alphasel study --resume runs/studies/<id> --add-seeds 2   # more seeds, only they train
     alphasel study ... --sweep grad_checkpointing=off,on --sweep bf16=off,on
     alphasel study ... --schemes alora,spectrum,random,last --methods lora,unfreeze:k=14:unit=matrix
     alphasel study study.toml --executor ray --address auto --gpus-per-run 1
@@ -16,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from alphasel.cli.compare import add_comparison_options
 from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import StudyError
 from alphasel.study.spec import STUDY_OWNED, STUDY_SCHEMES
@@ -70,9 +72,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="ray: GPUs each run reserves (default 0: runs train on CPUs)")
     run.add_argument("--cpus-per-run", type=float, default=1,
                      help="ray: CPUs each run reserves (default 1)")
-    run.add_argument("--smooth", type=int, default=None, metavar="N",
-                     help="report: moving average over N evaluation points in the loss curves")
+    run.add_argument("--retries", type=int, default=1, metavar="N",
+                     help="start a run whose process (or Ray worker) is killed again, up to N "
+                     "times, before it counts as failed (default 1)")
+    run.add_argument("--add-seeds", type=int, default=None, metavar="M",
+                     help="with --resume: M more seeds after the study's last (or --seeds N "
+                     "for N in all); only the new seeds' runs train")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    report = parser.add_argument_group("report")
+    report.add_argument("--smooth", type=int, default=None, metavar="N",
+                        help="moving average over N evaluation points in the loss curves")
+    add_comparison_options(report)
+    report.add_argument("--plotlyjs", default="directory",
+                        help="where the pages find plotly.js: directory (one plotly.min.js "
+                        "beside the report, default), inline (each page self-contained) or cdn")
+    report.add_argument("--format", default=None, metavar="FORMATS",
+                        help="also write each figure as png, svg and/or pdf (comma list; "
+                        "kaleido with a Chrome or Chromium it finds)")
     parser.set_defaults(func=run_command, parser=parser, config_dests=config_dests)
 
 
@@ -103,20 +119,71 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 def run_command(args: argparse.Namespace) -> None:
     from alphasel.study.directory import failures, open_study
-    from alphasel.study.launch import EXECUTORS, create_study, run_study
+    from alphasel.study.launch import create_study, extend_study, run_study
+
+    formats = _check(args)
+    if args.resume is not None:
+        study = args.resume
+        spec, _ = open_study(study)
+        _check_baselines(args.baseline, spec)
+        if args.seeds is not None or args.add_seeds is not None:
+            added = extend_study(study, _seed_list(args.seeds), args.add_seeds)
+            if not args.quiet:
+                print(f"study {study}: {len(added)} new run(s) for the added seeds", flush=True)
+    else:
+        spec = spec_from_args(args)
+        _check_baselines(args.baseline, spec)
+        study = create_study(spec, args.out, progress=not args.quiet)
+    states = _run(study, args, run_study)
+    counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
+    print(_table(study, tuple(args.baseline), args.effect))
+    from alphasel.plots.report import write_report
+
+    report_path = write_report(study, smooth=args.smooth, plotlyjs=args.plotlyjs,
+                               formats=formats, baselines=tuple(args.baseline),
+                               effect=args.effect)
+    print(f"study: {study} ({counts['complete']} of {len(states)} runs complete)")
+    print(f"report: {report_path}")
+    failed = failures(study)
+    if failed:
+        shown = "; ".join(f"{run}: {message}" for run, message in list(failed.items())[:3])
+        raise StudyError(f"{len(failed)} run(s) failed ({shown}); fix the cause and run "
+                         f"`alphasel study --resume {study}` to retry them")
+
+
+def _check(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every option problem before anything is analysed, trained or written; returns the static
+    figure formats asked for."""
+    from alphasel.plots.comparison import check_smooth
+    from alphasel.plots.output import check_plotlyjs
+    from alphasel.plots.report import check_formats
+    from alphasel.study.launch import EXECUTORS, check_retries
 
     given = _given(args)
-    if args.resume is not None and (given or args.spec or args.out):
-        raise StudyError("--resume continues a study with the spec it started with: drop "
-                         + ", ".join([*given, *(["SPEC"] if args.spec else []),
-                                      *(["--out"] if args.out else [])]))
+    if args.resume is not None:
+        growing = [flag for flag in given if flag != "--seeds"]
+        if growing or args.spec or args.out:
+            raise StudyError("--resume continues a study with the spec it started with (it "
+                             "may only grow: --seeds N or --add-seeds M): drop "
+                             + ", ".join([*growing, *(["SPEC"] if args.spec else []),
+                                          *(["--out"] if args.out else [])]))
+        if args.seeds is not None and args.add_seeds is not None:
+            raise StudyError("give --seeds N (all the study should have) or --add-seeds M "
+                             "(more), not both")
+    elif args.add_seeds is not None:
+        raise StudyError("--add-seeds grows a study: use it with --resume STUDY_DIR (a new "
+                         "study takes --seeds)")
     if args.spec is not None and given:
         raise StudyError(f"the spec file decides the study: drop {', '.join(given)} (or edit "
                          f"{args.spec})")
-    if args.smooth is not None:
-        from alphasel.plots.comparison import check_smooth
-
-        check_smooth(args.smooth)
+    check_smooth(args.smooth)
+    check_retries(args.retries)
+    check_plotlyjs(args.plotlyjs)
+    if args.effect is not None and not args.effect > 0:
+        raise StudyError(f"--effect {args.effect} must be a positive difference of the "
+                         "compared metric")
+    formats = tuple(item.strip() for item in (args.format or "").split(",") if item.strip())
+    check_formats(formats)
     if args.executor not in EXECUTORS:
         raise StudyError(f"--executor {args.executor}: use one of {', '.join(EXECUTORS)}")
     if args.executor == "ray":
@@ -130,46 +197,60 @@ def run_command(args: argparse.Namespace) -> None:
         from alphasel.study.local import gpu_slots
 
         gpu_slots(args.parallel)  # refuses more runs at once than GPUs, before the analysis
-    if args.resume is not None:
-        study = args.resume
-        open_study(study)
-    else:
-        study = create_study(spec_from_args(args), args.out, progress=not args.quiet)
-    _, entries = open_study(study)
-    say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
-    say(f"study {study}: {len(entries)} runs")
-    total = len(entries)
-    finished = [0]
-
-    def report(entry: Any, state: str, seconds: float) -> None:
-        finished[0] += 1
-        say(f"  [{finished[0]}] {entry.run_id}: {state} ({seconds:.0f} s)")
-
-    states = run_study(study, executor=args.executor, parallel=args.parallel, report=report,
-                       address=args.address, gpus_per_run=args.gpus_per_run,
-                       cpus_per_run=args.cpus_per_run)
-    counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
-    print(_table(study))
-    from alphasel.plots.report import write_report
-
-    report_path = write_report(study, smooth=args.smooth)
-    print(f"study: {study} ({counts['complete']} of {total} runs complete)")
-    print(f"report: {report_path}")
-    failed = failures(study)
-    if failed:
-        shown = "; ".join(f"{run}: {message}" for run, message in list(failed.items())[:3])
-        raise StudyError(f"{len(failed)} run(s) failed ({shown}); fix the cause and run "
-                         f"`alphasel study --resume {study}` to retry them")
+    return formats
 
 
-def _table(study: Path) -> str:
-    """The comparison table, written to the study's table.csv and returned for printing."""
-    from alphasel.cli.compare import format_table
+def _seed_list(text: str | None) -> list[int] | None:
+    """--seeds on resume: N (seeds 0..N-1) or a comma list."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        return list(range(int(text)))
+    try:
+        return [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise StudyError(f"--seeds {text}: give a count or a comma list of seeds") from None
+
+
+def _check_baselines(baselines: list[str], spec: Any) -> None:
+    """Refuse a --baseline that names no scheme of the study, before any run."""
+    labels = [scheme.label for scheme in spec.schemes]
+    unknown = [label for label in baselines if label not in labels]
+    if unknown:
+        raise StudyError(f"--baseline {', '.join(unknown)}: the study has no such scheme (it "
+                         f"has {', '.join(labels)}): name one of those")
+
+
+def _run(study: Path, args: argparse.Namespace, run_study: Any) -> dict:
+    """Run what is not complete with a progress bar over the runs (done / total, elapsed, and
+    what is left estimated from the finished runs) and a line per finished run."""
+    from tqdm import tqdm
+
+    from alphasel.study.launch import pending
+
+    _, todo = pending(study)
+    say = (lambda text: None) if args.quiet else (lambda text: tqdm.write(text))
+    say(f"study {study}: {len(todo)} run(s) to train")
+    with tqdm(total=len(todo), unit="run", desc="runs", disable=args.quiet,
+              dynamic_ncols=True) as bar:
+        def report(entry: Any, state: str, seconds: float) -> None:
+            bar.update(1)
+            say(f"  {entry.run_id}: {state} ({seconds:.0f} s)")
+
+        return run_study(study, executor=args.executor, parallel=args.parallel, report=report,
+                         address=args.address, gpus_per_run=args.gpus_per_run,
+                         cpus_per_run=args.cpus_per_run, retries=args.retries)
+
+
+def _table(study: Path, baselines: tuple[str, ...] = (), effect: float | None = None) -> str:
+    """The comparison table, written to the study's table.csv and returned for printing with
+    its verdict lines."""
+    from alphasel.cli.compare import format_table, format_verdicts
     from alphasel.study.collect import collect_study
     from alphasel.study.directory import TABLE_FILE
     from alphasel.study.stats import comparison_table
     from alphasel.table import write_table
 
-    table = comparison_table(collect_study(study))
+    table = comparison_table(collect_study(study), baselines=baselines, effect=effect)
     write_table(table, study / TABLE_FILE)
-    return format_table(table)
+    return format_table(table) + "\n" + format_verdicts(table)

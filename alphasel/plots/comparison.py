@@ -26,12 +26,20 @@ from plotly.subplots import make_subplots
 from alphasel.errors import PlotError
 from alphasel.study.collect import SWEEP_PREFIX
 from alphasel.study.directory import RunState
-from alphasel.study.stats import grouping_columns, t_interval
+from alphasel.study.significance import LEVEL
+from alphasel.study.stats import (
+    baseline_runs,
+    baselines_of,
+    comparison_table,
+    describe_row,
+    grouping_columns,
+    t_interval,
+)
 from alphasel.training.record import COMPONENTS, RunRecord
 
 #: Figures of a study, in the order the report shows them (also `alphasel plot compare
 #: --figure NAME`).
-STUDY_FIGURES = ("loss_curves", "final_loss", "cost", "memory", "alpha_shift")
+STUDY_FIGURES = ("forest", "loss_curves", "final_loss", "cost", "memory", "alpha_shift")
 #: Metrics a loss curve can follow: metrics.jsonl's per-evaluation and per-step losses.
 CURVE_METRICS = ("eval_loss", "loss")
 #: Per-run results a final-value figure can show (summary.json's).
@@ -91,6 +99,50 @@ def study_groups(runs: pd.DataFrame) -> list[Group]:
     return groups
 
 
+# ---- the answer: paired differences against each baseline ----------------------------------------
+
+def forest_figure(table: pd.DataFrame) -> go.Figure:
+    """The comparisons of a :func:`alphasel.study.stats.comparison_table`, one panel per baseline
+    and one row per group compared with it: the mean paired difference (label − baseline, over
+    the seeds both ran) with its 95% t-interval, a zero line, and a filled marker where the
+    difference is significant at the Holm-corrected 5% level (open: no difference detected)."""
+    metric = table.attrs.get("metric", "eval_loss")
+    title = (f"paired difference in {metric} against each baseline (mean, 95% interval; filled: "
+             f"Holm-corrected p < {LEVEL:g})")
+    compared = [baseline for baseline in table.attrs.get("baselines", ())
+                if f"vs_{baseline}_pairs" in table
+                and (table[f"vs_{baseline}_pairs"].fillna(0) > 0).any()]
+    if not compared:
+        return _empty_figure(title, "no label shares seeds with a baseline")
+    fig = make_subplots(rows=1, cols=len(compared), shared_yaxes=False, horizontal_spacing=0.2,
+                        subplot_titles=[f"− {baseline}" for baseline in compared])
+    for col, baseline in enumerate(compared, start=1):
+        rows = table[table[f"vs_{baseline}_pairs"].fillna(0) > 0]
+        for index, row in rows.iloc[::-1].iterrows():  # the table's first row on top
+            mean, low, high = (float(row[f"vs_{baseline}_{part}"])
+                               for part in ("mean", "ci_low", "ci_high"))
+            adjusted = float(row[f"vs_{baseline}_p_holm"])
+            significant = math.isfinite(adjusted) and adjusted < LEVEL
+            name = describe_row(table, index)
+            fig.add_trace(go.Scatter(
+                x=[mean], y=[name], mode="markers", name=name, showlegend=False,
+                error_x=dict(type="data", array=[high - mean if math.isfinite(high) else 0.0],
+                             arrayminus=[mean - low if math.isfinite(low) else 0.0],
+                             visible=math.isfinite(low), color="#444", thickness=2, width=6),
+                marker=dict(size=11, color="#444",
+                            symbol="diamond" if significant else "diamond-open"),
+                meta={"group": name, "baseline": baseline, "significant": significant},
+                hovertemplate=f"{name} − {baseline}<br>%{{x:.4f}} [{low:.4f}, {high:.4f}]"
+                              f"<br>Holm p = {_text(adjusted, '.3g')}, "
+                              f"{int(row[f'vs_{baseline}_pairs'])} seeds<extra></extra>"),
+                row=1, col=col)
+        fig.add_vline(x=0.0, line_color="grey", line_width=1, row=1, col=col)
+        fig.update_xaxes(title_text=f"{metric} − {baseline}", row=1, col=col)
+    fig.update_layout(title=title, hovermode="closest",
+                      height=max(360, 90 + 34 * len(table)))
+    return fig
+
+
 # ---- loss curves -------------------------------------------------------------------------------
 
 def run_curve(path: str | Path, metric: str = "eval_loss", smooth: int | None = None
@@ -132,23 +184,32 @@ def curve_band(curves: list[pd.Series]) -> pd.DataFrame:
 
 
 def loss_curves_figure(runs: pd.DataFrame, metric: str = "eval_loss",
-                       smooth: int | None = None) -> go.Figure:
+                       smooth: int | None = None, paired: str | None = None) -> go.Figure:
     """Per group, the mean ``metric`` curve over the steps across its complete runs (a line),
     and its 95% t-band (shaded; only at steps where at least two runs have a value).
 
     ``metric``: ``eval_loss`` (per evaluation) or ``loss`` (training loss, per logged step).
     ``smooth``: each run's curve is smoothed first (see :func:`run_curve`), so the band is the
-    spread of the smoothed curves over seeds. Curves longer than :data:`MAX_CURVE_POINTS`
-    points are drawn at every n-th step (the first and last are always kept)."""
+    spread of the smoothed curves over seeds. ``paired`` (a baseline label, e.g. ``random``):
+    each run's curve minus its seed's baseline run's (same cell, the steps both logged), so the
+    band is that of the paired differences, the seed's own luck taken out. Curves longer than
+    :data:`MAX_CURVE_POINTS` points are drawn at every n-th step (the first and last are always
+    kept)."""
     if metric not in CURVE_METRICS:
         raise PlotError(f"unknown curve metric '{metric}': choose one of "
                         f"{', '.join(CURVE_METRICS)} (--metric)")
     check_smooth(smooth)
-    title = {"eval_loss": "eval loss during training", "loss": "training loss by step"}[metric] + (
+    what = {"eval_loss": "eval loss", "loss": "training loss"}[metric]
+    if paired is not None:
+        baselines_of(runs, [paired])  # a label the runs have
+        what += f" − {paired}'s at the same seed"
+    title = what + {"eval_loss": " during training", "loss": " by step"}[metric] + (
         f" (moving average over {smooth} points)" if smooth and smooth > 1 else "")
     fig = go.Figure()
     for group in study_groups(runs):
-        curves = [run_curve(path, metric, smooth) for path in group.complete["path"]]
+        if paired is not None and group.label == paired:
+            continue
+        curves = _group_curves(runs, group, metric, smooth, paired)
         band = _thinned(curve_band([curve for curve in curves if len(curve)]))
         if band.empty:
             continue
@@ -174,10 +235,27 @@ def loss_curves_figure(runs: pd.DataFrame, metric: str = "eval_loss",
                           "[%{customdata[1]:.4f}, %{customdata[2]:.4f}]<br>"
                           "runs: %{customdata[0]}<extra></extra>"))
     if not fig.data:
-        return _empty_figure(title, f"no complete run logged {metric}")
-    fig.update_layout(title=title, xaxis_title="step", yaxis_title=metric,
+        return _empty_figure(title, f"no complete run logged {metric}"
+                             + (f" beside a run of {paired}" if paired else ""))
+    if paired is not None:
+        fig.add_hline(y=0.0, line_color="grey", line_width=1)
+    fig.update_layout(title=title, xaxis_title="step",
+                      yaxis_title=metric if paired is None else f"{metric} − {paired}",
                       hovermode="closest", legend_title="mean over seeds, 95% band")
     return fig
+
+
+def _group_curves(runs: pd.DataFrame, group: Group, metric: str, smooth: int | None,
+                  paired: str | None) -> list[pd.Series]:
+    """The group's runs' curves, or with ``paired`` each minus its seed's baseline curve."""
+    done = group.complete
+    if paired is None:
+        return [run_curve(path, metric, smooth) for path in done["path"]]
+    partners = baseline_runs(runs, done, paired)
+    partner_paths = dict(zip(partners["seed"], partners["path"], strict=True))
+    return [(run_curve(path, metric, smooth) - run_curve(partner_paths[seed], metric, smooth))
+            .dropna() for seed, path in zip(done["seed"], done["path"], strict=True)
+            if seed in partner_paths]
 
 
 def check_smooth(smooth: int | None) -> int | None:
@@ -374,42 +452,53 @@ def memory_figure(runs: pd.DataFrame) -> go.Figure:
 
 # ---- all of them -------------------------------------------------------------------------------
 
-def study_figures(runs: pd.DataFrame, smooth: int | None = None) -> dict[str, go.Figure]:
-    """Every study figure by name (:data:`STUDY_FIGURES`, in that order)."""
+def study_figures(runs: pd.DataFrame, smooth: int | None = None,
+                  table: pd.DataFrame | None = None) -> dict[str, go.Figure]:
+    """Every study figure by name (:data:`STUDY_FIGURES`, in that order); ``table``: the runs'
+    comparison table when it is already made (the forest plot draws it)."""
     check_smooth(smooth)
-    return {"loss_curves": loss_curves_figure(runs, smooth=smooth),
+    table = comparison_table(runs) if table is None else table
+    return {"forest": forest_figure(table),
+            "loss_curves": loss_curves_figure(runs, smooth=smooth),
             "final_loss": final_loss_figure(runs), "cost": cost_figure(runs),
             "memory": memory_figure(runs), "alpha_shift": alpha_shift_figure(runs)}
 
 
-def check_figure_options(name: str, smooth: int | None = None, metric: str | None = None
-                         ) -> None:
+def check_figure_options(name: str, smooth: int | None = None, metric: str | None = None,
+                         paired: str | None = None) -> None:
     """Raise :class:`PlotError` unless figure ``name`` can be drawn with these options: a
-    known figure, ``smooth`` (loss_curves only, beyond 1) and ``metric`` (loss_curves: one of
-    :data:`CURVE_METRICS`; final_loss: one of :data:`FINAL_METRICS`). Checked before any run
-    is read, so a typo costs nothing."""
+    known figure, ``smooth`` (loss_curves only, beyond 1), ``metric`` (loss_curves: one of
+    :data:`CURVE_METRICS`; final_loss: one of :data:`FINAL_METRICS`) and ``paired``
+    (loss_curves only). Checked before any run is read, so a typo costs nothing."""
     if name not in STUDY_FIGURES:
         raise PlotError(f"unknown study figure '{name}': choose one of "
                         f"{', '.join(STUDY_FIGURES)} (--figure)")
     check_smooth(smooth)
     if smooth is not None and smooth > 1 and name != "loss_curves":
         raise PlotError(f"--smooth applies to loss_curves, not to {name}: drop --smooth")
-    allowed = {"loss_curves": CURVE_METRICS, "final_loss": FINAL_METRICS}.get(name)
+    if paired is not None and name != "loss_curves":
+        raise PlotError(f"--paired draws loss_curves as differences from a baseline, not "
+                        f"{name}: drop --paired, or use --figure loss_curves")
+    allowed = {"loss_curves": CURVE_METRICS, "final_loss": FINAL_METRICS,
+               "forest": FINAL_METRICS}.get(name)
     if metric is not None and allowed is None:
-        raise PlotError(f"--metric applies to loss_curves and final_loss, not to {name}: "
-                        "drop --metric")
+        raise PlotError(f"--metric applies to forest, loss_curves and final_loss, not to "
+                        f"{name}: drop --metric")
     if metric is not None and metric not in allowed:
         raise PlotError(f"unknown metric '{metric}' for {name}: choose one of "
                         f"{', '.join(allowed)} (--metric)")
 
 
 def study_figure(name: str, runs: pd.DataFrame, smooth: int | None = None,
-                 metric: str | None = None) -> go.Figure:
+                 metric: str | None = None, paired: str | None = None,
+                 baselines: tuple[str, ...] = ()) -> go.Figure:
     """Draw study figure ``name`` (see :func:`check_figure_options` for the options; metric
-    defaults to eval_loss)."""
-    check_figure_options(name, smooth, metric)
+    defaults to eval_loss; ``baselines``: the forest plot's own besides random and all)."""
+    check_figure_options(name, smooth, metric, paired)
+    if name == "forest":
+        return forest_figure(comparison_table(runs, metric or "eval_loss", baselines))
     if name == "loss_curves":
-        return loss_curves_figure(runs, metric or "eval_loss", smooth)
+        return loss_curves_figure(runs, metric or "eval_loss", smooth, paired)
     if name == "final_loss":
         return final_loss_figure(runs, metric or "eval_loss")
     return {"cost": cost_figure, "memory": memory_figure,

@@ -154,7 +154,7 @@ def open_study(path: str | Path) -> tuple[StudySpec, list[RunEntry]]:
 
     path = check_study(path)
     data = {key: value for key, value in spec_fields(path).items()
-            if key not in ("record", "created")}
+            if key not in ("record", "created", "extended")}
     spec = StudySpec.from_dict(data, source=f"study '{path}'")
     return spec, [RunEntry(**run) for run in matrix_entries(path)]
 
@@ -178,6 +178,16 @@ def write_study(path: Path, spec: StudySpec, table: pd.DataFrame, entries: list[
         write_table(stability, path / STABILITY_FILE)
     write_json(path / MATRIX_FILE, {"runs": [entry.to_dict() for entry in entries]})
     write_json(path / SPEC_FILE, {"record": STUDY_KIND, **spec.to_dict(), "created": utc_now()})
+    return path
+
+
+def rewrite_matrix(path: Path, spec: StudySpec, entries: list[RunEntry]) -> Path:
+    """Replace a study's matrix.json and spec.json (its runs grew: more seeds), the matrix
+    first and the spec last, each whole; the spec keeps its creation time."""
+    created = spec_fields(path).get("created") or utc_now()
+    write_json(path / MATRIX_FILE, {"runs": [entry.to_dict() for entry in entries]})
+    write_json(path / SPEC_FILE, {"record": STUDY_KIND, **spec.to_dict(), "created": created,
+                                  "extended": utc_now()})
     return path
 
 

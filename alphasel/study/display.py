@@ -35,8 +35,11 @@ def display_table(table: pd.DataFrame, several_models: bool = False) -> pd.DataF
                 format_interval(mean, low, high, n) or "-" for mean, low, high, n in zip(
                     table[f"{metric}_mean"], table[f"{metric}_ci_low"],
                     table[f"{metric}_ci_high"], table["n"], strict=True)]
-    for baseline in BASELINES:
+    for baseline in table.attrs.get("baselines", BASELINES):
         shown[f"vs_{baseline}"] = table[f"vs_{baseline}"].replace("", "-")
+        if f"vs_{baseline}_p_holm" in table:
+            shown[f"p_{baseline}"] = table[f"vs_{baseline}_p_holm"].map(
+                lambda value: "-" if pd.isna(value) else f"{value:.2g}")
     shown["trainable"] = table["trainable_params"].map(
         lambda value: "-" if pd.isna(value) else f"{value:,.0f}")
     shown["budget_gap"] = table["budget_gap"].map(

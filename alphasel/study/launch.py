@@ -10,9 +10,11 @@ from pathlib import Path
 from alphasel.errors import StudyError
 from alphasel.paths import model_slug, studies_dir, utc_stamp
 from alphasel.study.directory import (
+    ANALYSIS_FILE,
     RunState,
     check_new_study,
     open_study,
+    rewrite_matrix,
     run_folder,
     run_state,
     write_study,
@@ -42,11 +44,51 @@ def create_study(spec: StudySpec, out: str | Path | None = None, *,
     return write_study(path, spec, table, entries, stability)
 
 
+def extend_study(study: str | Path, seeds: list[int] | None = None,
+                 add: int | None = None) -> list[RunEntry]:
+    """Give a study more seeds: ``seeds`` (the whole list it should have, a superset of its
+    own) or ``add`` more after its last. Every run it has keeps its id and record (the plans
+    are remade from the study's own analysis.csv, and must come out as they were); the new
+    seeds' runs are added to matrix.json, to be run by :func:`run_study`. Returns them."""
+    import dataclasses
+
+    from alphasel.table import read_table
+
+    study = Path(study)
+    spec, entries = open_study(study)
+    if (seeds is None) == (add is None):
+        raise StudyError("give the seeds the study should have (--seeds N) or how many to add "
+                         "(--add-seeds M), one of them")
+    if add is not None:
+        if isinstance(add, bool) or not isinstance(add, int) or add < 1:
+            raise StudyError(f"--add-seeds {add} must be a whole number ≥ 1")
+        seeds = [*spec.seeds, *range(max(spec.seeds) + 1, max(spec.seeds) + 1 + add)]
+    assert seeds is not None
+    dropped = sorted(set(spec.seeds) - set(seeds))
+    if dropped or len(seeds) < len(spec.seeds):
+        raise StudyError(f"--seeds: the study has {len(spec.seeds)} seeds "
+                         f"({', '.join(map(str, spec.seeds))}); a study only grows: give "
+                         f"--seeds {len(spec.seeds) + 1} or more, or --add-seeds M")
+    grown = dataclasses.replace(spec, seeds=list(dict.fromkeys([*spec.seeds, *seeds])))
+    remade = expand(grown, read_table(study / ANALYSIS_FILE))
+    known = {entry.run_id for entry in entries}
+    lost = known - {entry.run_id for entry in remade}
+    if lost:
+        raise StudyError(f"the study's plans do not come out as they were ({len(lost)} run(s) "
+                         f"such as {sorted(lost)[0]} would change; another alphasel version?): "
+                         "start a new study for more seeds")
+    added = [entry for entry in remade if entry.run_id not in known]
+    rewrite_matrix(study, grown, [*entries, *added])
+    return added
+
+
 def run_study(study: str | Path, *, executor: str = "local", parallel: int = 1,
               report: Callable[[RunEntry, RunState, float], None] | None = None,
               address: str | None = None, gpus_per_run: float = 0,
-              cpus_per_run: float = 1) -> dict[str, RunState]:
-    """Run every run of ``study`` that is not complete; returns run id → state for all.
+              cpus_per_run: float = 1, retries: int = 1) -> dict[str, RunState]:
+    """Run every run of ``study`` that is not complete; returns run id → state for all. A run
+    whose process (or Ray worker) is killed mid-training is run again from scratch up to
+    ``retries`` times, then recorded as failed with how it died.
 
     ``local``: worker processes on this machine, ``parallel`` at a time. ``ray``: one Ray task
     per run with ``cpus_per_run``/``gpus_per_run`` as its resources, on a local Ray instance
@@ -57,16 +99,30 @@ def run_study(study: str | Path, *, executor: str = "local", parallel: int = 1,
         raise StudyError(f"--executor {executor}: use one of {', '.join(EXECUTORS)}")
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
         raise StudyError(f"--parallel {parallel} must be a whole number ≥ 1")
-    _, entries = open_study(study)
-    states = {entry.run_id: run_state(run_folder(study, entry.run_id)) for entry in entries}
-    todo = [entry for entry in entries if states[entry.run_id] != RunState.COMPLETE]
+    check_retries(retries)
+    states, todo = pending(study)
     if executor == "ray":
         from alphasel.study.ray_executor import run_ray
 
         states.update(run_ray(study, todo, address=address, gpus_per_run=gpus_per_run,
-                              cpus_per_run=cpus_per_run, report=report))
+                              cpus_per_run=cpus_per_run, report=report, retries=retries))
     else:
         from alphasel.study.local import run_local
 
-        states.update(run_local(study, todo, parallel, report))
+        states.update(run_local(study, todo, parallel, report, retries))
     return states
+
+
+def pending(study: Path) -> tuple[dict[str, RunState], list[RunEntry]]:
+    """(run id → state of every run of the study, the runs that are not complete)."""
+    _, entries = open_study(study)
+    states = {entry.run_id: run_state(run_folder(study, entry.run_id)) for entry in entries}
+    return states, [entry for entry in entries if states[entry.run_id] != RunState.COMPLETE]
+
+
+def check_retries(retries: int) -> int:
+    """``retries`` if it is a whole number ≥ 0, else a StudyError."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise StudyError(f"--retries {retries} must be a whole number ≥ 0 (the times a killed "
+                         "run is started again)")
+    return retries

@@ -62,10 +62,10 @@ def slot_environments(parallel: int) -> list[dict[str, str]]:
 
 
 def run_local(study: Path, entries: list[RunEntry], parallel: int = 1,
-              report: Callable[[RunEntry, RunState, float], None] | None = None
-              ) -> dict[str, RunState]:
-    """Run ``entries`` as worker processes, ``parallel`` at a time, each in a free slot;
-    returns run id → state."""
+              report: Callable[[RunEntry, RunState, float], None] | None = None,
+              retries: int = 0) -> dict[str, RunState]:
+    """Run ``entries`` as worker processes, ``parallel`` at a time, each in a free slot, a run
+    whose process is killed again up to ``retries`` times; returns run id → state."""
     free: queue.SimpleQueue[dict[str, str]] = queue.SimpleQueue()
     for env in slot_environments(parallel):
         free.put(env)
@@ -74,7 +74,7 @@ def run_local(study: Path, entries: list[RunEntry], parallel: int = 1,
         started = time.perf_counter()
         env = free.get()  # never waits: the pool runs at most `parallel` of these at once
         try:
-            state = execute(study, entry, env)
+            state = execute(study, entry, env, retries=retries)
         finally:
             free.put(env)
         if report is not None:

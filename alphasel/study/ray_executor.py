@@ -102,9 +102,10 @@ def task_environment(cpus: float, gpus: float) -> dict[str, str]:
 
 
 def run_task(study_path: str, spec_text: str, entry: dict[str, Any],
-             ship: bool | None = None, cpus: float = 1, gpus: float = 0) -> dict[str, Any]:
+             ship: bool | None = None, cpus: float = 1, gpus: float = 0,
+             retries: int = 0) -> dict[str, Any]:
     """The body of one Ray task, which holds ``cpus`` CPUs and ``gpus`` GPUs: run ``entry``
-    and say how it went.
+    (its process run again up to ``retries`` times when it is killed) and say how it went.
 
     ``ship`` None runs in place when this node sees the study, else in a temporary study whose
     result is returned packed (``archive``: tar bytes); True or False forces one way."""
@@ -113,14 +114,14 @@ def run_task(study_path: str, spec_text: str, entry: dict[str, Any],
     study = Path(study_path)
     env = task_environment(cpus, gpus)
     if not ship and (ship is False or is_study(study)):
-        return {"state": execute(study, run, env), "archive": None,
+        return {"state": execute(study, run, env, retries), "archive": None,
                 "seconds": time.perf_counter() - started}
     with tempfile.TemporaryDirectory(prefix="alphasel-run-") as folder:
         local = Path(folder) / "study"
         (local / RUNS_DIR).mkdir(parents=True)
         (local / SPEC_FILE).write_text(spec_text)
         (local / MATRIX_FILE).write_text(json.dumps({"runs": [entry]}))
-        state = execute(local, run, env)
+        state = execute(local, run, env, retries)
         return {"state": state, "archive": pack(local, run.run_id),
                 "seconds": time.perf_counter() - started}
 
@@ -160,10 +161,13 @@ def unpack(study: Path, run_id: str, data: bytes) -> None:
 def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
             gpus_per_run: float = 0, cpus_per_run: float = 1,
             report: Callable[[RunEntry, RunState, float], None] | None = None,
-            ship: bool | None = None) -> dict[str, RunState]:
+            ship: bool | None = None, retries: int = 0) -> dict[str, RunState]:
     """Run ``entries`` as Ray tasks; returns run id → state. Connects to ``address`` (or
     starts Ray here) unless Ray is already initialised in this process, and disconnects only
-    what it connected."""
+    what it connected. ``retries``: a task whose Ray worker dies is run again by Ray (its
+    ``max_retries``; the run's process dies with its worker and the retry starts it afresh),
+    and a run's process killed inside a live task is run again by the task; each up to
+    ``retries`` times."""
     for name, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise StudyError(f"{name} {value} must be a number ≥ 0")
@@ -178,13 +182,13 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
         connect(ray, address)
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
-                          max_retries=0)(run_task)
+                          max_retries=retries)(run_task)
         spec_text = (study / SPEC_FILE).read_text()
         pending = {}
         for entry in entries:
             prepare(study, entry)
             ref = task.remote(str(study.resolve()), spec_text, entry.to_dict(), ship,
-                              cpus_per_run, gpus_per_run)
+                              cpus_per_run, gpus_per_run, retries)
             pending[ref] = entry
         states: dict[str, RunState] = {}
         while pending:
@@ -193,10 +197,11 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
             seconds = float("nan")
             try:
                 outcome = ray.get(done[0])
-            except Exception as err:  # the task itself died (its node lost, out of memory)
+            except Exception as err:  # the task died on every try (node lost, out of memory)
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 write_error(run_folder(study, entry.run_id),
-                            f"the run's Ray task failed: {first}")
+                            f"the run's Ray task failed on each of {1 + retries} attempt(s): "
+                            f"{first}")
                 state = RunState.FAILED
             else:
                 if outcome["archive"] is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -101,20 +102,54 @@ def worker_command(study: Path, run_id: str) -> list[str]:
     return [sys.executable, "-m", "alphasel.study.worker", str(study), run_id]
 
 
-def execute(study: Path, entry: RunEntry, env: dict[str, str]) -> RunState:
+def execute(study: Path, entry: RunEntry, env: dict[str, str], retries: int = 0) -> RunState:
     """Run ``entry`` in a worker process of its own with the environment ``env`` (see
-    :func:`worker_environment`), its output in logs/<run-id>.log; returns its state (a process
-    that died without a word, e.g. killed for memory, is ``failed``)."""
-    prepare(study, entry)
+    :func:`worker_environment`), its output in logs/<run-id>.log; returns its state.
+
+    A process that dies without a word (killed: by a signal, for memory, by whoever) is run
+    again from scratch, up to ``retries`` more times, each attempt's output appended to the
+    log; after the last it is ``failed``, its error.json naming how it died and how often. A run
+    that fails with an error of its own (a bad plan, a diverged loss) is not retried: it would
+    fail the same way."""
     log = log_file(study, entry.run_id)
     log.parent.mkdir(exist_ok=True)
-    with open(log, "w") as handle:
-        code = subprocess.run(worker_command(study, entry.run_id), stdout=handle,
-                              stderr=subprocess.STDOUT, env=env).returncode
     folder = run_folder(study, entry.run_id)
-    state = run_state(folder)
-    if code != 0 and state in (RunState.INCOMPLETE, RunState.MISSING):
-        # killed before it could write error.json
-        write_error(folder, f"the run's process exited with code {code}; see {log}")
-        state = RunState.FAILED
-    return state
+    attempts, code = 1 + max(0, retries), 0
+    for attempt in range(1, attempts + 1):
+        prepare(study, entry)
+        with open(log, "w" if attempt == 1 else "a") as handle:
+            if attempt > 1:
+                handle.write(f"\n--- attempt {attempt} of {attempts}: the last one's process "
+                             f"{_ending(code)} ---\n")
+                handle.flush()
+            code = subprocess.run(worker_command(study, entry.run_id), stdout=handle,
+                                  stderr=subprocess.STDOUT, env=env,
+                                  preexec_fn=_die_with_parent).returncode
+        state = run_state(folder)
+        if code == 0 or state not in (RunState.INCOMPLETE, RunState.MISSING):
+            return state
+    # killed before it could write error.json, on every attempt
+    write_error(folder, f"the run's process {_ending(code)} on each of {attempts} "
+                        f"attempt(s); see {log}")
+    return RunState.FAILED
+
+
+def _ending(code: int) -> str:
+    """How a process ended, from its return code (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed ({name})"
+    return f"exited with code {code}"
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it runs: be killed when the process that started it dies (a Ray
+    worker killed mid-run must not leave its training behind, writing into a run directory a
+    retry is about to clear). Linux only; elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -178,7 +178,7 @@ def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "e
     rows = []
     for _, group in others.groupby([*cell, "label"], dropna=False, sort=False):
         values = _group_values(group, [*cell, "label"])
-        partners = baseline[_matching(baseline, values, cell)]
+        partners = baseline[matching(baseline, values, cell)]
         if partners.empty:
             continue
         per_seed = group.groupby("seed")[metric].mean()
@@ -272,7 +272,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             pairs = row[f"vs_{baseline}_pairs"]
             if not (isinstance(pairs, int | float) and math.isfinite(pairs) and pairs > 0):
                 continue
-            name = f"{_describe(table, index)} vs {baseline}"
+            name = f"{describe_row(table, index)} vs {baseline}"
             mean, low, high = (row[f"vs_{baseline}_{part}"]
                                for part in ("mean", "ci_low", "ci_high"))
             shown = format_interval(mean, low, high, int(pairs))
@@ -297,7 +297,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _describe(table: pd.DataFrame, index: Any) -> str:
+def describe_row(table: pd.DataFrame, index: Any) -> str:
     """A row's label, with its method and the cell values that differ between the rows."""
     row = table.loc[index]
     parts = [str(row["label"])]
@@ -323,7 +323,17 @@ def format_interval(mean: float, low: float, high: float, n: int | None = None) 
     return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
 
 
-def _matching(baseline: pd.DataFrame, values: dict[str, Any], cell: list[str]) -> pd.Series:
+def baseline_runs(runs: pd.DataFrame, group: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """The complete runs of label ``baseline`` that ``group`` (the runs of one group) is paired
+    with: those of its cell (see the module docstring for how an unmatched baseline's cell
+    matches)."""
+    by = grouping_columns(runs)
+    cell = [column for column in by if column != "label"]
+    done = runs[(runs["status"] == RunState.COMPLETE) & (runs["label"] == baseline)]
+    return done[matching(done, _group_values(group, cell), cell)]
+
+
+def matching(baseline: pd.DataFrame, values: dict[str, Any], cell: list[str]) -> pd.Series:
     """Which baseline runs share the cell ``values`` (see the module docstring: a baseline's
     missing value matches anything, an unmatched baseline ignores k and budget)."""
     unmatched = ~baseline["matched"].astype(bool) if "matched" in baseline else False

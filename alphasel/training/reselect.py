@@ -105,11 +105,13 @@ def replan(plan: InjectionPlan, table: pd.DataFrame, round_: int,
     """The plan's recipe (scheme, k, order, kinds, unit, start, ranks, lora_alpha) applied to
     ``table``, held to ``budget`` trainable parameters.
 
-    ``random`` draws from (plan seed, round). With uniform ranks, k and the rank are kept when
-    the new choice stays within the planner's 5% of the budget (always so for block schemes);
-    otherwise k is re-chosen by the planner's budget matching at the same rank. Rank
-    allocation by alpha re-allocates the same budget. An unfreeze plan has no ranks: its k
-    alone is kept or re-chosen, in its own currency (rows × cols a matrix).
+    ``random`` draws from (plan seed, round); by matrix its draw fills the budget (the planner's
+    :func:`alphasel.budget.match_budget`) rather than keeping k. With uniform ranks, k and the
+    rank are kept when the new choice stays within the planner's 5% of the budget (always so
+    for block schemes); otherwise k is re-chosen by the planner's budget matching at the same
+    rank. Rank allocation by alpha re-allocates the same budget. An unfreeze plan has no ranks:
+    its k alone is kept or re-chosen, in its own currency (rows × cols a matrix). A round no
+    choice can hold to the budget within 5% is a PlanError naming the closest.
     """
     recipe: dict[str, Any] = dict(
         order=plan.order, kinds=plan.kinds, start=plan.start, method=plan.method,
@@ -121,16 +123,20 @@ def replan(plan: InjectionPlan, table: pd.DataFrame, round_: int,
                          budget=budget, **recipe)
     rank, lora_alpha = _uniform_values(plan)
     recipe.update(rank=rank, lora_alpha=lora_alpha)
-    chosen = make_plan(table, plan.scheme, k, **recipe)
-    if k is None or abs(chosen.trainable_params - budget) <= BUDGET_TOLERANCE * budget:
-        return chosen
-    at_rank = "" if plan.unfreezes else f" at rank {rank}"
+    draws = plan.scheme == "random" and plan.unit == "matrix"
+    if not draws:
+        chosen = make_plan(table, plan.scheme, k, **recipe)
+        if k is None or abs(chosen.trainable_params - budget) <= BUDGET_TOLERANCE * budget:
+            return chosen
     try:
         matched = make_plan(table, plan.scheme, None, budget=budget, **recipe)
     except PlanError as err:
-        note = (f"round {round_}: {chosen.trainable_params:,} trainable parameters miss the "
-                f"budget {budget:,} by more than 5% and no k{at_rank} meets it ({err})")
-        return dataclasses.replace(chosen, notes=[*chosen.notes, note])
+        raise PlanError(f"re-selection round {round_}: no choice of {plan.scheme} holds the "
+                        f"budget of {budget:,} trainable parameters within "
+                        f"{BUDGET_TOLERANCE:.0%} ({err})") from None
+    if draws:
+        return matched
+    at_rank = "" if plan.unfreezes else f" at rank {rank}"
     note = (f"round {round_}: k={k}{at_rank} would train {chosen.trainable_params:,} "
             f"parameters; k={matched.k} meets the budget {budget:,}")
     return dataclasses.replace(matched, notes=[*matched.notes, note])

@@ -313,21 +313,31 @@ def test_nothing_complete_gives_empty_figures_not_a_crash(tmp_path):
         {"label": "random", "seed": 0, "state": "failed"},
         {"label": "alora", "seed": 0, "state": "missing"}])
     drawn = study_figures(collect_study(study))
-    assert list(drawn) == ["loss_curves", "final_loss", "cost", "memory", "alpha_shift"]
-    for fig in drawn.values():
+    assert list(drawn) == ["forest", "loss_curves", "final_loss", "cost", "memory",
+                           "alpha_shift"]
+    for name, fig in drawn.items():
         assert not fig.data
-        assert "no complete run" in fig.layout.annotations[0].text
+        assert ("no label shares seeds" if name == "forest" else "no complete run") in \
+            fig.layout.annotations[0].text
 
 
 # ---- report ------------------------------------------------------------------------------------
 
-def test_report_holds_table_figures_and_one_plotly(study):
+def test_report_leads_with_the_answer_and_shares_one_plotly(study):
     path = write_report(study)
     assert path == study / "report.html"
     page = path.read_text()
     assert "Selection study: toy/llama on stdlib-code" in page
-    assert page.count(get_plotlyjs()[:300]) == 1  # plotly.js inlined once
-    assert page.count("Plotly.newPlot") == 5 and '<script src="http' not in page
+    # One plotly.js beside the report, loaded by it and by every figure's own page.
+    assert (study / "plotly.min.js").read_text() == get_plotlyjs()
+    assert get_plotlyjs()[:300] not in page and "<script src='plotly.min.js'" in page
+    assert page.count("Plotly.newPlot") == 6 and '<script src="http' not in page
+    # The answer first: the forest plot and the verdicts before the table.
+    assert page.index("id='forest'") < page.index("class='verdicts'") < page.index(
+        "class='comparison'") < page.index("id='loss_curves'")
+    assert "<div class='scroll'><table class='comparison'>" in page
+    size = sum(file.stat().st_size for file in study.rglob("*") if file.is_file())
+    assert size < 6e6
     last = [eval_loss("random", seed, 2) for seed in range(3)]
     mean, low, high = expected_interval(last)
     assert format_interval(mean, low, high) in page
@@ -339,10 +349,22 @@ def test_report_holds_table_figures_and_one_plotly(study):
     assert "12 runs: 10 complete, 1 failed, 1 missing" in page
     assert "RuntimeError: CUDA out of memory" in page
     assert "href='figures/cost.html'" in page
-    for name in ("loss_curves", "final_loss", "cost", "memory", "alpha_shift"):
+    for name in ("forest", "loss_curves", "final_loss", "cost", "memory", "alpha_shift"):
         alone = (study / "figures" / f"{name}.html").read_text()
-        assert alone.count("Plotly.newPlot") == 1
+        assert alone.count("Plotly.newPlot") == 1 and 'src="../plotly.min.js"' in alone
     assert not list(study.rglob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_report_inline_is_one_self_contained_page(study):
+    page = write_report(study, plotlyjs="inline").read_text()
+    assert page.count(get_plotlyjs()[:300]) == 1  # plotly.js inlined once
+    assert "plotly.min.js" not in page and not (study / "plotly.min.js").exists()
+    alone = (study / "figures" / "cost.html").read_text()
+    assert alone.count(get_plotlyjs()[:300]) == 1
+    with pytest.raises(PlotError, match="--plotlyjs web: use one of inline, directory, cdn"):
+        write_report(study, plotlyjs="web")
+    with pytest.raises(PlotError, match="--format gif: use one or more of png, svg, pdf"):
+        write_report(study, formats=("gif",))
 
 
 def test_report_of_a_study_where_nothing_completed(tmp_path):
@@ -403,7 +425,7 @@ def test_plot_compare_loose_runs_of_two_models_warns_once(tmp_path, capsys):
     ("report of runs", "--figure report is a study's page"),
     ("not a study", "neither a study"),
     ("bad smooth", "--smooth 0"),
-    ("metric of cost", "--metric applies to loss_curves and final_loss"),
+    ("metric of cost", "--metric applies to forest, loss_curves and final_loss"),
     ("smooth on a table plot", "--smooth applies to `plot compare` only"),
     ("two tables", "draws one alpha table"),
 ])

@@ -282,6 +282,21 @@ def test_png_without_exporter_says_how_to_get_one(llama, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_png_without_a_browser_names_one_to_install(llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(output, "static_exporter_available", lambda: True)
+    monkeypatch.setattr(output, "browser_for_static_export", lambda: None)
+    with pytest.raises(PlotError, match="finds neither: install one .*apt-get install chromium"):
+        output.save_figure(plots.kinds_figure(llama), tmp_path / "k.pdf")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(output.browser_for_static_export() is None,
+                    reason="kaleido finds no Chrome or Chromium on this machine")
+def test_png_through_kaleido_and_the_machines_chromium(llama, tmp_path):
+    path = output.save_figure(plots.kinds_figure(llama), tmp_path / "k.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+
+
 def test_png_with_exporter_is_written_atomically(llama, tmp_path, monkeypatch):
     formats = []
 
@@ -290,6 +305,7 @@ def test_png_with_exporter_is_written_atomically(llama, tmp_path, monkeypatch):
         open(file, "wb").write(b"\x89PNG fake")
 
     monkeypatch.setattr(output, "static_exporter_available", lambda: True)
+    monkeypatch.setattr(output, "browser_for_static_export", lambda: "/usr/bin/chromium")
     monkeypatch.setattr(go.Figure, "write_image", fake_write_image)
     path = output.save_figure(plots.kinds_figure(llama), tmp_path / "k.png")
     assert formats == ["png"] and path.read_bytes() == b"\x89PNG fake"
@@ -300,6 +316,6 @@ def test_png_with_exporter_is_written_atomically(llama, tmp_path, monkeypatch):
         raise RuntimeError("Chrome not found")
 
     monkeypatch.setattr(go.Figure, "write_image", broken_write_image)
-    with pytest.raises(PlotError, match="plotly_get_chrome"):
+    with pytest.raises(PlotError, match="check the browser it drives"):
         output.save_figure(plots.kinds_figure(llama), tmp_path / "broken.png")
     assert [p.name for p in tmp_path.iterdir()] == ["k.png"]

@@ -50,7 +50,7 @@ def launched(monkeypatch) -> list[dict[str, str]]:
     """The environment of every worker process started, in order (none is started)."""
     envs: list[dict[str, str]] = []
 
-    def run(command, stdout=None, stderr=None, env=None):
+    def run(command, stdout=None, stderr=None, env=None, preexec_fn=None):
         envs.append(env)
         return subprocess.CompletedProcess(command, 0)
 
@@ -78,7 +78,7 @@ def test_parallel_runs_each_hold_a_gpu_of_their_own_and_free_it_for_the_next(mac
     overlaps: list[list[str]] = []
     given: list[str] = []
 
-    def execute(study, entry, env):
+    def execute(study, entry, env, retries=0):
         gpu = env["CUDA_VISIBLE_DEVICES"]
         with lock:
             running.append(gpu)

@@ -4,8 +4,11 @@ config, and a tiny study run, resumed, and failing one run without stopping the 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import save_causal_lm, tiny_llama, write_code_files
 
@@ -293,9 +296,112 @@ def test_study_command_writes_table_report_and_stability(checkpoint, code, tmp_p
     report = (out / "report.html").read_text()
     assert "Selection stability" in report and "Comparison" in report
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "alpha_shift.html", "cost.html", "final_loss.html", "loss_curves.html", "memory.html"]
+        "alpha_shift.html", "cost.html", "final_loss.html", "forest.html", "loss_curves.html",
+        "memory.html"]
     # The same command again refuses to overwrite; --resume finds everything complete.
     assert alphasel.cli.main(args) == 2
     assert "--resume" in capsys.readouterr().err
     assert alphasel.cli.main(["study", "--resume", str(out), "--quiet"]) == 0
     assert "2 of 2 runs complete" in capsys.readouterr().out
+
+
+# ---- seeds on demand, killed runs, the command's refusals --------------------------------------
+
+
+def test_seeds_are_added_to_a_finished_study_and_only_theirs_train(checkpoint, code, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "study"
+    args = ["study", "--model", str(checkpoint), "--data", str(code), "--schemes", "blora,random",
+            "--k", "1", "--seeds", "1", "--max-steps", "2", "--max-seq-len", "32",
+            "--batch-size", "2", "--out", str(out), "--quiet"]
+    assert alphasel.cli.main(args) == 0
+    _, first = open_study(out)
+    kept = {entry.run_id: (out / "runs" / entry.run_id / "summary.json").read_bytes()
+            for entry in first}
+    capsys.readouterr()
+    assert alphasel.cli.main(["study", "--resume", str(out), "--add-seeds", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 new run(s) for the added seeds" in printed and "4 of 4 runs complete" in printed
+    spec, entries = open_study(out)
+    assert spec.seeds == [0, 1] and len(entries) == 4
+    assert [entry.run_id for entry in entries[:2]] == list(kept)  # the old runs, as they were
+    for run_id, summary in kept.items():
+        assert (out / "runs" / run_id / "summary.json").read_bytes() == summary
+    assert {entry.seed for entry in entries[2:]} == {1}
+    # The study's seed-1 runs are the runs a study made with two seeds from the start has.
+    fresh = expand(spec, alphasel.table.read_table(out / "analysis.csv"))
+    assert [entry.run_id for entry in fresh] == sorted(
+        (entry.run_id for entry in entries), key=[e.run_id for e in fresh].index)
+    # A study only grows: fewer seeds are refused in one line, nothing changes.
+    matrix = (out / "matrix.json").read_text()
+    assert alphasel.cli.main(["study", "--resume", str(out), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the study has 2 seeds (0, 1); a study only grows" in err
+    assert (out / "matrix.json").read_text() == matrix
+
+
+class _Killer(threading.Thread):
+    """Kills the worker process of one run (SIGKILL) ``times`` times, each once its training
+    has begun (the run's config.json is written)."""
+
+    def __init__(self, study: Path, run_id: str, times: int) -> None:
+        super().__init__(daemon=True)
+        self.folder, self.run_id, self.times = run_folder(study, run_id), run_id, times
+        self.killed: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while len(self.killed) < self.times and not self.done.is_set():
+            for process in psutil.Process().children(recursive=True):
+                try:
+                    command = process.cmdline()
+                except psutil.Error:
+                    continue
+                if ("alphasel.study.worker" in command and self.run_id in command
+                        and process.pid not in self.killed
+                        and (self.folder / "config.json").is_file()):
+                    process.kill()
+                    self.killed.append(process.pid)
+            time.sleep(0.05)
+
+
+def test_a_killed_run_is_retried_from_scratch_then_recorded_as_failed(checkpoint, code, tmp_path,
+                                                                      capsys):
+    spec = StudySpec(str(checkpoint), str(code), parse_schemes("blora"), k=[1], seeds=[0],
+                     train={"max_steps": 400, "max_seq_len": 32, "batch_size": 2})
+    study = create_study(spec, tmp_path / "retried", progress=False)
+    [entry] = open_study(study)[1]
+    killer = _Killer(study, entry.run_id, times=1)
+    killer.start()
+    assert run_study(study, retries=1) == {entry.run_id: RunState.COMPLETE}
+    killer.done.set()
+    assert len(killer.killed) == 1
+    log = (study / "logs" / f"{entry.run_id}.log").read_text()
+    assert "attempt 2 of 2: the last one's process was killed (SIGKILL)" in log
+    # Killed on every attempt: failed, with how it died; the command exits 2 naming the run.
+    again = create_study(spec, tmp_path / "failed", progress=False)
+    killer = _Killer(again, entry.run_id, times=1)
+    killer.start()
+    assert alphasel.cli.main(["study", "--resume", str(again), "--retries", "0",
+                              "--quiet"]) == 2
+    killer.done.set()
+    error = json.loads((again / "runs" / entry.run_id / "error.json").read_text())
+    assert error["error"].startswith("the run's process was killed (SIGKILL) on each of 1 ")
+    assert f"1 run(s) failed ({entry.run_id}: the run's process was killed" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--retries", "-1"], "--retries -1 must be a whole number ≥ 0"),
+    (["--effect", "0"], "--effect 0.0 must be a positive difference"),
+    (["--baseline", "last"], "--baseline last: the study has no such scheme (it has blora, "),
+    (["--add-seeds", "2"], "--add-seeds grows a study: use it with --resume"),
+    (["--plotlyjs", "web"], "--plotlyjs web: use one of inline, directory, cdn"),
+    (["--format", "gif"], "--format gif: use one or more of png, svg, pdf"),
+])
+def test_study_refusals_are_one_line_before_anything_is_written(argv, message, capsys, runs):
+    args = ["study", "--model", "m", "--data", "d", "--schemes", "blora,random", *argv]
+    assert alphasel.cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (runs / "studies").exists()

@@ -3,6 +3,7 @@ Ray or without a cluster, and one tiny study giving the same table on Ray as run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import sys
@@ -110,3 +111,38 @@ def test_a_study_on_a_local_ray_cluster_gives_the_local_table(spec, tmp_path):
     before = (on_ray / "runs" / expected["run_id"][0] / "summary.json").read_text()
     assert set(run_study(on_ray, executor="ray").values()) == {"complete"}
     assert (on_ray / "runs" / expected["run_id"][0] / "summary.json").read_text() == before
+
+
+@pytest.mark.integration
+def test_a_ray_worker_killed_mid_run_is_retried_by_ray(spec, tmp_path):
+    """The Ray worker holding a run's task is killed (SIGKILL) once training has begun: the
+    run's own process dies with it, Ray runs the task again, and the run completes."""
+    import threading
+    import time
+
+    import psutil
+
+    ray = pytest.importorskip("ray")
+    slow = dataclasses.replace(spec, seeds=[0], schemes=parse_schemes("blora"),
+                               train={**spec.train, "max_steps": 400})
+    study = create_study(slow, tmp_path / "study", progress=False)
+    [entry] = open_study(study)[1]
+    started = run_folder(study, entry.run_id) / "config.json"
+    killed: list[int] = []
+
+    def kill_the_worker() -> None:
+        while not killed:
+            if started.is_file():
+                for process in psutil.process_iter(["cmdline"]):
+                    if any("ray::run_task" in part for part in process.info["cmdline"] or []):
+                        process.kill()
+                        killed.append(process.pid)
+            time.sleep(0.05)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        threading.Thread(target=kill_the_worker, daemon=True).start()
+        states = run_study(study, executor="ray", retries=1)
+    finally:
+        ray.shutdown()
+    assert killed and states == {entry.run_id: RunState.COMPLETE}

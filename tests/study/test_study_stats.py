@@ -9,12 +9,26 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from statsmodels.stats.power import TTestPower
 
 from alphasel.cli import main
 from alphasel.errors import StudyError
 from alphasel.plan import InjectionPlan, PlannedModule
 from alphasel.study.collect import collect_runs, collect_study
-from alphasel.study.stats import comparison_table, paired_differences, summarize, t_interval
+from alphasel.study.significance import (
+    detectable_difference,
+    holm,
+    paired_tests,
+    power,
+    seeds_needed,
+)
+from alphasel.study.stats import (
+    comparison_table,
+    paired_differences,
+    summarize,
+    t_interval,
+    verdicts,
+)
 from alphasel.training.record import RunWriter
 
 #: t quantile 0.975 with 2 degrees of freedom, from a printed table.
@@ -289,3 +303,92 @@ def test_costs_get_their_spread_and_interval_too():
     assert (row["wall_s_ci_low"], row["wall_s_ci_high"]) == (pytest.approx(low),
                                                              pytest.approx(high))
     assert row["peak_memory_mb_std"] == 0.0 and row["tokens_per_s_ci_high"] > 101.0
+
+
+# ---- tests, power and verdicts, against cases computed by hand ---------------------------------
+
+
+def test_paired_tests_match_hand_computed_p_values():
+    # d = 1, 2, 3: mean 2, sd 1, t = 2 / (1 / √3) = √12 with 2 degrees of freedom, whose
+    # two-sided p-value is 1 − t / √(2 + t²) (Student's t with 2 df in closed form).
+    t = math.sqrt(12)
+    result = paired_tests([1.0, 2.0, 3.0])
+    assert result["p_t"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-12)
+    assert result["effect_size"] == pytest.approx(2.0)
+    # Wilcoxon, exact: all five differences of one sign, no ties → p = 2 / 2⁵.
+    assert paired_tests([0.1, 0.2, 0.3, 0.4, 0.5])["p_wilcoxon"] == pytest.approx(2 / 32)
+    assert paired_tests([-0.1, -0.2, -0.3, -0.4, -0.5, -0.6])["p_wilcoxon"] == pytest.approx(
+        2 / 64)
+    assert paired_tests([0.0, 0.0, 0.0]) == {"p_t": 1.0, "p_wilcoxon": 1.0, "effect_size": 0.0}
+    assert all(math.isnan(value) for value in paired_tests([0.5]).values())
+
+
+def test_holm_by_hand():
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 → 0.03, 0.06, 0.04, made monotone → 0.06.
+    assert holm([0.01, 0.04, math.nan, 0.03]) == pytest.approx([0.03, 0.06, math.nan, 0.06],
+                                                               nan_ok=True)
+
+
+def test_detectable_difference_and_seeds_needed():
+    # statsmodels' own solver where it converges: 5 seeds find 1.682 sd at 5%.
+    assert detectable_difference(5, 0.01) == pytest.approx(
+        0.01 * TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8), rel=1e-5)
+    # Many seeds: the normal approximation (z₀.₉₇₅ + z₀.₈) / √n, within 1%.
+    assert detectable_difference(400, 1.0) == pytest.approx((1.959964 + 0.841621) / 20,
+                                                           rel=0.01)
+    # More comparisons, a stricter level: a larger detectable difference; two seeds at a
+    # Bonferroni level of 0.05 / 12 still find 138 sd (the closed form returns NaN there).
+    assert detectable_difference(5, 0.01, 12) > detectable_difference(5, 0.01)
+    assert 100 < detectable_difference(2, 1.0, 12) < 200
+    assert power(138.5, 2, 0.05 / 12) == pytest.approx(0.8, abs=0.01)
+    assert math.isnan(detectable_difference(1, 0.01))
+    # Half a standard deviation takes 34 seeds (33.4 rounded up).
+    assert seeds_needed(0.5, 1.0) == 34 and seeds_needed(5.0, 1.0) == 3
+    assert math.isnan(seeds_needed(0.5, 0.0))
+
+
+def test_the_table_adjusts_every_comparison_together_and_says_the_verdicts(tmp_path):
+    """alora beats random by 0.1 at each of 6 seeds (± 0.01); blora equals random; all is
+    better than everything by 0.5. Holm's family is every comparison the table makes."""
+    noise = [0.01, -0.01, 0.005, -0.005, 0.0, 0.002]
+    entries = []
+    for seed, wiggle in enumerate(noise):
+        base = 3.0 + seed  # each seed its own level: only the paired tests see through it
+        entries += [{"label": "random", "seed": seed, "eval_loss": base},
+                    {"label": "alora", "seed": seed, "eval_loss": base - 0.1 + wiggle},
+                    {"label": "blora", "seed": seed, "eval_loss": base + wiggle},
+                    {"label": "all", "seed": seed, "eval_loss": base - 0.5}]
+    runs = collect_study(write_study(tmp_path / "study", entries))
+    table = comparison_table(runs, baselines=("blora",), effect=0.05)
+    assert table.attrs["baselines"] == ["random", "all", "blora"]
+    family = table.attrs["comparisons"]
+    raw = [p for baseline in ("random", "all", "blora")
+           for p in table[f"vs_{baseline}_p"].dropna()]
+    # vs random: alora, blora; vs all: random, alora, blora; vs blora: random, alora. The
+    # unmatched all has no budget, so it pairs as a baseline only.
+    assert family == len(raw) == 2 + 3 + 2
+    expected = dict(zip(raw, holm(raw), strict=True))
+    for baseline in ("random", "all", "blora"):
+        for p, adjusted in zip(table[f"vs_{baseline}_p"], table[f"vs_{baseline}_p_holm"],
+                               strict=True):
+            if not math.isnan(p):
+                assert adjusted == pytest.approx(expected[p])
+    alora = table.set_index("label").loc["alora"]
+    assert alora["vs_random_mean"] == pytest.approx(-0.1 + sum(noise) / 6)
+    assert alora["vs_random_effect_size"] < -10 and alora["vs_random_p_holm"] < 0.05
+    # 0.05 at the Bonferroni level 0.05 / 7: the first n whose power reaches 0.8.
+    needed, size = alora["vs_random_seeds_needed"], 0.05 / alora["vs_random_std"]
+    assert power(size, int(needed) - 1, 0.05 / 7) < 0.8 <= power(size, int(needed), 0.05 / 7)
+    assert needed == 4
+    lines = verdicts(table)
+    assert any(line.startswith("alora vs random: better, eval_loss -0.100 [") for line in lines)
+    assert any(line.startswith("alora vs all: worse") for line in lines)
+    blora = next(line for line in lines if line.startswith("blora vs random"))
+    detectable = table.set_index("label").loc["blora", "vs_random_detectable"]
+    assert "no difference detected" in blora and f"could detect ≥ {detectable:.3g}" in blora
+    assert "seeds would detect 0.05" in blora
+    with pytest.raises(StudyError, match=r"--baseline lora: the runs have no such label \(they "
+                                         r"have random, alora, blora, all\)"):
+        comparison_table(runs, baselines=("lora",))
+    with pytest.raises(StudyError, match="--effect -1 must be a positive difference"):
+        comparison_table(runs, effect=-1)

@@ -15,7 +15,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 import alphasel
-from alphasel.errors import RunError, TrainConfigError
+from alphasel.errors import PlanError, RunError, TrainConfigError
 from alphasel.planner import make_plan
 from alphasel.training import TrainConfig, train
 from alphasel.training.reselect import (
@@ -145,6 +145,24 @@ def test_replan_holds_the_budget_by_rechoosing_k():
     assert again.k == 3 and again.trainable_params == first.trainable_params
     assert any("round 2" in note for note in again.notes)
     assert {module.rank for module in again.modules} == {8}
+
+
+def test_random_by_matrix_redraws_to_hold_the_budget_in_every_round():
+    """Matrices of 384, 512 and 768 LoRA parameters (rank 8): a fixed k would drift with each
+    draw, so every round's draw fills the budget instead, and a budget no draw can meet is
+    an error naming the closest."""
+    table = alphasel.analyze(tiny_llama(layers=4), progress=False)
+    plan = make_plan(table, "random", 2, seed=5)
+    budget = plan.trainable_params
+    sizes = set()
+    for round_ in range(2, 12):
+        again = replan(plan, table, round_, budget)
+        assert abs(again.trainable_params - budget) <= 0.05 * budget, round_
+        sizes.add(again.k)
+    assert len(sizes) > 1  # the k that fills the budget differs from draw to draw
+    with pytest.raises(PlanError, match=r"round 2: no choice of random holds the budget of 100 "
+                                        r".*the closest is k=1 at rank 8 with 384"):
+        replan(plan, table, 2, 100)
 
 
 def test_candidate_table_reads_shapes_and_random_rounds_differ(tokenizer):
