@@ -10,8 +10,8 @@ text is never seen in training, whatever `seed` and `max_samples` are. The seed 
 units and examples, and `max_samples` caps each split after that seeded shuffle. The eval side
 has a seed of its own, `eval_seed`: which held-out units and examples a capped eval split keeps,
 and their order, never depend on the training seed, so runs that differ only in `seed` are
-evaluated on the same examples. An eval row whose text also occurs in train (a duplicate file or
-record across the split) is dropped.
+evaluated on the same examples. A train row whose text also occurs in the eval split (a
+duplicate file or record across the split) is dropped: the eval split is decided first, alone.
 """
 
 from __future__ import annotations
@@ -154,18 +154,20 @@ def _gather(orders: dict[str, list], produce: Callable[[list], list[list[dict]]]
 
 def _finish_rows(rows: dict[str, list], options: SplitOptions, leak_keys: Callable[[dict], list],
                  details: dict) -> dict[str, list]:
-    """Drop eval rows whose text also occurs in train (duplicate files or records across the
-    split), then shuffle each split with the seed and cap it."""
-    seen = {key for _, row in rows["train"] for key in leak_keys(row)}
-    kept = [(unit, row) for unit, row in rows["eval"]
-            if not any(key in seen for key in leak_keys(row))]
-    details["eval_duplicates_dropped"] = len(rows["eval"]) - len(kept)
-    rows = {"train": rows["train"], "eval": kept}
+    """Shuffle the eval rows with the eval seed and cap them; drop the train rows whose text
+    also occurs in the eval split (duplicate files or records across the split: training never
+    sees an evaluated text), then shuffle the train rows with the seed and cap them. The eval
+    split is decided first and alone, so it never depends on the training seed."""
     targets = options.targets()
-    for side in _SIDES:
-        options.rng(side, side).shuffle(rows[side])
-        rows[side] = rows[side][:targets[side]]
-    return rows
+    evaluated = list(rows["eval"])
+    options.rng("eval", "eval").shuffle(evaluated)
+    evaluated = evaluated[:targets["eval"]]
+    held = {key for _, row in evaluated for key in leak_keys(row)}
+    trained = [(unit, row) for unit, row in rows["train"]
+               if not any(key in held for key in leak_keys(row))]
+    details["train_duplicates_dropped"] = len(rows["train"]) - len(trained)
+    options.rng("train", "train").shuffle(trained)
+    return {"train": trained[:targets["train"]], "eval": evaluated}
 
 
 def _check_not_empty(name: str, rows: dict[str, list], why: str) -> None:

@@ -277,8 +277,9 @@ def test_chat_template_needs_one(tmp_path):
 def test_identical_records_land_on_the_same_side(tmp_path, tokenizer):
     records = alpaca_records(40) + alpaca_records(40)
     data = load_data(str(write_jsonl(tmp_path / "data.jsonl", records)), tokenizer)
-    # A duplicate in eval would be dropped as a leak; none is, and every copy is kept.
-    assert data.details["eval_duplicates_dropped"] == 0
+    # A duplicate of an eval record would be dropped from train as a leak; none is, and every
+    # copy is kept.
+    assert data.details["train_duplicates_dropped"] == 0
     assert len(data.train) + len(data.eval) == 80
     assert not set(list(data.eval["prompt"])) & set(list(data.train["prompt"]))
 
@@ -606,3 +607,20 @@ def test_the_eval_split_follows_the_eval_seed_not_the_training_seed(tokenizer, s
     assert runs[0, 0].eval[column] != runs[0, 1].eval[column]  # another eval seed, another sample
     assert runs[0, 0].train[column] == runs[0, 1].train[column]
     assert runs[1, 0].details["eval_seed"] == 0 and runs[1, 0].details["seed"] == 1
+
+
+def test_duplicates_across_the_split_leave_training_not_the_eval_set(tmp_path, tokenizer):
+    """Files copied under two names can land on both sides: the copy in training is dropped,
+    whatever the training seed samples, so the eval split stays the eval seed's own."""
+    for index in range(40):
+        text = f"def twin_{index}(x):\n    return x * {index} + {index * 7}\n" * 3
+        (tmp_path / f"a_{index}.py").write_text(text)
+        (tmp_path / f"b_{index}.py").write_text(text)
+    loaded = [load_data(str(tmp_path), tokenizer, max_samples=12, max_seq_len=64, seed=seed)
+              for seed in range(4)]
+    evals = {tuple(map(tuple, data.eval["input_ids"])) for data in loaded}
+    assert len(evals) == 1
+    held = set(next(iter(evals)))
+    assert any(data.details["train_duplicates_dropped"] > 0 for data in loaded)
+    for data in loaded:
+        assert not held & {tuple(ids) for ids in data.train["input_ids"]}
