@@ -55,7 +55,8 @@ from alphasel.study.stats import comparison_table, verdicts
 SPEC_FIELDS = ("schemes", "methods", "method", "k", "unit", "rank", "seeds", "task",
                "estimator", "sweep", "train", "created")
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1400px;
+       box-sizing: border-box; color: #222; }
 h1 { margin-bottom: 0.2em; }
 .settings { color: #555; }
 .settings dt { font-weight: 600; float: left; clear: left; width: 7em; }
