@@ -13,7 +13,7 @@ import torch
 from alphasel.errors import PlanError, TrainConfigError
 from alphasel.layout import kind_of
 from alphasel.plan import UNFREEZE, InjectionPlan
-from alphasel.training.config import ALSO_PARTS, TrainConfig
+from alphasel.training.config import ALSO_PARTS, HEAD_TASKS, TrainConfig
 from alphasel.training.models import ModelInfo, load_model, stored_dtype
 from alphasel.training.precision import Precision, hold_trainable_in_float32, resolve_precision
 
@@ -23,7 +23,7 @@ def adapter_overrides(config: TrainConfig) -> dict[str, Any]:
     init: bool | str = True if config.lora_init == "default" else config.lora_init
     return {"use_dora": config.method == "dora", "use_rslora": config.method == "rslora",
             "lora_dropout": config.lora_dropout, "init_lora_weights": init,
-            "task_type": "SEQ_CLS" if config.task == "classification" else "CAUSAL_LM"}
+            "task_type": "SEQ_CLS" if config.task in HEAD_TASKS else "CAUSAL_LM"}
 
 
 def align_plan(plan: InjectionPlan, model: torch.nn.Module) -> InjectionPlan:
@@ -63,7 +63,7 @@ def prepare_model(model: torch.nn.Module, plan: InjectionPlan | None,
         raise TrainConfigError(f"--method {config.method} needs a plan: pass --plan or --scheme")
     if config.method == UNFREEZE:
         unfreeze(model, plan, config.also)
-        if config.task == "classification":  # a new head learns, as PEFT's SEQ_CLS adapters do
+        if config.task in HEAD_TASKS:  # a new head learns, as PEFT's SEQ_CLS adapters do
             for name, parameter in model.named_parameters():
                 if name.split(".")[0] in CLASSIFIER_HEADS:
                     parameter.requires_grad_(True)

@@ -1,7 +1,9 @@
 """The transformers Trainer for one run: arguments, the SFT trainer, the classifier's collator.
 
 Language models train with TRL's SFTTrainer (it tokenizes instruction data, appends EOS, masks
-the prompt and collates); classifiers with transformers' Trainer and a padding collator. Every
+the prompt and collates), their evaluations also counting perplexity and next-token accuracy
+(:mod:`alphasel.training.lm_evaluation`); classifiers and regressors with transformers' Trainer,
+a padding collator and the task's own metrics (:mod:`alphasel.training.task_metrics`). Every
 field alphasel decides is set explicitly, so TRL's and transformers' differing defaults never
 leak into a run.
 """
@@ -13,17 +15,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from alphasel.errors import DataError, TrainConfigError
 from alphasel.training.callbacks import ConsoleCallback
-from alphasel.training.config import TrainConfig
+from alphasel.training.config import HEAD_TASKS, TrainConfig
 from alphasel.training.data import TrainData
 from alphasel.training.distributed import cpu_only
+from alphasel.training.lm_evaluation import EvaluatesLanguageModel
 from alphasel.training.memory import MeasuresActivations
 from alphasel.training.precision import hold_trainable_in_float32
 from alphasel.training.reselect import ContinuesSchedule
+from alphasel.training.task_metrics import PredictionMetrics
 
 
 def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress: bool,
@@ -55,17 +58,12 @@ def _arguments(config: TrainConfig, output_dir: Path, data: TrainData, progress:
         # Trainer defaults to adamw_torch_fused, which has no CPU kernel for every dtype.
         optim="adamw_torch", dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=cpu_only())
-    if data.kind == "classification":
+    if data.kind in HEAD_TASKS:
         return TrainingArguments(**fields)
     from trl import SFTConfig
 
     return SFTConfig(**fields, max_length=config.max_seq_len, packing=False,
                      completion_only_loss=None, dataset_num_proc=None)
-
-
-def _accuracy(prediction: Any) -> dict[str, float]:
-    logits, labels = prediction
-    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
 def check_reporters(config: TrainConfig) -> None:
@@ -108,13 +106,13 @@ def _trainer(model: torch.nn.Module, tokenizer: Any, data: TrainData, config: Tr
              output_dir: Path, callbacks: list, progress: bool, evaluate_first: bool,
              autocast: str | None) -> Any:
     args = _arguments(config, output_dir, data, progress, evaluate_first, autocast)
-    if data.kind == "classification":
+    if data.kind in HEAD_TASKS:
         from transformers import DataCollatorWithPadding
 
         trainer = _classifier_trainer_class()(
             model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
             processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=_accuracy, callbacks=callbacks)
+            compute_metrics=PredictionMetrics(data.kind), callbacks=callbacks)
     else:
         trainer = _sft_trainer_class()(model=model, args=args, train_dataset=data.train,
                                        eval_dataset=data.eval, processing_class=tokenizer,
@@ -161,7 +159,8 @@ def _classifier_trainer_class() -> type:
 
     class ClassifierTrainer(MeasuresActivations, ContinuesSchedule, SavesPlannedAdapters,
                             Trainer):
-        """transformers' Trainer, able to continue its schedule across re-selections."""
+        """transformers' Trainer (a classifier's or a regressor's), able to continue its
+        schedule across re-selections."""
 
     return ClassifierTrainer
 
@@ -170,8 +169,8 @@ def _sft_trainer_class() -> type:
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class SFTDataTrainer(MeasuresActivations, ContinuesSchedule, SavesPlannedAdapters,
-                         SFTTrainer):
+    class SFTDataTrainer(EvaluatesLanguageModel, MeasuresActivations, ContinuesSchedule,
+                         SavesPlannedAdapters, SFTTrainer):
         """TRL's SFTTrainer for the data (prompt-completion tokenizing, EOS, completion mask,
         truncation, collator) with transformers' own loss: the model's mean cross-entropy over
         the label tokens, as a plain Trainer computes it.
@@ -183,8 +182,11 @@ def _sft_trainer_class() -> type:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs["use_cache"] = False  # no KV cache while training
             with self.measuring(model, inputs):
-                return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
+                loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
+                                                     num_items_in_batch=num_items_in_batch)
+            if not model.training:
+                self.count_tokens(outputs, inputs)
+            return (loss, outputs) if return_outputs else loss
 
     return SFTDataTrainer
 

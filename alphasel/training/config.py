@@ -25,7 +25,9 @@ from alphasel.errors import TrainConfigError
 from alphasel.plan import PLAN_METHODS, UNFREEZE
 from alphasel.training.precision import DTYPES, half_autocast
 
-TASKS = ("causal", "classification")
+TASKS = ("causal", "classification", "regression")
+#: Tasks a model learns with a new sequence head over the text (no language-model loss).
+HEAD_TASKS = ("classification", "regression")
 METHODS = (*PLAN_METHODS, "full")
 #: Methods whose trained parameters are the model's own weights (no adapters).
 FULL_WEIGHT_METHODS = (UNFREEZE, "full")
@@ -58,7 +60,8 @@ class TrainConfig:
     """How to train: method, schedule, batch, precision, data handling and record options."""
 
     task: str = "causal"
-    """``causal`` (language modelling, instruction tuning) or ``classification`` (--task)."""
+    """``causal`` (language modelling, instruction tuning), ``classification`` or
+    ``regression`` (a one-output head trained with MSE, e.g. STS-B) (--task)."""
     method: str = "lora"
     """``lora``, ``dora``, ``rslora`` (PEFT adapters on the plan's modules), ``unfreeze``
     (the plan's matrices, and their biases, train in full; everything else frozen) or
@@ -130,7 +133,29 @@ class TrainConfig:
     """How instruction data becomes text: ``alpaca`` or ``chat`` (the tokenizer's chat
     template) (--template)."""
     eval_fraction: float = 0.1
-    """Share of files (or records) held out for evaluation (--eval-fraction)."""
+    """Share of files (or records) held out for evaluation, when no --eval-split names a split
+    of its own (--eval-fraction)."""
+    train_split: str = "train"
+    """The data set's split to train on (a hub data set or a data set directory) (--train-split)."""
+    eval_split: str | None = None
+    """A split of the data set to evaluate on (GLUE's ``validation``); none: --eval-fraction of
+    the train split is held out (--eval-split)."""
+    text_column: list[str] = field(default_factory=list)
+    """The text column of classification or regression data, or two for sentence pairs
+    (``sentence1,sentence2``), a comma list; default ``text`` (--text-column)."""
+    label_column: str = "label"
+    """The label column of classification or regression data (--label-column)."""
+    eval_harness: list[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks run on the model in memory before and after training, a
+    comma list (``stdlib-mc`` is alphasel's own, offline); needs ``alphasel[eval]``
+    (--eval-harness)."""
+    eval_harness_limit: int | None = None
+    """Examples per harness task (default: all) (--eval-harness-limit)."""
+    eval_harness_fewshot: int | None = None
+    """Few-shot examples per harness question (default: each task's own)
+    (--eval-harness-fewshot)."""
+    eval_harness_include: str | None = None
+    """A directory of your own lm-eval task YAMLs, with local data (--eval-harness-include)."""
     max_new_tokens: int = 48
     """Length of the greedy completions in generations.jsonl (--max-new-tokens)."""
     generate: bool = True
@@ -152,6 +177,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.report_to, self.also = _comma_list(self.report_to), _comma_list(self.also)
+        self.text_column = _comma_list(self.text_column)
+        self.eval_harness = _comma_list(self.eval_harness)
         problems = self.problems()
         if problems:
             raise TrainConfigError("; ".join(problems))
@@ -203,6 +230,23 @@ class TrainConfig:
         elif len(set(self.also)) != len(self.also):
             problems.append(f"--also {','.join(self.also)} names a part twice")
         one_of(self.template, TEMPLATES, "--template")
+        if len(self.text_column) > 2:
+            problems.append(f"--text-column {','.join(self.text_column)}: one column, or two "
+                            "for sentence pairs")
+        elif self.text_column and self.task not in HEAD_TASKS:
+            problems.append("--text-column and --label-column name the columns of "
+                            "classification or regression data: use them with --task "
+                            "classification or regression")
+        if self.eval_harness and self.task != "causal":
+            problems.append(f"--eval-harness evaluates language models; --task {self.task} "
+                            "trains a head: drop --eval-harness")
+        whole(self.eval_harness_limit, "--eval-harness-limit", 1, optional=True)
+        whole(self.eval_harness_fewshot, "--eval-harness-fewshot", 0, optional=True)
+        if not self.eval_harness and (self.eval_harness_limit is not None
+                                      or self.eval_harness_fewshot is not None
+                                      or self.eval_harness_include is not None):
+            problems.append("--eval-harness-limit, -fewshot and -include shape --eval-harness: "
+                            "add --eval-harness TASKS")
         one_of(self.scheduler, SCHEDULERS, "--scheduler")
         if not (self.lora_init in LORA_INITS or _PISSA_NITER.match(str(self.lora_init))):
             problems.append(f"--lora-init {self.lora_init!r} is not one of "
@@ -307,7 +351,9 @@ def _comma_list(value: str | list[str]) -> list[str]:
 #: are still replicates of one another.
 RECORD_ONLY_FIELDS = frozenset({"report_to", "generate", "max_new_tokens", "save_adapter",
                                 "save_every", "log_every", "eval_every", "remeasure",
-                                "alpha_every", "ddp_timeout"})
+                                "alpha_every", "ddp_timeout", "eval_harness",
+                                "eval_harness_limit", "eval_harness_fewshot",
+                                "eval_harness_include"})
 
 
 @dataclass(frozen=True)

@@ -147,8 +147,9 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
     """(model, tokenizer, info) ready to train.
 
     ``task`` ``causal`` loads a causal LM, ``classification`` a sequence classifier with a new
-    head over ``labels``. An in-memory module needs ``tokenizer``; it is used as given (its
-    head must already fit the labels). ``dtype``: the floating-point weights' dtype (None: as
+    head over ``labels``, ``regression`` one with a new one-output head trained with MSE. An
+    in-memory module needs ``tokenizer``; it is used as given (its head must already fit the
+    labels). ``dtype``: the floating-point weights' dtype (None: as
     the checkpoint stores them; see :mod:`alphasel.training.precision` for the policy).
     """
     if isinstance(model, torch.nn.Module):
@@ -189,6 +190,9 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
         loader = AutoModelForSequenceClassification
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={label: index for index, label in enumerate(labels)})
+    elif task == "regression":
+        loader = AutoModelForSequenceClassification
+        kwargs.update(num_labels=1, problem_type="regression")
     else:
         loader = AutoModelForCausalLM
     # transformers reports "newly initialised weights" of a new classification head as a
@@ -199,9 +203,9 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
         with library_bars():  # the GGUF loader's own bar
             loaded = loader.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise SourceError(f"transformers cannot load '{text}' as a "
-                          f"{'sequence classifier' if task == 'classification' else 'causal LM'}"
-                          f" ({err}): check that it is a {task} model checkpoint") from err
+        what = "causal LM" if task == "causal" else f"sequence {task} model"
+        raise SourceError(f"transformers cannot load '{text}' as a {what} ({err}): check that "
+                          "it is a checkpoint of that kind") from err
     finally:
         logging.getLogger("transformers.modeling_utils").setLevel(previous)
     if gguf_file and getattr(loaded, "hf_quantizer", None) is not None:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from alphasel.atomic import write_text
 from alphasel.errors import RunError
-from alphasel.jsonfiles import append_jsonl, read_jsonl, write_json
+from alphasel.jsonfiles import append_jsonl, finite_or_none, read_jsonl, write_json
 from alphasel.paths import model_slug, train_runs_dir, utc_stamp
 from alphasel.plan import InjectionPlan
 from alphasel.training.distributed import global_batch
@@ -47,13 +47,15 @@ GENERATIONS_FILE = "generations.jsonl"
 SUMMARY_FILE = "summary.json"
 ALPHA_FILE = "alpha_history.csv"
 SELECTIONS_FILE = "selections.jsonl"
+#: The final evaluation's per-example predictions (a language model's per-example loss).
+PREDICTIONS_FILE = "eval_predictions.jsonl"
 FOLDED_DIR = "folded"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 #: A run's own files and directories (what --overwrite removes).
 RUN_FILES = (CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, METRICS_FILE, GENERATIONS_FILE,
-             ALPHA_FILE, SELECTIONS_FILE, SUMMARY_FILE)
+             ALPHA_FILE, SELECTIONS_FILE, PREDICTIONS_FILE, SUMMARY_FILE)
 RUN_DIRS = (ADAPTER_DIR, CHECKPOINTS_DIR, TENSORBOARD_DIR, FOLDED_DIR)
 
 
@@ -194,6 +196,12 @@ class RunWriter:
         history = read_alpha_history(self.path / ALPHA_FILE)
         if history is not None and not history.empty:
             write_table(history[history["step"] <= step], self.path / ALPHA_FILE)
+
+    def write_predictions(self, rows: list[dict]) -> None:
+        """eval_predictions.jsonl, whole: the final evaluation's per-example rows."""
+        write_text(self.path / PREDICTIONS_FILE,
+                   "".join(json.dumps(finite_or_none(row), allow_nan=False) + "\n"
+                           for row in rows))
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json; call it last, after everything else is on disk."""

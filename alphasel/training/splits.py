@@ -197,18 +197,20 @@ def _tokenize_documents(texts: list[str], options: SplitOptions) -> list[list[li
 
 def text_data(name: str, keys: list[str], read: Callable[[str], str | None],
               options: SplitOptions, unit: str, details: dict,
-              prompts_of: Callable[[list[str]], list[str]] | None = None) -> TrainData:
+              prompts_of: Callable[[list[str]], list[str]] | None = None,
+              sides: Mapping | None = None) -> TrainData:
     """Kind text from documents `keys` (files or records), split by unit — or, with a single
-    document, by position.
+    document, by position; ``sides`` (key → train/eval) splits them as a data set's own splits
+    do instead.
 
     The generation prompts are the openings of the first eval documents, or, with `prompts_of`,
     what it makes of the held-out units: those of the eval split in its order, then the other
     eval-side units in the order the split walked them.
     """
-    details["split"] = f"by {unit[:-1]}"
+    details["split"] = f"by {unit[:-1]}" if sides is None else "by the data set's splits"
     heads: dict[str, str] = {}
     held_out: list[str] = []
-    if len(keys) == 1:
+    if len(keys) == 1 and sides is None:
         text = read(keys[0]) or ""
         chunks = _tokenize_documents([text], options)[0]
         if len(chunks) < 2:
@@ -223,7 +225,7 @@ def text_data(name: str, keys: list[str], read: Callable[[str], str | None],
         heads[keys[0]] = _head(options.tokenizer.decode(chunks[-n_eval][:64],
                                                         skip_special_tokens=True))
     else:
-        sides = assign_sides(keys, options.eval_fraction)
+        sides = assign_sides(keys, options.eval_fraction) if sides is None else sides
         orders = options.unit_order(keys, sides)
         held_out = orders["eval"]
 
@@ -367,12 +369,14 @@ def label_names(values: list) -> list[str]:
                   else (1, 0, text))
 
 
-def classification_data(name: str, rows: dict[str, list], labels: list[str],
+def classification_data(name: str, rows: dict[str, list], labels: list[str] | None,
                         options: SplitOptions, unit: str, details: dict,
-                        balance: bool = False) -> TrainData:
-    """Kind classification from rows {"text", "label" (id)} already split. With `balance`
-    every class keeps the same number of train examples (the smallest class's), and a capped
-    eval split takes the classes in turn, so each class is evaluated."""
+                        balance: bool = False, kind: str = "classification") -> TrainData:
+    """Kind classification from rows {"text", "label" (id)} already split (a sentence pair's
+    rows also have "pair", encoded with the text as the tokenizer encodes pairs); kind
+    regression from rows whose label is a number (``labels`` None). With `balance` every class
+    keeps the same number of train examples (the smallest class's), and a capped eval split
+    takes the classes in turn, so each class is evaluated."""
     if balance:
         by_class: dict[str, dict[int, list]] = {side: {} for side in _SIDES}
         for side in _SIDES:
@@ -393,20 +397,30 @@ def classification_data(name: str, rows: dict[str, list], labels: list[str],
                           for item in by_class["train"][label][:per_class]],
                 "eval": in_turn[:options.targets()["eval"]]}
         details["train_per_class"] = per_class
-    rows = _finish_rows(rows, options, lambda row: [row["text"]], details)
+    rows = _finish_rows(rows, options, lambda row: [row["text"] + "\0" + row.get("pair", "")],
+                        details)
     _check_not_empty(name, rows, f"split {details['split']}")
+    paired = any("pair" in row for side in _SIDES for _, row in rows[side])
     for side in _SIDES:
         texts = [row["text"] for _, row in rows[side]]
-        encoded = options.tokenizer(texts, truncation=True, max_length=options.max_seq_len)
+        pairs = [row["pair"] for _, row in rows[side]] if paired else None
+        encoded = options.tokenizer(texts, pairs, truncation=True,
+                                    max_length=options.max_seq_len)
         rows[side] = [(unit_key, {"input_ids": list(ids), "attention_mask": list(mask),
+                                  **({"token_type_ids": list(types)} if types is not None
+                                     else {}),
                                   "labels": row["label"]})
-                      for (unit_key, row), ids, mask in zip(
+                      for (unit_key, row), ids, mask, types in zip(
                           rows[side], encoded["input_ids"], encoded["attention_mask"],
-                          strict=True)]
-        details[f"{side}_class_counts"] = dict(sorted(Counter(
-            labels[row["labels"]] for _, row in rows[side]).items()))
-    return _build(name, "classification", rows, labels, [], options, details,
-                  f"texts in {len(labels)} classes", unit)
+                          encoded.get("token_type_ids") or [None] * len(texts), strict=True)]
+        if kind == "classification":
+            details[f"{side}_class_counts"] = dict(sorted(Counter(
+                labels[row["labels"]] for _, row in rows[side]).items()))
+    what = (f"texts in {len(labels)} classes" if kind == "classification"
+            else "texts with a score")
+    if paired:
+        what = what.replace("texts", "sentence pairs")
+    return _build(name, kind, rows, labels, [], options, details, what, unit)
 
 
 # ---------------------------------------------------------------------------------- assembly

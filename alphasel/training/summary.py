@@ -15,10 +15,11 @@ from alphasel.training.record import METRICS_FILE
 def run_summary(path: Path, trainer: Any, metrics: MetricsCallback, memory: dict,
                 counts: tuple[int, int], started: float, resumed_step: int | None,
                 world_size: int) -> dict[str, Any]:
-    """The final and best eval loss (and accuracy) from the run's metrics.jsonl, its times,
-    tokens, peak memory, parameters (``counts``: trainable, total) and steps. A resumed run's
-    time and token figures cover its last session (the one that finished);
-    ``resumed_from_step`` says where that session began."""
+    """The final and best eval loss, and the final evaluation's other results (the task's own
+    metrics: accuracy, macro-F1, MCC, ...; perplexity and token accuracy), from the run's
+    metrics.jsonl, its times, tokens, peak memory, parameters (``counts``: trainable, total)
+    and steps. A resumed run's time and token figures cover its last session (the one that
+    finished); ``resumed_from_step`` says where that session began."""
     evals = [row for row in read_jsonl(path / METRICS_FILE) if "eval_loss" in row]
     losses = [row["eval_loss"] for row in evals if row["eval_loss"] is not None]  # NaN → null
     training = metrics.train_seconds - metrics.eval_seconds
@@ -36,6 +37,7 @@ def run_summary(path: Path, trainer: Any, metrics: MetricsCallback, memory: dict
         "resumed_from_step": resumed_step, "world_size": world_size,
         "device": str(trainer.args.device), "finished": utc_now(),
     }
-    if evals and "eval_accuracy" in evals[-1]:
-        summary["eval_accuracy"] = evals[-1]["eval_accuracy"]
+    if evals:
+        summary.update({key: value for key, value in evals[-1].items()
+                        if key.startswith("eval_") and key != "eval_loss"})
     return summary

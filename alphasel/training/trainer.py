@@ -38,11 +38,13 @@ from alphasel.training.adapters import (
 from alphasel.training.alpha import AlphaCallback, alpha_options, measured_modules
 from alphasel.training.builder import build_trainer, check_reporters
 from alphasel.training.callbacks import MetricsCallback, peak_memory, start_memory_tracking
-from alphasel.training.config import TrainConfig
+from alphasel.training.config import HEAD_TASKS, TrainConfig
 from alphasel.training.console import library_output
 from alphasel.training.data import TrainData, tokenizer_and_data
 from alphasel.training.distributed import agree, check_same_modules, start_process
 from alphasel.training.generations import format_prompt, read_prompts, record_generations
+from alphasel.training.harness import check_harness, evaluate_harness
+from alphasel.training.harness import flat as harness_columns
 from alphasel.training.memory import MemoryCallback
 from alphasel.training.models import ModelInfo
 from alphasel.training.precision import Precision
@@ -61,6 +63,7 @@ from alphasel.training.record import (
 )
 from alphasel.training.reselect import Reselector, reselection_budget, run_rounds, selection_row
 from alphasel.training.summary import run_summary
+from alphasel.training.task_metrics import PredictionMetrics
 
 
 @dataclass
@@ -87,6 +90,8 @@ class _Run:
     memory: MemoryCallback
     counts: tuple[int, int]
     """(trainable, total) parameters of the model as it starts training."""
+    harness: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """lm-evaluation-harness results, ``before`` and ``after`` training."""
     trainer: Any = None
     writer: RunWriter | None = None
     """The run directory's writer, on the main process only."""
@@ -129,12 +134,14 @@ def train(model: str | Path | torch.nn.Module, plan: InjectionPlan | str | Path 
                                          loaded.precision), analysis, overwrite)
         prompt_texts = _prompt_texts(run, prompt_list)
         _generate(run, "before", prompt_texts)
+        _benchmark(run, "before")
         reselect_seconds = _fit(run)
         memory = peak_memory()
         if config.save_adapter:
             save_trained(run.trainer, run.path / ADAPTER_DIR, config, run.state,
                          run.reselector.released if run.reselector else frozenset())
         _generate(run, "after", prompt_texts)
+        _benchmark(run, "after")
         if run.writer is not None:
             _finish_record(run, memory, started, reselect_seconds)
         state.wait_for_everyone()
@@ -164,6 +171,7 @@ def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig
                        "runs cannot be resumed yet (no checkpoint holds the folded base "
                        "weights): start it again")
     check_reporters(config)
+    check_harness(config.eval_harness, config.eval_harness_include)
     return plan
 
 
@@ -239,7 +247,7 @@ def _start_record(run: _Run, config: dict[str, Any], analysis: pd.DataFrame | No
 def _prompt_texts(run: _Run, prompts: list[str] | None) -> list[str]:
     """The prompts of generations.jsonl as the model sees them (none for classifiers, or when
     generations are off)."""
-    if run.data.kind == "classification" or not run.config.generate:
+    if run.data.kind in HEAD_TASKS or not run.config.generate:
         return []
     return [format_prompt(prompt, run.data.kind, run.config.template, run.tokenizer)
             for prompt in (prompts or run.data.prompts)]
@@ -256,6 +264,28 @@ def _generate(run: _Run, when: str, prompts: list[str]) -> None:
                            run.config.max_new_tokens, special, run.precision.autocast_dtype)
     if when == "before":
         run.state.wait_for_everyone()
+
+
+def _benchmark(run: _Run, when: str) -> None:
+    """lm-evaluation-harness on the model as it is, ``before`` or ``after`` training, on the
+    main process (a resumed run has its "before"): each task's metrics go to metrics.jsonl at
+    this step, and with their seconds to the run (summary.json keeps the final ones)."""
+    config = run.config
+    if not config.eval_harness:
+        return
+    if run.writer is None or (when == "before" and run.resumed):
+        run.state.wait_for_everyone()  # the other ranks wait for the main process's harness
+        return
+    results, seconds = evaluate_harness(
+        run.trainer.model, run.tokenizer, config.eval_harness, limit=config.eval_harness_limit,
+        fewshot=config.eval_harness_fewshot, include=config.eval_harness_include,
+        batch_size=config.batch_size, eval_fraction=config.eval_fraction,
+        autocast=run.precision.autocast_dtype)
+    run.harness[when] = {"results": results, "seconds": round(seconds, 3)}
+    run.writer.log_metrics({"step": run.trainer.state.global_step, "epoch":
+                            run.trainer.state.epoch or 0.0, "harness_seconds": round(seconds, 3),
+                            **harness_columns(results)})
+    run.state.wait_for_everyone()
 
 
 def _fit(run: _Run) -> float:
@@ -300,6 +330,12 @@ def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: fl
                           run.resumed_step if run.resumed else None, run.state.num_processes)
     summary["alpha_seconds"] = round(run.alpha.seconds, 3)
     summary["memory_breakdown"] = run.memory.breakdown(memory)
+    if run.harness:
+        summary.update(harness_columns(run.harness.get("after", {}).get("results", {})))
+        summary["harness"] = run.harness
+    rows = _prediction_rows(run)
+    if rows:
+        run.writer.write_predictions(rows)
     if run.config.also:  # trained beside the plan's matrices, counted in trainable_params
         summary["also_params"] = also_params(run.trainer.model, run.config.also)
     if run.reselector is not None:
@@ -307,6 +343,16 @@ def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: fl
         summary["reselect_seconds"] = round(reselect_seconds, 3)
         summary["trainable_params"] = parameter_counts(run.trainer.model)[0]  # the last round's
     run.writer.write_summary(summary)
+
+
+def _prediction_rows(run: _Run) -> list[dict]:
+    """eval_predictions.jsonl's rows from the final evaluation: a classifier's or regressor's
+    predictions, a language model's per-example loss."""
+    compute = getattr(run.trainer, "compute_metrics", None)
+    if isinstance(compute, PredictionMetrics):
+        return compute.rows(run.data.labels)
+    counts = getattr(run.trainer, "last_counts", None)
+    return counts.rows() if counts is not None else []
 
 
 def resume(run_dir: str | Path, *, model: torch.nn.Module | None = None, tokenizer: Any = None,

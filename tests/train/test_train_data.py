@@ -391,7 +391,7 @@ def test_missing_paths(tokenizer, spec, expected):
     ({"eval_fraction": 0.0}, r"--eval-fraction 0\.0 is out of range"),
     ({"max_seq_len": 4}, r"--max-seq-len 4 is too short: use at least 8"),
     ({"max_samples": 0}, r"--max-samples 0 is not a positive integer"),
-    ({"task": "regression"}, r"--task 'regression' is unknown"),
+    ({"task": "ranking"}, r"--task 'ranking' is unknown: use one of causal, classification, regression"),
     ({"template": "vicuna"}, r"--template 'vicuna' is unknown: use alpaca or chat"),
 ])
 def test_bad_options(tokenizer, options, expected):
@@ -515,7 +515,8 @@ def test_jsonl_classification_with_int_labels(tmp_path, tokenizer):
 
 @pytest.mark.parametrize(("name", "content", "expected"), [
     ("cols.csv", "sentence,category\nhi there,a\n",
-     r"cols\.csv' has no 'text' and 'label' columns \(it has: sentence, category\)"),
+     r"cols\.csv' has no column\(s\) text, label \(it has: sentence, category\): name its "
+     r"text with --text-column"),
     ("row.csv", "text,label\nfine,a\nalso fine,b\nbroken,a,extra\n",
      r"row\.csv', line 4: 2 columns expected"),
     ("quote.csv", 'text,label\nfine,a\n"open quote,b\n', r"quote\.csv', line \d: malformed CSV"),
@@ -523,7 +524,7 @@ def test_jsonl_classification_with_int_labels(tmp_path, tokenizer):
     ("nolabel.jsonl", '{"text": "a", "label": "x"}\n{"text": "b"}\n',
      r"nolabel\.jsonl', line 2: the label None is not a class name"),
     ("alpaca.jsonl", '{"instruction": "a", "output": "b"}\n',
-     r"alpaca\.jsonl' has no 'text' and 'label' columns \(it has: instruction, output\)"),
+     r"alpaca\.jsonl' has no column\(s\) text, label \(it has: instruction, output\)"),
 ])
 def test_bad_classification_files(tmp_path, tokenizer, name, content, expected):
     path = tmp_path / name

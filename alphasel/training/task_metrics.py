@@ -1,0 +1,106 @@
+"""The task's own metrics, computed from an evaluation's predictions by scikit-learn and scipy
+(never hand-written formulas), and which of them leads a study's table.
+
+- classification: accuracy, macro-F1 and Matthews' correlation (MCC); a binary task also the
+  F1 of its positive class (label 1);
+- regression (a one-output head trained with MSE): Pearson's and Spearman's correlations;
+- causal language modelling: perplexity, exp of the token-mean eval loss, and next-token
+  accuracy (:mod:`alphasel.training.lm_evaluation` counts both over the eval split's tokens).
+
+Each becomes ``eval_<name>`` in metrics.jsonl and summary.json (transformers prefixes them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: Metric names per task, in the order tables show them (without transformers' ``eval_``).
+TASK_METRICS = {"classification": ("accuracy", "macro_f1", "mcc", "f1"),
+                "regression": ("pearson", "spearman"),
+                "causal": ("perplexity", "token_accuracy")}
+#: The headline metric of a known GLUE config (the study table's main column); other
+#: configs lead with accuracy.
+GLUE_HEADLINE = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "spearman"}
+#: Metrics a larger value of which is better (the loss and perplexity are smaller-is-better).
+HIGHER_IS_BETTER = ("accuracy", "macro_f1", "mcc", "f1", "pearson", "spearman",
+                    "token_accuracy")
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """accuracy, macro_f1 and mcc of the argmax of ``logits`` (examples × classes) against
+    ``labels``; with two classes also f1, the positive class's (label 1)."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    predicted = np.argmax(np.asarray(logits), axis=-1)
+    labels = np.asarray(labels)
+    metrics = {"accuracy": float(accuracy_score(labels, predicted)),
+               "macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+               "mcc": float(matthews_corrcoef(labels, predicted))}
+    if np.asarray(logits).shape[-1] == 2:
+        metrics["f1"] = float(f1_score(labels, predicted, pos_label=1, zero_division=0))
+    return metrics
+
+
+def regression_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Pearson's and Spearman's correlation of the predicted ``scores`` with ``labels`` (NaN
+    when either side is constant: no correlation is defined)."""
+    from scipy import stats
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if np.ptp(scores) == 0 or np.ptp(labels) == 0:
+        return {"pearson": math.nan, "spearman": math.nan}
+    return {"pearson": float(stats.pearsonr(scores, labels).statistic),
+            "spearman": float(stats.spearmanr(scores, labels).statistic)}
+
+
+def headline_metric(task: str, config_name: str | None = None) -> str:
+    """The summary key a study leads with: a GLUE config's own metric, accuracy for other
+    classification, spearman for regression, the eval loss for language models."""
+    if task == "causal":
+        return "eval_loss"
+    if config_name in GLUE_HEADLINE:
+        return f"eval_{GLUE_HEADLINE[config_name]}"
+    return "eval_spearman" if task == "regression" else "eval_accuracy"
+
+
+class PredictionMetrics:
+    """A Trainer's ``compute_metrics`` for a classifier or a regressor that keeps the last
+    evaluation's predictions (for eval_predictions.jsonl, written once, after the final
+    evaluation)."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        logits, labels = prediction
+        logits, labels = np.asarray(logits), np.asarray(labels)
+        self.last = (logits, labels)
+        if self.task == "regression":
+            return regression_metrics(logits.reshape(-1), labels)
+        return classification_metrics(logits, labels)
+
+    def rows(self, label_names: list[str] | None = None) -> list[dict[str, Any]]:
+        """eval_predictions.jsonl's rows: per example its id (its place in the eval split), the
+        label, the prediction and the logits (a regressor's score)."""
+        if self.last is None:
+            return []
+        logits, labels = self.last
+        if self.task == "regression":
+            return [{"id": index, "label": float(label), "prediction": float(score)}
+                    for index, (score, label) in enumerate(zip(logits.reshape(-1), labels,
+                                                               strict=True))]
+        rows = []
+        for index, (row, label) in enumerate(zip(logits, labels, strict=True)):
+            predicted = int(np.argmax(row))
+            entry: dict[str, Any] = {"id": index, "label": int(label), "prediction": predicted,
+                                     "logits": [float(value) for value in row]}
+            if label_names:
+                entry.update(label_name=label_names[int(label)],
+                             prediction_name=label_names[predicted])
+            rows.append(entry)
+        return rows
