@@ -22,7 +22,7 @@ from alphasel.errors import PlotError
 from alphasel.paths import model_slug, plots_dir
 from alphasel.plots.comparison import STUDY_FIGURES, check_figure_options, study_figure
 from alphasel.plots.output import check_output_path, check_plotlyjs, save_figure
-from alphasel.plots.report import check_formats, write_report
+from alphasel.plots.report import parse_formats, write_report
 from alphasel.plots.tables import PLOT_NAMES, check_plot_name, figure
 from alphasel.plots.training import TRAINING_FIGURES, training_figure
 from alphasel.study.collect import collect_runs, collect_study
@@ -151,10 +151,8 @@ def run_compare(args: argparse.Namespace) -> Path:
             raise PlotError(f"{flag} shapes one figure; the {REPORT_FIGURE} shows them all: "
                             f"drop {flag}, or add --figure loss_curves|final_loss|forest")
         check_figure_options("loss_curves", args.smooth)
-        formats = tuple(item.strip() for item in (args.format or "").split(",")
-                        if item.strip())
+        formats = parse_formats(args.format)
         check_plotlyjs(args.plotlyjs or "directory")
-        check_formats(formats)
         if args.out is not None and Path(args.out).suffix.lower() != ".html":
             raise PlotError(f"cannot write the study report to '{args.out}': the report is "
                             "one HTML page; use a file ending in .html")

@@ -20,7 +20,9 @@ from typing import Any
 from alphasel.cli.compare import add_comparison_options
 from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import StudyError
-from alphasel.study.spec import STUDY_OWNED, STUDY_SCHEMES
+from alphasel.study.launch import RETRIES
+from alphasel.study.spec import STUDY_OWNED, STUDY_SCHEMES, parse_seeds
+from alphasel.study.stats import check_effect
 
 #: The study's own flags that define it (refused beside a spec file or --resume), with the
 #: training options (TrainConfig's fields but those the study decides per run, and --task and
@@ -72,9 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="ray: GPUs each run reserves (default 0: runs train on CPUs)")
     run.add_argument("--cpus-per-run", type=float, default=1,
                      help="ray: CPUs each run reserves (default 1)")
-    run.add_argument("--retries", type=int, default=1, metavar="N",
+    run.add_argument("--retries", type=int, default=RETRIES, metavar="N",
                      help="start a run whose process (or Ray worker) is killed again, up to N "
-                     "times, before it counts as failed (default 1)")
+                     f"times, before it counts as failed (default {RETRIES})")
     run.add_argument("--add-seeds", type=int, default=None, metavar="M",
                      help="with --resume: M more seeds after the study's last (or --seeds N "
                      "for N in all); only the new seeds' runs train")
@@ -111,7 +113,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         if getattr(args, dest) is not None:
             data[dest] = getattr(args, dest)
     if args.seeds is not None:
-        data["seeds"] = int(args.seeds) if args.seeds.isdigit() else args.seeds
+        data["seeds"] = args.seeds
     data["train"] = given_config(args, args.config_dests)
     data["sweep"] = args.sweep or []
     return StudySpec.from_dict(data, source="the command line")
@@ -127,7 +129,8 @@ def run_command(args: argparse.Namespace) -> None:
         spec, _ = open_study(study)
         _check_baselines(args.baseline, spec)
         if args.seeds is not None or args.add_seeds is not None:
-            added = extend_study(study, _seed_list(args.seeds), args.add_seeds)
+            added = extend_study(study, None if args.seeds is None else parse_seeds(args.seeds),
+                                 args.add_seeds)
             if not args.quiet:
                 print(f"study {study}: {len(added)} new run(s) for the added seeds", flush=True)
     else:
@@ -156,7 +159,7 @@ def _check(args: argparse.Namespace) -> tuple[str, ...]:
     figure formats asked for."""
     from alphasel.plots.comparison import check_smooth
     from alphasel.plots.output import check_plotlyjs
-    from alphasel.plots.report import check_formats
+    from alphasel.plots.report import parse_formats
     from alphasel.study.launch import EXECUTORS, check_retries
 
     given = _given(args)
@@ -179,11 +182,8 @@ def _check(args: argparse.Namespace) -> tuple[str, ...]:
     check_smooth(args.smooth)
     check_retries(args.retries)
     check_plotlyjs(args.plotlyjs)
-    if args.effect is not None and not args.effect > 0:
-        raise StudyError(f"--effect {args.effect} must be a positive difference of the "
-                         "compared metric")
-    formats = tuple(item.strip() for item in (args.format or "").split(",") if item.strip())
-    check_formats(formats)
+    check_effect(args.effect)
+    formats = parse_formats(args.format)
     if args.executor not in EXECUTORS:
         raise StudyError(f"--executor {args.executor}: use one of {', '.join(EXECUTORS)}")
     if args.executor == "ray":
@@ -198,18 +198,6 @@ def _check(args: argparse.Namespace) -> tuple[str, ...]:
 
         gpu_slots(args.parallel)  # refuses more runs at once than GPUs, before the analysis
     return formats
-
-
-def _seed_list(text: str | None) -> list[int] | None:
-    """--seeds on resume: N (seeds 0..N-1) or a comma list."""
-    if text is None:
-        return None
-    if text.strip().isdigit():
-        return list(range(int(text)))
-    try:
-        return [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise StudyError(f"--seeds {text}: give a count or a comma list of seeds") from None
 
 
 def _check_baselines(baselines: list[str], spec: Any) -> None:

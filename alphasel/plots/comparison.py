@@ -252,10 +252,12 @@ def _group_curves(runs: pd.DataFrame, group: Group, metric: str, smooth: int | N
     if paired is None:
         return [run_curve(path, metric, smooth) for path in done["path"]]
     partners = baseline_runs(runs, done, paired)
-    partner_paths = dict(zip(partners["seed"], partners["path"], strict=True))
-    return [(run_curve(path, metric, smooth) - run_curve(partner_paths[seed], metric, smooth))
-            .dropna() for seed, path in zip(done["seed"], done["path"], strict=True)
-            if seed in partner_paths]
+    # Several baseline runs of one seed are averaged, as the paired differences average them.
+    reference = {seed: pd.concat([run_curve(path, metric, smooth) for path in rows["path"]],
+                                 axis=1).mean(axis=1)
+                 for seed, rows in partners.groupby("seed")}
+    return [(run_curve(path, metric, smooth) - reference[seed]).dropna()
+            for seed, path in zip(done["seed"], done["path"], strict=True) if seed in reference]
 
 
 def check_smooth(smooth: int | None) -> int | None:

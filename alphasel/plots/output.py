@@ -76,7 +76,8 @@ def write_plotlyjs(folder: Path) -> Path:
 
     path = Path(folder) / PLOTLYJS_FILE
     text = get_plotlyjs()
-    if not path.is_file() or path.stat().st_size != len(text.encode()):
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, text)
     return path
 

@@ -103,7 +103,11 @@ def write_report(study_dir: str | Path, smooth: int | None = None,
     done = bool((runs["status"] == RunState.COMPLETE).any())
     figures = study_figures(runs, smooth, table) if done else {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    shared = write_plotlyjs(out.parent) if plotlyjs == "directory" and figures else None
+    # The study's own copy for its figure pages (the study stays whole wherever the report
+    # goes), and one beside a report written elsewhere.
+    shared = write_plotlyjs(study_dir) if plotlyjs == "directory" and figures else None
+    if shared is not None and out.parent.resolve() != study_dir.resolve():
+        write_plotlyjs(out.parent)
     folder = study_dir / FIGURES_DIR
     figure_paths = {}
     for name, fig in figures.items():
@@ -120,6 +124,13 @@ def write_report(study_dir: str | Path, smooth: int | None = None,
         _read_stability(study_dir / STABILITY_FILE),
         plotlyjs=PLOTLYJS_FILE if shared is not None else plotlyjs)
     return write_text(out, page)
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """--format's comma list as the formats to write, checked (:func:`check_formats`)."""
+    formats = tuple(item.strip() for item in (text or "").split(",") if item.strip())
+    check_formats(formats)
+    return formats
 
 
 def check_formats(formats: tuple[str, ...]) -> None:

@@ -46,7 +46,7 @@ RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "eval_loss
                   "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s", "peak_memory_mb",
                   *COMPONENTS, "trainable_params", "also_params", "adapted_modules",
                   "adapted_blocks",
-                  "alpha_shift", "run_id", "path"]
+                  "alpha_shift", "eval_set", "run_id", "path"]
 #: Every column, with the sweep columns where ``sweep.*`` stands.
 TABLE_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
 #: summary.json fields copied as they are (NaN when absent or null).
@@ -157,6 +157,8 @@ def _outcome(run_dir: Path, record: RunRecord | None = None) -> dict[str, Any]:
             outcome.update(status=RunState.INCOMPLETE, error=str(err))
     if record is not None and record.config.get("model_id") is not None:
         outcome["model_id"] = record.config["model_id"]
+    if record is not None:  # which examples the run was evaluated on (a digest of them)
+        outcome["eval_set"] = (record.config.get("data_details") or {}).get("eval_fingerprint")
     if outcome["status"] == RunState.COMPLETE and record is None:
         outcome["status"] = RunState.INCOMPLETE  # a summary without the record it finishes
     if outcome["status"] == RunState.COMPLETE:

@@ -10,7 +10,9 @@ the one vocabulary of a run's state.
       runs/<run-id>/     the run records (a failed run: error.json and what it wrote)
       logs/<run-id>.log  each run's output
       table.csv          the comparison table
-      report.html        the report page (alphasel.plots.report), figures/<name>.html
+      report.html        the report page (alphasel.plots.report), figures/<name>.html (and
+                         .png/.svg/.pdf with --format), plotly.min.js the pages share
+                         (alphasel.plots.output.PLOTLYJS_FILE)
 
 Everything that reads or writes a study takes its names from here; the runner and the
 executors build on this module, never the reverse.

@@ -25,6 +25,8 @@ from alphasel.study.stability import selection_stability
 
 #: Where runs execute: worker processes here, or one Ray task per run (``alphasel[cluster]``).
 EXECUTORS = ("local", "ray")
+#: How often a study starts a killed run again before it counts as failed (--retries).
+RETRIES = 1
 
 
 def create_study(spec: StudySpec, out: str | Path | None = None, *,
@@ -56,6 +58,9 @@ def extend_study(study: str | Path, seeds: list[int] | None = None,
 
     study = Path(study)
     spec, entries = open_study(study)
+    # The seeds the matrix has (a grown matrix whose spec.json was not rewritten still counts).
+    spec = dataclasses.replace(spec, seeds=sorted({entry.seed for entry in entries}
+                                                  | set(spec.seeds)))
     if (seeds is None) == (add is None):
         raise StudyError("give the seeds the study should have (--seeds N) or how many to add "
                          "(--add-seeds M), one of them")
@@ -66,9 +71,11 @@ def extend_study(study: str | Path, seeds: list[int] | None = None,
     assert seeds is not None
     dropped = sorted(set(spec.seeds) - set(seeds))
     if dropped or len(seeds) < len(spec.seeds):
+        more = (f"--seeds {len(spec.seeds) + 1} or more" if spec.seeds == list(
+            range(len(spec.seeds))) else "a comma list of seeds holding them all")
         raise StudyError(f"--seeds: the study has {len(spec.seeds)} seeds "
                          f"({', '.join(map(str, spec.seeds))}); a study only grows: give "
-                         f"--seeds {len(spec.seeds) + 1} or more, or --add-seeds M")
+                         f"{more}, or --add-seeds M")
     grown = dataclasses.replace(spec, seeds=list(dict.fromkeys([*spec.seeds, *seeds])))
     remade = expand(grown, read_table(study / ANALYSIS_FILE))
     known = {entry.run_id for entry in entries}
@@ -85,7 +92,7 @@ def extend_study(study: str | Path, seeds: list[int] | None = None,
 def run_study(study: str | Path, *, executor: str = "local", parallel: int = 1,
               report: Callable[[RunEntry, RunState, float], None] | None = None,
               address: str | None = None, gpus_per_run: float = 0,
-              cpus_per_run: float = 1, retries: int = 1) -> dict[str, RunState]:
+              cpus_per_run: float = 1, retries: int = RETRIES) -> dict[str, RunState]:
     """Run every run of ``study`` that is not complete; returns run id → state for all. A run
     whose process (or Ray worker) is killed mid-training is run again from scratch up to
     ``retries`` times, then recorded as failed with how it died.

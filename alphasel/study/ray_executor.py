@@ -47,7 +47,7 @@ from alphasel.study.directory import (
     write_error,
 )
 from alphasel.study.matrix import RunEntry
-from alphasel.study.runner import execute, prepare, worker_environment
+from alphasel.study.runner import RunKilled, execute, prepare, worker_environment
 
 #: Seconds to wait for a TCP answer from a given cluster address.
 CONNECT_TIMEOUT_S = 5.0
@@ -102,10 +102,10 @@ def task_environment(cpus: float, gpus: float) -> dict[str, str]:
 
 
 def run_task(study_path: str, spec_text: str, entry: dict[str, Any],
-             ship: bool | None = None, cpus: float = 1, gpus: float = 0,
-             retries: int = 0) -> dict[str, Any]:
+             ship: bool | None = None, cpus: float = 1, gpus: float = 0) -> dict[str, Any]:
     """The body of one Ray task, which holds ``cpus`` CPUs and ``gpus`` GPUs: run ``entry``
-    (its process run again up to ``retries`` times when it is killed) and say how it went.
+    and say how it went; a run whose process is killed raises :class:`RunKilled`, which Ray
+    retries like a dead worker (Ray counts the attempts).
 
     ``ship`` None runs in place when this node sees the study, else in a temporary study whose
     result is returned packed (``archive``: tar bytes); True or False forces one way."""
@@ -114,14 +114,14 @@ def run_task(study_path: str, spec_text: str, entry: dict[str, Any],
     study = Path(study_path)
     env = task_environment(cpus, gpus)
     if not ship and (ship is False or is_study(study)):
-        return {"state": execute(study, run, env, retries), "archive": None,
+        return {"state": execute(study, run, env, killed_raises=True), "archive": None,
                 "seconds": time.perf_counter() - started}
     with tempfile.TemporaryDirectory(prefix="alphasel-run-") as folder:
         local = Path(folder) / "study"
         (local / RUNS_DIR).mkdir(parents=True)
         (local / SPEC_FILE).write_text(spec_text)
         (local / MATRIX_FILE).write_text(json.dumps({"runs": [entry]}))
-        state = execute(local, run, env, retries)
+        state = execute(local, run, env, killed_raises=True)
         return {"state": state, "archive": pack(local, run.run_id),
                 "seconds": time.perf_counter() - started}
 
@@ -164,10 +164,10 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
             ship: bool | None = None, retries: int = 0) -> dict[str, RunState]:
     """Run ``entries`` as Ray tasks; returns run id → state. Connects to ``address`` (or
     starts Ray here) unless Ray is already initialised in this process, and disconnects only
-    what it connected. ``retries``: a task whose Ray worker dies is run again by Ray (its
-    ``max_retries``; the run's process dies with its worker and the retry starts it afresh),
-    and a run's process killed inside a live task is run again by the task; each up to
-    ``retries`` times."""
+    what it connected. ``retries``: a task whose Ray worker dies, or whose run's process is
+    killed (:class:`RunKilled`), is run again by Ray (its ``max_retries``, counting both; the
+    run's process dies with its worker and each attempt starts afresh), up to ``retries``
+    times in all."""
     for name, value in (("--gpus-per-run", gpus_per_run), ("--cpus-per-run", cpus_per_run)):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise StudyError(f"{name} {value} must be a number ≥ 0")
@@ -182,13 +182,13 @@ def run_ray(study: Path, entries: list[RunEntry], *, address: str | None = None,
         connect(ray, address)
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
-                          max_retries=retries)(run_task)
+                          max_retries=retries, retry_exceptions=[RunKilled])(run_task)
         spec_text = (study / SPEC_FILE).read_text()
         pending = {}
         for entry in entries:
             prepare(study, entry)
             ref = task.remote(str(study.resolve()), spec_text, entry.to_dict(), ship,
-                              cpus_per_run, gpus_per_run, retries)
+                              cpus_per_run, gpus_per_run)
             pending[ref] = entry
         states: dict[str, RunState] = {}
         while pending:

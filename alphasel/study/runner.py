@@ -102,7 +102,13 @@ def worker_command(study: Path, run_id: str) -> list[str]:
     return [sys.executable, "-m", "alphasel.study.worker", str(study), run_id]
 
 
-def execute(study: Path, entry: RunEntry, env: dict[str, str], retries: int = 0) -> RunState:
+class RunKilled(StudyError):
+    """A run's process was killed on its last attempt (raised instead of recording it, for an
+    executor that retries on its own: Ray)."""
+
+
+def execute(study: Path, entry: RunEntry, env: dict[str, str], retries: int = 0,
+            killed_raises: bool = False) -> RunState:
     """Run ``entry`` in a worker process of its own with the environment ``env`` (see
     :func:`worker_environment`), its output in logs/<run-id>.log; returns its state.
 
@@ -110,7 +116,8 @@ def execute(study: Path, entry: RunEntry, env: dict[str, str], retries: int = 0)
     again from scratch, up to ``retries`` more times, each attempt's output appended to the
     log; after the last it is ``failed``, its error.json naming how it died and how often. A run
     that fails with an error of its own (a bad plan, a diverged loss) is not retried: it would
-    fail the same way."""
+    fail the same way. ``killed_raises``: a run killed on its last attempt raises
+    :class:`RunKilled` instead of being recorded as failed."""
     log = log_file(study, entry.run_id)
     log.parent.mkdir(exist_ok=True)
     folder = run_folder(study, entry.run_id)
@@ -123,14 +130,16 @@ def execute(study: Path, entry: RunEntry, env: dict[str, str], retries: int = 0)
                              f"{_ending(code)} ---\n")
                 handle.flush()
             code = subprocess.run(worker_command(study, entry.run_id), stdout=handle,
-                                  stderr=subprocess.STDOUT, env=env,
-                                  preexec_fn=_die_with_parent).returncode
+                                  stderr=subprocess.STDOUT,
+                                  env={**env, PARENT_VARIABLE: str(os.getpid())}).returncode
         state = run_state(folder)
         if code == 0 or state not in (RunState.INCOMPLETE, RunState.MISSING):
             return state
     # killed before it could write error.json, on every attempt
-    write_error(folder, f"the run's process {_ending(code)} on each of {attempts} "
-                        f"attempt(s); see {log}")
+    message = f"the run's process {_ending(code)} on each of {attempts} attempt(s); see {log}"
+    if killed_raises:
+        raise RunKilled(message)
+    write_error(folder, message)
     return RunState.FAILED
 
 
@@ -145,11 +154,22 @@ def _ending(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _die_with_parent() -> None:
-    """In the worker, before it runs: be killed when the process that started it dies (a Ray
-    worker killed mid-run must not leave its training behind, writing into a run directory a
-    retry is about to clear). Linux only; elsewhere nothing."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+#: The worker's environment names the process that started it (see :func:`die_with_parent`).
+PARENT_VARIABLE = "ALPHASEL_STUDY_PARENT"
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+def die_with_parent() -> None:
+    """Called first in a worker: be killed when the process that started it dies (a Ray worker
+    killed mid-run must not leave its training behind, writing into a run directory a retry
+    is about to clear), and exit at once when that process is gone already. Linux only
+    (``prctl``); elsewhere nothing."""
+    expected = os.environ.get(PARENT_VARIABLE)
+    if not sys.platform.startswith("linux") or expected is None:
+        return
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: this process dies with its parent
+    if os.getppid() != int(expected):  # the parent died before the line above
+        sys.exit(1)

@@ -37,7 +37,8 @@ def paired_tests(differences: Sequence[float]) -> dict[str, float]:
     ``differences`` (label − baseline per seed) against 0, and the effect size d_z.
 
     Fewer than two differences: all NaN. Differences that are all zero: p = 1 (the two sides
-    trained the same), effect 0. NaN values are left out."""
+    trained the same), effect 0. The same non-zero difference at every seed: no t-test (it
+    needs a spread; p NaN), the Wilcoxon test's exact p. NaN values are left out."""
     data = np.asarray(differences, dtype=np.float64)
     data = data[np.isfinite(data)]
     if data.size < 2:
@@ -47,7 +48,7 @@ def paired_tests(differences: Sequence[float]) -> dict[str, float]:
     std = float(data.std(ddof=1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy's notes on ties and zeros
-        p_t = float(scipy_stats.ttest_1samp(data, 0.0).pvalue) if std > 0 else 0.0
+        p_t = float(scipy_stats.ttest_1samp(data, 0.0).pvalue) if std > 0 else math.nan
         p_wilcoxon = float(scipy_stats.wilcoxon(data).pvalue)
     return {"p_t": p_t, "p_wilcoxon": p_wilcoxon,
             "effect_size": float(data.mean()) / std if std > 0 else math.copysign(

@@ -339,12 +339,19 @@ class StudySpec:
         values["schemes"] = parse_schemes(values["schemes"])
         values["k"] = _int_list(values.get("k", [3]), "k")
         values["rank"] = _int_list(values.get("rank", [8]), "rank")
-        seeds = values.get("seeds", 3)
-        values["seeds"] = list(range(seeds)) if isinstance(seeds, int) else _int_list(seeds,
-                                                                                      "seeds")
+        values["seeds"] = parse_seeds(values.get("seeds", 3))
         values["sweep"] = parse_sweep(values.get("sweep") or {})
         values["train"] = dict(values.get("train") or {})
         return cls(**values)
+
+
+def parse_seeds(value: int | str | list) -> list[int]:
+    """Seeds from a count (``5``, ``"5"``: seeds 0-4) or a list (``"0,3,7"``, ``[0, 3, 7]``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return list(range(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return list(range(int(value)))
+    return _int_list(value, "seeds")
 
 
 def _int_list(value: Any, name: str) -> list[int]:

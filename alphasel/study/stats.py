@@ -191,6 +191,12 @@ def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "e
     return _typed(rows, columns, runs, [*cell, "label"])
 
 
+def check_effect(effect: float | None, metric: str = "the compared metric") -> None:
+    """Refuse an --effect that is not a positive difference."""
+    if effect is not None and (isinstance(effect, bool) or not effect > 0):
+        raise StudyError(f"--effect {effect} must be a positive difference of {metric}")
+
+
 def baselines_of(runs: pd.DataFrame, extra: Sequence[str] = ()) -> list[str]:
     """The table's baselines: random and all, then ``extra`` (``--baseline LABEL``), each a
     label the runs have (an extra one they lack is refused, naming the labels there are)."""
@@ -220,18 +226,27 @@ def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss",
     them; ``matched`` is False for the unmatched upper baselines (``all``, ``full``), whose
     budget and budget_gap are NaN. ``table.attrs``: the metric and the number of comparisons.
     """
-    if effect is not None and (isinstance(effect, bool) or not effect > 0):
-        raise StudyError(f"--effect {effect} must be a positive difference of {metric}")
+    check_effect(effect, metric)
     by = grouping_columns(runs)
     table = summarize(runs, by)
     chosen = baselines_of(runs, baselines)
-    matches = {}
+    cell = [column for column in by if column != "label"]
+    matches, asked = {}, set()
     for baseline in chosen:
         differences = paired_differences(runs, baseline, metric, by)
         found = {_key(row[column] for column in by): dict(row)
                  for _, row in differences.iterrows()}
-        matches[baseline] = [found.get(_key(row[column] for column in by))
-                             for _, row in table.iterrows()]
+        matches[baseline] = []
+        for _, row in table.iterrows():
+            match = found.get(_key(row[column] for column in by))
+            # A − B and B − A are one question: the family (and the verdicts) hold it once.
+            question = (_key(row[column] for column in cell),
+                        frozenset((row["label"], baseline)))
+            if match is not None and question in asked:
+                match = None
+            elif match is not None:
+                asked.add(question)
+            matches[baseline].append(match)
     compared = [row for rows in matches.values() for row in rows if row is not None]
     for test in ("p_t", "p_wilcoxon"):
         for row, adjusted in zip(compared, holm([row[test] for row in compared]), strict=True):
@@ -253,8 +268,20 @@ def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss",
                 continue
             table[f"vs_{baseline}_{part}"] = [math.nan if row is None else row[source]
                                               for row in rows]
-    table.attrs.update(metric=metric, comparisons=family, baselines=chosen, effect=effect)
+    table.attrs.update(metric=metric, comparisons=family, baselines=chosen, effect=effect,
+                       eval_sets=eval_sets(runs))
     return table
+
+
+def eval_sets(runs: pd.DataFrame) -> int:
+    """The most evaluation sets the complete runs of one model used (1 in a sound study;
+    more when runs of another alphasel, or other data options, were mixed into it)."""
+    if "eval_set" not in runs:
+        return 1
+    done = runs[(runs["status"] == RunState.COMPLETE) & runs["eval_set"].notna()]
+    if done.empty:
+        return 1
+    return int(done.groupby(done["model_id"].fillna(""))["eval_set"].nunique().max())
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
@@ -265,6 +292,10 @@ def verdicts(table: pd.DataFrame) -> list[str]:
     metric = table.attrs.get("metric", "eval_loss")
     effect = table.attrs.get("effect")
     lines = []
+    if table.attrs.get("eval_sets", 1) > 1:
+        lines.append(f"warning: the runs were evaluated on {table.attrs['eval_sets']} different "
+                     "eval sets (runs of another alphasel or other data options): their "
+                     "differences mix training and evaluation; compare runs of one eval set")
     for baseline in table.attrs.get("baselines", BASELINES):
         if f"vs_{baseline}_pairs" not in table:
             continue
@@ -278,8 +309,14 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             shown = format_interval(mean, low, high, int(pairs))
             adjusted = row[f"vs_{baseline}_p_holm"]
             if not math.isfinite(adjusted):
-                lines.append(f"{name}: not tested ({int(pairs)} seed pair(s): a test needs 2 "
-                             f"or more); difference {shown}")
+                why = (f"{int(pairs)} seed pair(s): a test needs 2 or more" if pairs < 2 else
+                       "the difference is the same at every seed: a t-test needs a spread; "
+                       f"Wilcoxon's Holm p = {row[f'vs_{baseline}_p_wilcoxon_holm']:.3g}")
+                lines.append(f"{name}: not tested ({why}); difference {shown}")
+                continue
+            if row[f"vs_{baseline}_std"] == 0:
+                lines.append(f"{name}: no difference, the two trained alike at every seed "
+                             f"({int(pairs)} seeds)")
                 continue
             tested = f"Holm p = {adjusted:.3g}, {int(pairs)} seeds"
             if adjusted < LEVEL:

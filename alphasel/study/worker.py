@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from alphasel.study.runner import run_one
+from alphasel.study.runner import die_with_parent, run_one
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m alphasel.study.worker STUDY_DIR RUN_ID", file=sys.stderr)
         return 2
+    if argv is None:
+        die_with_parent()
     try:
         run_one(args[0], args[1], own_process=argv is None)
     except Exception as err:  # recorded in error.json by run_one

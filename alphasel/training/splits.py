@@ -431,11 +431,11 @@ def _build(name: str, kind: str, rows: dict[str, list], labels: list[str] | None
     """The TrainData: datasets, fingerprint, one-line description and the details."""
     columns = {side: _columns([row for _, row in rows[side]]) for side in _SIDES}
     digest = hashlib.sha256(json.dumps({"kind": kind, "labels": labels}).encode())
+    evaluated = digest.copy()  # what was evaluated, alone: runs of one study must agree on it
     for side in _SIDES:
-        for column, values in columns[side].items():
-            digest.update(f"\n#{side}.{column}\n".encode())
-            for value in values:
-                digest.update(_canonical(value) + b"\n")
+        _digest_split(digest, side, columns[side])
+    _digest_split(evaluated, "eval", columns["eval"])
+    details["eval_fingerprint"] = evaluated.hexdigest()
     units = {side: len({key for key, _ in rows[side]}) for side in _SIDES}
     counts = {side: len(rows[side]) for side in _SIDES}
     source = (f" from {units['train']} / {units['eval']} {unit}"
@@ -455,6 +455,14 @@ def _build(name: str, kind: str, rows: dict[str, list], labels: list[str] | None
         labels=labels, fingerprint=digest.hexdigest(),
         description=f"{name}: {counts['train']} train / {counts['eval']} eval {what}{source}",
         prompts=prompts[:NUM_PROMPTS], details=details)
+
+
+def _digest_split(digest: Any, side: str, columns: dict[str, list]) -> None:
+    """Add one split's ``columns`` to the hash ``digest``."""
+    for column, values in columns.items():
+        digest.update(f"\n#{side}.{column}\n".encode())
+        for value in values:
+            digest.update(_canonical(value) + b"\n")
 
 
 def _columns(rows: list[dict]) -> dict[str, list]:

@@ -143,7 +143,7 @@ def _fake_ray(monkeypatch, node_gpus: str, assigned: str) -> list[dict[str, floa
         def __init__(self, value):
             self.value = value
 
-    def remote(num_cpus, num_gpus, max_retries):
+    def remote(num_cpus, num_gpus, max_retries, retry_exceptions=()):
         asked.append({"num_cpus": num_cpus, "num_gpus": num_gpus})
 
         def wrap(task):

@@ -364,9 +364,10 @@ def test_the_table_adjusts_every_comparison_together_and_says_the_verdicts(tmp_p
     family = table.attrs["comparisons"]
     raw = [p for baseline in ("random", "all", "blora")
            for p in table[f"vs_{baseline}_p"].dropna()]
-    # vs random: alora, blora; vs all: random, alora, blora; vs blora: random, alora. The
+    # vs random: alora, blora; vs all: alora, blora (random − all is 0.5 at every seed: no
+    # spread, no t-test); vs blora: alora (random − blora is blora − random again). The
     # unmatched all has no budget, so it pairs as a baseline only.
-    assert family == len(raw) == 2 + 3 + 2
+    assert family == len(raw) == 2 + 2 + 1
     expected = dict(zip(raw, holm(raw), strict=True))
     for baseline in ("random", "all", "blora"):
         for p, adjusted in zip(table[f"vs_{baseline}_p"], table[f"vs_{baseline}_p_holm"],
@@ -387,8 +388,25 @@ def test_the_table_adjusts_every_comparison_together_and_says_the_verdicts(tmp_p
     detectable = table.set_index("label").loc["blora", "vs_random_detectable"]
     assert "no difference detected" in blora and f"could detect ≥ {detectable:.3g}" in blora
     assert "seeds would detect 0.05" in blora
+    assert not any(line.startswith("random vs blora") for line in lines)  # asked once
+    constant = next(line for line in lines if line.startswith("random vs all"))
+    assert "not tested (the difference is the same at every seed" in constant
+    assert "Wilcoxon's Holm p" in constant
     with pytest.raises(StudyError, match=r"--baseline lora: the runs have no such label \(they "
                                          r"have random, alora, blora, all\)"):
         comparison_table(runs, baselines=("lora",))
     with pytest.raises(StudyError, match="--effect -1 must be a positive difference"):
         comparison_table(runs, effect=-1)
+
+
+def test_runs_of_different_eval_sets_are_flagged(tmp_path):
+    """A study grown across alphasel versions (or data options) can hold runs evaluated on
+    other examples: the verdicts say so first."""
+    runs = collect_study(write_study(tmp_path / "study", [
+        {"label": label, "seed": seed, "eval_loss": 1.0 + seed + (0.1 if label == "alora" else 0)}
+        for label in ("random", "alora") for seed in range(3)]))
+    assert comparison_table(runs).attrs["eval_sets"] == 1  # no fingerprints recorded
+    runs["eval_set"] = ["a", "a", "b", "a", "a", "b"]
+    table = comparison_table(runs)
+    assert table.attrs["eval_sets"] == 2
+    assert verdicts(table)[0].startswith("warning: the runs were evaluated on 2 different eval")

@@ -391,7 +391,8 @@ def test_missing_paths(tokenizer, spec, expected):
     ({"eval_fraction": 0.0}, r"--eval-fraction 0\.0 is out of range"),
     ({"max_seq_len": 4}, r"--max-seq-len 4 is too short: use at least 8"),
     ({"max_samples": 0}, r"--max-samples 0 is not a positive integer"),
-    ({"task": "ranking"}, r"--task 'ranking' is unknown: use one of causal, classification, regression"),
+    ({"task": "ranking"},
+     r"--task 'ranking' is unknown: use one of causal, classification, regression"),
     ({"template": "vicuna"}, r"--template 'vicuna' is unknown: use alpaca or chat"),
 ])
 def test_bad_options(tokenizer, options, expected):
