@@ -34,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="write the table here (.csv, .json, .parquet); default: table.csv "
                         "in the study directory, nothing for loose runs")
+    parser.add_argument("--metric", default=None,
+                        help="the metric the paired differences and verdicts compare (default: "
+                        "the runs' headline: eval_loss for language models, accuracy, or a GLUE "
+                        "config's own; any eval_* or harness_* column the runs have)")
     add_comparison_options(parser)
     parser.set_defaults(func=run)
 
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"alphasel compare: warning: the runs are of {len(models)} models "
               f"({', '.join(map(str, models))}): each model's runs are compared on their own",
               file=sys.stderr)
-    table = comparison_table(runs, baselines=tuple(args.baseline), effect=args.effect)
+    table = comparison_table(runs, args.metric, tuple(args.baseline), args.effect)
     out = args.out if args.out is not None else (study / TABLE_FILE if study else None)
     if out is not None:
         try:

@@ -146,10 +146,9 @@ def run_compare(args: argparse.Namespace) -> Path:
             raise PlotError(f"--figure {REPORT_FIGURE} is a study's page: pass one study "
                             "directory, or draw one figure of these runs with --figure "
                             f"{'|'.join(STUDY_FIGURES)}")
-        if args.metric is not None or args.paired is not None:
-            flag = "--metric" if args.metric is not None else "--paired"
-            raise PlotError(f"{flag} shapes one figure; the {REPORT_FIGURE} shows them all: "
-                            f"drop {flag}, or add --figure loss_curves|final_loss|forest")
+        if args.paired is not None:
+            raise PlotError(f"--paired shapes one figure; the {REPORT_FIGURE} shows them all: "
+                            "drop --paired, or add --figure loss_curves")
         check_figure_options("loss_curves", args.smooth)
         formats = parse_formats(args.format)
         check_plotlyjs(args.plotlyjs or "directory")
@@ -175,7 +174,8 @@ def run_compare(args: argparse.Namespace) -> Path:
     if name == REPORT_FIGURE:
         path = write_report(study, args.smooth, out=args.out or study / REPORT_FILE,
                             plotlyjs=args.plotlyjs or "directory", formats=formats,
-                            baselines=tuple(args.baseline), effect=args.effect)
+                            baselines=tuple(args.baseline), effect=args.effect,
+                            metric=args.metric)
     else:
         fig = study_figure(name, runs, args.smooth, args.metric, args.paired,
                            tuple(args.baseline))

@@ -82,6 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "for N in all); only the new seeds' runs train")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     report = parser.add_argument_group("report")
+    report.add_argument("--metric", default=None,
+                        help="the metric the verdicts and the forest plot compare (default: "
+                        "the runs' headline)")
     report.add_argument("--smooth", type=int, default=None, metavar="N",
                         help="moving average over N evaluation points in the loss curves")
     add_comparison_options(report)
@@ -139,12 +142,12 @@ def run_command(args: argparse.Namespace) -> None:
         study = create_study(spec, args.out, progress=not args.quiet)
     states = _run(study, args, run_study)
     counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
-    print(_table(study, tuple(args.baseline), args.effect))
+    print(_table(study, args.metric, tuple(args.baseline), args.effect))
     from alphasel.plots.report import write_report
 
     report_path = write_report(study, smooth=args.smooth, plotlyjs=args.plotlyjs,
                                formats=formats, baselines=tuple(args.baseline),
-                               effect=args.effect)
+                               effect=args.effect, metric=args.metric)
     print(f"study: {study} ({counts['complete']} of {len(states)} runs complete)")
     print(f"report: {report_path}")
     failed = failures(study)
@@ -230,7 +233,8 @@ def _run(study: Path, args: argparse.Namespace, run_study: Any) -> dict:
                          cpus_per_run=args.cpus_per_run, retries=args.retries)
 
 
-def _table(study: Path, baselines: tuple[str, ...] = (), effect: float | None = None) -> str:
+def _table(study: Path, metric: str | None = None, baselines: tuple[str, ...] = (),
+           effect: float | None = None) -> str:
     """The comparison table, written to the study's table.csv and returned for printing with
     its verdict lines."""
     from alphasel.cli.compare import format_table, format_verdicts
@@ -239,6 +243,6 @@ def _table(study: Path, baselines: tuple[str, ...] = (), effect: float | None = 
     from alphasel.study.stats import comparison_table
     from alphasel.table import write_table
 
-    table = comparison_table(collect_study(study), baselines=baselines, effect=effect)
+    table = comparison_table(collect_study(study), metric, baselines, effect)
     write_table(table, study / TABLE_FILE)
     return format_table(table) + "\n" + format_verdicts(table)

@@ -19,6 +19,7 @@ from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import TrainConfigError
 from alphasel.planner import SCHEMES
 from alphasel.training.config import TrainConfig
+from alphasel.training.task_metrics import is_metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,11 +186,13 @@ def describe(record: RunRecord) -> str:
     config = record.config
     what = (f"{config.get('scheme')} k={config.get('k')} {config.get('method')}"
             if config.get("scheme") else config.get("method"))
+    metrics = [f"{key.removeprefix('eval_')} {value:.4g}" for key, value in summary.items()
+               if is_metric(key) and key != "eval_loss" and not key.endswith("_stderr")
+               and isinstance(value, int | float) and not isinstance(value, bool)]
     lines = [f"run {record.run_id}: {config.get('model_id')} on {config.get('data')} ({what})",
              f"  {summary.get('global_step')} steps, eval loss {_loss(summary.get('eval_loss'))}"
              f" (best {_loss(summary.get('best_eval_loss'))})"
-             + (f", accuracy {summary['eval_accuracy']:.3f}" if "eval_accuracy" in summary
-                else ""),
+             + "".join(f", {metric}" for metric in metrics),
              f"  {summary.get('trainable_params'):,} trainable of {summary.get('total_params'):,}"
              f" parameters; {summary.get('tokens_per_s')} tokens/s; peak memory "
              f"{summary.get('peak_memory_mb')} MB; {summary.get('wall_s')} s",

@@ -24,12 +24,13 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from alphasel.errors import PlotError
-from alphasel.study.collect import SWEEP_PREFIX
+from alphasel.study.collect import SWEEP_PREFIX, metric_columns
 from alphasel.study.directory import RunState
 from alphasel.study.significance import LEVEL
 from alphasel.study.stats import (
     baseline_runs,
     baselines_of,
+    compared_metric,
     comparison_table,
     describe_row,
     grouping_columns,
@@ -42,16 +43,16 @@ from alphasel.training.record import COMPONENTS, RunRecord
 STUDY_FIGURES = ("forest", "loss_curves", "final_loss", "cost", "memory", "alpha_shift")
 #: Metrics a loss curve can follow: metrics.jsonl's per-evaluation and per-step losses.
 CURVE_METRICS = ("eval_loss", "loss")
-#: Per-run results a final-value figure can show (summary.json's).
-FINAL_METRICS = ("eval_loss", "best_eval_loss", "eval_accuracy")
+#: Per-run results a final-value figure can show: summary.json's final and best eval loss, and
+#: any other final metric the runs have (:func:`alphasel.study.collect.metric_columns`).
+FINAL_METRICS = ("eval_loss", "best_eval_loss")
 #: A drawn curve keeps at most this many points (the mean and band are computed at every step
 #: first): thousands of logged steps per group would make the report page megabytes heavier
 #: without showing more.
 MAX_CURVE_POINTS = 500
 _PALETTE = plotly.colors.qualitative.Plotly
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-_TITLES = {"eval_loss": "final eval loss", "best_eval_loss": "best eval loss",
-           "eval_accuracy": "final eval accuracy"}
+_TITLES = {"eval_loss": "final eval loss", "best_eval_loss": "best eval loss"}
 
 
 @dataclass
@@ -285,10 +286,12 @@ def final_loss_figure(runs: pd.DataFrame, metric: str = "eval_loss") -> go.Figur
     """Per group, each complete run's ``metric`` (summary.json's) as a point, and their mean
     with its 95% t-interval as an error bar. Every group gets its place, with ``n=<complete> of
     <runs>`` under its name, so a group whose runs all failed is visible as empty."""
-    if metric not in FINAL_METRICS:
-        raise PlotError(f"unknown final metric '{metric}': choose one of "
-                        f"{', '.join(FINAL_METRICS)} (--metric)")
-    return _seed_values_figure(runs, metric, f"{_TITLES[metric]} per run (mean, 95% interval)",
+    known = [*FINAL_METRICS, *metric_columns(runs)]
+    if metric not in known:
+        raise PlotError(f"unknown final metric '{metric}': choose one of {', '.join(known)} "
+                        "(--metric)")
+    title = _TITLES.get(metric, f"final {metric.removeprefix('eval_').replace('_', ' ')}")
+    return _seed_values_figure(runs, metric, f"{title} per run (mean, 95% interval)",
                                metric, keep_empty=True)
 
 
@@ -462,7 +465,8 @@ def study_figures(runs: pd.DataFrame, smooth: int | None = None,
     table = comparison_table(runs) if table is None else table
     return {"forest": forest_figure(table),
             "loss_curves": loss_curves_figure(runs, smooth=smooth),
-            "final_loss": final_loss_figure(runs), "cost": cost_figure(runs),
+            "final_loss": final_loss_figure(runs, table.attrs.get("metric", "eval_loss")),
+            "cost": cost_figure(runs),
             "memory": memory_figure(runs), "alpha_shift": alpha_shift_figure(runs)}
 
 
@@ -470,8 +474,9 @@ def check_figure_options(name: str, smooth: int | None = None, metric: str | Non
                          paired: str | None = None) -> None:
     """Raise :class:`PlotError` unless figure ``name`` can be drawn with these options: a
     known figure, ``smooth`` (loss_curves only, beyond 1), ``metric`` (loss_curves: one of
-    :data:`CURVE_METRICS`; final_loss: one of :data:`FINAL_METRICS`) and ``paired``
-    (loss_curves only). Checked before any run is read, so a typo costs nothing."""
+    :data:`CURVE_METRICS`; final_loss and forest: any final metric, checked against the runs
+    when they are read) and ``paired`` (loss_curves only). Checked before any run is read, so
+    a typo costs nothing."""
     if name not in STUDY_FIGURES:
         raise PlotError(f"unknown study figure '{name}': choose one of "
                         f"{', '.join(STUDY_FIGURES)} (--figure)")
@@ -481,14 +486,12 @@ def check_figure_options(name: str, smooth: int | None = None, metric: str | Non
     if paired is not None and name != "loss_curves":
         raise PlotError(f"--paired draws loss_curves as differences from a baseline, not "
                         f"{name}: drop --paired, or use --figure loss_curves")
-    allowed = {"loss_curves": CURVE_METRICS, "final_loss": FINAL_METRICS,
-               "forest": FINAL_METRICS}.get(name)
-    if metric is not None and allowed is None:
+    if metric is not None and name not in ("loss_curves", "final_loss", "forest"):
         raise PlotError(f"--metric applies to forest, loss_curves and final_loss, not to "
                         f"{name}: drop --metric")
-    if metric is not None and metric not in allowed:
+    if metric is not None and name == "loss_curves" and metric not in CURVE_METRICS:
         raise PlotError(f"unknown metric '{metric}' for {name}: choose one of "
-                        f"{', '.join(allowed)} (--metric)")
+                        f"{', '.join(CURVE_METRICS)} (--metric)")
 
 
 def study_figure(name: str, runs: pd.DataFrame, smooth: int | None = None,
@@ -498,11 +501,11 @@ def study_figure(name: str, runs: pd.DataFrame, smooth: int | None = None,
     defaults to eval_loss; ``baselines``: the forest plot's own besides random and all)."""
     check_figure_options(name, smooth, metric, paired)
     if name == "forest":
-        return forest_figure(comparison_table(runs, metric or "eval_loss", baselines))
+        return forest_figure(comparison_table(runs, metric, baselines))
     if name == "loss_curves":
         return loss_curves_figure(runs, metric or "eval_loss", smooth, paired)
     if name == "final_loss":
-        return final_loss_figure(runs, metric or "eval_loss")
+        return final_loss_figure(runs, metric or compared_metric(runs))
     return {"cost": cost_figure, "memory": memory_figure,
             "alpha_shift": alpha_shift_figure}[name](runs)
 

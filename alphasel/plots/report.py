@@ -78,7 +78,7 @@ td.error { text-align: left; white-space: normal; font-family: monospace; }
 def write_report(study_dir: str | Path, smooth: int | None = None,
                  out: str | Path | None = None, *, plotlyjs: str = "directory",
                  formats: tuple[str, ...] = (), baselines: tuple[str, ...] = (),
-                 effect: float | None = None) -> Path:
+                 effect: float | None = None, metric: str | None = None) -> Path:
     """Write ``report.html`` (or ``out``) and ``figures/<name>.html`` for the study in
     ``study_dir``; return the report's path.
 
@@ -87,7 +87,8 @@ def write_report(study_dir: str | Path, smooth: int | None = None,
     shared plotly.min.js beside the report, which every page loads), ``inline`` (each page
     carries its own copy and works alone) or ``cdn``. ``formats``: also write each figure as
     ``figures/<name>.<format>`` (png, svg, pdf; kaleido and a browser it finds). ``baselines``
-    and ``effect``: the comparison table's (:func:`alphasel.study.stats.comparison_table`). A
+    ``effect`` and ``metric`` (default: the runs' headline): the comparison table's
+    (:func:`alphasel.study.stats.comparison_table`). A
     study where no run has completed yet gets a page that says so, with its table of counts,
     and no figure files."""
     study_dir = Path(study_dir)
@@ -99,7 +100,7 @@ def write_report(study_dir: str | Path, smooth: int | None = None,
         raise PlotError(f"cannot write the study report to '{out}': the report is one HTML "
                         "page; use a file ending in .html")
     runs = collect_study(study_dir)
-    table = comparison_table(runs, baselines=baselines, effect=effect)
+    table = comparison_table(runs, metric, baselines, effect)
     done = bool((runs["status"] == RunState.COMPLETE).any())
     figures = study_figures(runs, smooth, table) if done else {}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,22 +36,26 @@ from alphasel.study.spec import UNMATCHED
 from alphasel.training.config import RECORD_ONLY_FIELDS
 from alphasel.training.history import alpha_shift
 from alphasel.training.record import COMPONENTS, RunRecord, holds_run
+from alphasel.training.task_metrics import is_metric
 
 SWEEP_PREFIX = "sweep."
 
 #: Columns before the sweep columns: what the run is.
 IDENTITY_COLUMNS = ["label", "scheme", "method", "k", "rank", "seed"]
 #: Columns after the sweep columns: how the run went.
-RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "eval_loss",
-                  "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s", "peak_memory_mb",
+RESULT_COLUMNS = ["matched", "budget", "status", "error", "model_id", "headline_metric",
+                  "eval_loss", "best_eval_loss", "metrics.*", "wall_s", "tokens_per_s",
+                  "peak_memory_mb",
                   *COMPONENTS, "trainable_params", "also_params", "adapted_modules",
                   "adapted_blocks",
-                  "alpha_shift", "eval_set", "run_id", "path"]
-#: Every column, with the sweep columns where ``sweep.*`` stands.
+                  "alpha_shift", "evaluated_on", "run_id", "path"]
+#: Every column, with the sweep columns where ``sweep.*`` stands and the runs' other final
+#: metrics (summary.json's ``eval_*`` and ``harness_*``: accuracy, MCC, perplexity, a harness
+#: task's acc, ...) where ``metrics.*`` stands.
 TABLE_COLUMNS = [*IDENTITY_COLUMNS, "sweep.*", *RESULT_COLUMNS]
 #: summary.json fields copied as they are (NaN when absent or null).
-SUMMARY_FIELDS = ("eval_loss", "best_eval_loss", "eval_accuracy", "wall_s", "tokens_per_s",
-                  "peak_memory_mb", "trainable_params", "also_params")
+SUMMARY_FIELDS = ("eval_loss", "best_eval_loss", "wall_s", "tokens_per_s", "peak_memory_mb",
+                  "trainable_params", "also_params")
 #: Whole-number columns: nullable integers, so a missing value does not make them floats.
 INTEGER_COLUMNS = ("k", "rank", "seed", "budget")
 #: TrainConfig fields the label or the seed column already carry.
@@ -158,7 +162,8 @@ def _outcome(run_dir: Path, record: RunRecord | None = None) -> dict[str, Any]:
     if record is not None and record.config.get("model_id") is not None:
         outcome["model_id"] = record.config["model_id"]
     if record is not None:  # which examples the run was evaluated on (a digest of them)
-        outcome["eval_set"] = (record.config.get("data_details") or {}).get("eval_fingerprint")
+        outcome["evaluated_on"] = (record.config.get("data_details") or {}).get(
+            "eval_fingerprint")
     if outcome["status"] == RunState.COMPLETE and record is None:
         outcome["status"] = RunState.INCOMPLETE  # a summary without the record it finishes
     if outcome["status"] == RunState.COMPLETE:
@@ -171,6 +176,10 @@ def _outcome(run_dir: Path, record: RunRecord | None = None) -> dict[str, Any]:
 def _results(record: RunRecord) -> dict[str, Any]:
     summary = record.summary or {}
     results: dict[str, Any] = {name: _number(summary.get(name)) for name in SUMMARY_FIELDS}
+    results.update({name: _number(value) for name, value in summary.items()
+                    if is_metric(name) and name not in results
+                    and isinstance(value, int | float | type(None))})
+    results["headline_metric"] = summary.get("headline_metric")
     breakdown = summary.get("memory_breakdown") or {}
     results.update({name: _number(breakdown.get(name)) for name in COMPONENTS})
     plan = record.plan
@@ -241,8 +250,19 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The runs table's final-metric columns but the eval loss (those ``metrics.*`` stands
+    for), in table order."""
+    return [column for column in runs.columns if is_metric(str(column))
+            and column not in ("eval_loss", "best_eval_loss")]
+
+
 def _frame(rows: list[dict[str, Any]], sweeps: list[str]) -> pd.DataFrame:
-    columns = [*IDENTITY_COLUMNS, *sweeps, *RESULT_COLUMNS]
+    metrics = list(dict.fromkeys(key for row in rows for key in row if is_metric(key)
+                                 and key not in SUMMARY_FIELDS))
+    at = RESULT_COLUMNS.index("metrics.*")
+    columns = [*IDENTITY_COLUMNS, *sweeps, *RESULT_COLUMNS[:at], *metrics,
+               *RESULT_COLUMNS[at + 1:]]
     frame = pd.DataFrame(rows).reindex(columns=columns)
     for column in sweeps:
         # As written: a swept batch size stays 4, not 4.0 beside a run without one.
@@ -250,8 +270,8 @@ def _frame(rows: list[dict[str, Any]], sweeps: list[str]) -> pd.DataFrame:
                                   dtype=object)
     for column in INTEGER_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
-    for column in [*SUMMARY_FIELDS, *COMPONENTS, "adapted_modules", "adapted_blocks",
-                   "alpha_shift"]:
+    for column in [*SUMMARY_FIELDS, *metrics, *COMPONENTS, "adapted_modules",
+                   "adapted_blocks", "alpha_shift"]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["matched"] = frame["matched"].astype(bool)
     return frame

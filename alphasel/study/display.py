@@ -8,6 +8,7 @@ import pandas as pd
 
 from alphasel.study.collect import sweep_columns
 from alphasel.study.stats import BASELINES, format_interval
+from alphasel.training.task_metrics import is_metric
 
 
 def display_table(table: pd.DataFrame, several_models: bool = False) -> pd.DataFrame:
@@ -28,8 +29,14 @@ def display_table(table: pd.DataFrame, several_models: bool = False) -> pd.DataF
             lambda value: "-" if pd.isna(value) else str(value))
     for column in ("n", "failed", "missing"):
         shown[column] = table[column]
+    # The summarised metrics: a <metric>_mean column each (a harness score's stderr left out).
+    metrics = [(metric, metric.removeprefix("eval_"))
+               for metric in (column.removesuffix("_mean") for column in table.columns
+                              if str(column).endswith("_mean") and is_metric(str(column)))
+               if metric not in ("eval_loss", "best_eval_loss")
+               and not metric.endswith("_stderr")]
     for metric, title in (("eval_loss", "eval_loss"), ("best_eval_loss", "best_eval"),
-                          ("eval_accuracy", "accuracy")):
+                          *metrics):
         if f"{metric}_mean" in table:
             shown[title] = [
                 format_interval(mean, low, high, n) or "-" for mean, low, high, n in zip(

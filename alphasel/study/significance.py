@@ -24,12 +24,12 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as scipy_stats
 
+from alphasel.training.task_metrics import higher_is_better
+
 #: The family-wise error rate of a study's verdicts.
 LEVEL = 0.05
 #: The power at which a study's detectable difference is stated.
 POWER = 0.8
-#: Metrics where a larger value is better (every other metric is a loss: smaller is better).
-HIGHER_IS_BETTER = ("eval_accuracy",)
 
 
 def paired_tests(differences: Sequence[float]) -> dict[str, float]:
@@ -130,4 +130,4 @@ def seeds_needed(effect: float, std: float, comparisons: int = 1) -> float:
 
 def better(metric: str, difference: float) -> bool:
     """Whether a label − baseline difference of ``metric`` favours the label."""
-    return difference > 0 if metric in HIGHER_IS_BETTER else difference < 0
+    return difference > 0 if higher_is_better(metric) else difference < 0

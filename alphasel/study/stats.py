@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from alphasel.errors import StudyError
-from alphasel.study.collect import sweep_columns
+from alphasel.study.collect import metric_columns, sweep_columns
 from alphasel.study.directory import RunState
 from alphasel.study.significance import (
     LEVEL,
@@ -40,8 +40,11 @@ from alphasel.study.significance import (
 from alphasel.training.record import COMPONENTS
 
 CONFIDENCE = 0.95
-#: Metrics reported with their interval; eval_accuracy only where some run has one.
-INTERVAL_METRICS = ("eval_loss", "best_eval_loss", "eval_accuracy")
+#: Metrics every table reports with their interval; beside them, every other final metric of
+#: the runs (:func:`alphasel.study.collect.metric_columns`) that some run has.
+INTERVAL_METRICS = ("eval_loss", "best_eval_loss")
+#: What a table compares by when the runs name no headline metric.
+DEFAULT_METRIC = "eval_loss"
 #: Per-run quantities reported as their mean over a group's complete runs.
 MEAN_COLUMNS = ("trainable_params", "also_params", "adapted_modules", "adapted_blocks",
                 "alpha_shift", "wall_s", "tokens_per_s", "peak_memory_mb", *COMPONENTS)
@@ -115,8 +118,8 @@ def summarize(runs: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFra
     if not by:
         raise StudyError("summarize(by=[]): give at least one column to group by, e.g. "
                          "['label']")
-    metrics = [metric for metric in INTERVAL_METRICS if metric in runs
-               and (metric != "eval_accuracy" or runs[metric].notna().any())]
+    metrics = [metric for metric in [*INTERVAL_METRICS, *metric_columns(runs)]
+               if metric in runs and (metric in INTERVAL_METRICS or runs[metric].notna().any())]
     described = [column for column in ("k", "budget") if column in runs and column not in by]
     rows = []
     if not runs.empty:
@@ -191,6 +194,21 @@ def paired_differences(runs: pd.DataFrame, baseline_label: str, metric: str = "e
     return _typed(rows, columns, runs, [*cell, "label"])
 
 
+def compared_metric(runs: pd.DataFrame, metric: str | None = None) -> str:
+    """The metric a table compares by: ``metric`` (``--metric``), else the runs' headline (a
+    classifier's accuracy, a GLUE config's own: MCC for CoLA, ...; the eval loss of a language
+    model). A metric the runs have no value of is refused, naming the ones they have."""
+    if metric is None:
+        named = runs["headline_metric"].dropna() if "headline_metric" in runs else []
+        return str(named.mode().iloc[0]) if len(named) else DEFAULT_METRIC
+    have = [column for column in [*INTERVAL_METRICS, *metric_columns(runs)]
+            if column in runs and runs[column].notna().any()]
+    if have and metric not in have:  # (no complete run yet: nothing to check against)
+        raise StudyError(f"--metric {metric}: the runs have no value of it (they have "
+                         f"{', '.join(have)}): choose one of those")
+    return metric
+
+
 def check_effect(effect: float | None, metric: str = "the compared metric") -> None:
     """Refuse an --effect that is not a positive difference."""
     if effect is not None and (isinstance(effect, bool) or not effect > 0):
@@ -208,7 +226,7 @@ def baselines_of(runs: pd.DataFrame, extra: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys([*BASELINES, *extra]))
 
 
-def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss",
+def comparison_table(runs: pd.DataFrame, metric: str | None = None,
                      baselines: Sequence[str] = (), effect: float | None = None
                      ) -> pd.DataFrame:
     """:func:`summarize` plus the paired comparisons of ``metric`` against each baseline.
@@ -226,6 +244,7 @@ def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss",
     them; ``matched`` is False for the unmatched upper baselines (``all``, ``full``), whose
     budget and budget_gap are NaN. ``table.attrs``: the metric and the number of comparisons.
     """
+    metric = compared_metric(runs, metric)
     check_effect(effect, metric)
     by = grouping_columns(runs)
     table = summarize(runs, by)
@@ -276,12 +295,12 @@ def comparison_table(runs: pd.DataFrame, metric: str = "eval_loss",
 def eval_sets(runs: pd.DataFrame) -> int:
     """The most evaluation sets the complete runs of one model used (1 in a sound study;
     more when runs of another alphasel, or other data options, were mixed into it)."""
-    if "eval_set" not in runs:
+    if "evaluated_on" not in runs:
         return 1
-    done = runs[(runs["status"] == RunState.COMPLETE) & runs["eval_set"].notna()]
+    done = runs[(runs["status"] == RunState.COMPLETE) & runs["evaluated_on"].notna()]
     if done.empty:
         return 1
-    return int(done.groupby(done["model_id"].fillna(""))["eval_set"].nunique().max())
+    return int(done.groupby(done["model_id"].fillna(""))["evaluated_on"].nunique().max())
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:

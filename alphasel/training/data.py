@@ -328,29 +328,57 @@ def _csv_records(path: Path, text: str) -> list[tuple[str, dict]]:
 
 def _load_dataset(spec: str, target: str | Path, config: str | None) -> datasets.DatasetDict:
     """Every split of ``target``'s ``config``, through `datasets.load_dataset` (which honours
-    HF_HOME and the offline flags); a config the data set lacks is named with those it has."""
+    HF_HOME and the offline flags); a hub id `datasets` cannot reach (offline) is read from the
+    Hugging Face hub cache's snapshot of it, when there is one. A config the data set lacks is
+    named with those it has."""
     try:
         return datasets.load_dataset(str(target), config)
+    except (ConnectionError, FileNotFoundError) as error:
+        snapshot = None if isinstance(target, Path) else _cached_snapshot(str(target))
+        if snapshot is None:
+            return _unreadable(spec, target, config, error)
+        try:
+            return datasets.load_dataset(str(snapshot), config)
+        except (OSError, datasets.exceptions.DatasetsError, ValueError) as inner:
+            return _unreadable(spec, snapshot, config, inner)
     except (OSError, datasets.exceptions.DatasetsError, ValueError) as error:
-        reason = " ".join(str(error).split())
-        configs = _config_names(target)
-        if config is not None and configs and config not in configs:
-            raise DataError(f"'{spec}': the data set has no config '{config}' (it has: "
-                            f"{', '.join(configs)}): name one of those after the colon"
-                            ) from error
-        if config is None and len(configs) > 1 and "config" in reason.lower():
-            raise DataError(f"'{spec}' has several configs ({', '.join(configs)}): name one, "
-                            f"as {spec}:{configs[0]}") from error
-        # Not found, can't reach the hub, offline: these say the id is not in the cache.
-        if isinstance(target, Path) or not isinstance(error, ConnectionError | FileNotFoundError):
-            raise DataError(f"'{target}' cannot be read by datasets.load_dataset ({reason}): "
-                            "fix its data files, or pass one JSON/JSONL/CSV file directly"
-                            ) from error
-        raise DataError(f"'{spec}' is neither a local file or directory nor a data set in the "
-                        f"Hugging Face cache ({type(error).__name__}: {reason}): download it "
-                        f"where there is network (datasets.load_dataset('{target}'"
-                        + (f", '{config}'" if config else "") + "), point HF_HOME at a cache "
-                        "that has it, or pass a local file") from error
+        return _unreadable(spec, target, config, error)
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """The hub cache's local snapshot of data set ``repo`` (huggingface_hub's own lookup,
+    without the network), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, repo_type="dataset", local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache, in whatever way the hub says it
+        return None
+
+
+def _unreadable(spec: str, target: str | Path, config: str | None, error: Exception) -> Any:
+    """Raise the DataError that says why ``target`` could not be read and what to do: a config
+    it lacks (naming those it has), a data set of several configs named without one, broken
+    files, or a hub id neither reachable nor in the cache."""
+    reason = " ".join(str(error).split())
+    configs = _config_names(target)
+    if config is not None and configs and config not in configs:
+        raise DataError(f"'{spec}': the data set has no config '{config}' (it has: "
+                        f"{', '.join(configs)}): name one of those after the colon"
+                        ) from error
+    if config is None and len(configs) > 1 and "config" in reason.lower():
+        raise DataError(f"'{spec}' has several configs ({', '.join(configs)}): name one, "
+                        f"as {spec}:{configs[0]}") from error
+    # Not found, can't reach the hub, offline: these say the id is not in the cache.
+    if Path(target).exists() or not isinstance(error, ConnectionError | FileNotFoundError):
+        raise DataError(f"'{target}' cannot be read by datasets.load_dataset ({reason}): "
+                        "fix its data files, or pass one JSON/JSONL/CSV file directly"
+                        ) from error
+    raise DataError(f"'{spec}' is neither a local file or directory nor a data set in the "
+                    f"Hugging Face cache ({type(error).__name__}: {reason}): download it "
+                    f"where there is network (datasets.load_dataset('{target}'"
+                    + (f", '{config}'" if config else "") + "), point HF_HOME at a cache "
+                    "that has it, or pass a local file") from error
 
 
 def _config_names(target: str | Path) -> list[str]:
@@ -469,6 +497,10 @@ def _labelled(name: str, source: str, records: list[tuple[str, dict]],
                         f"{', '.join(map(str, fields))}): name its text with --text-column "
                         "(two for sentence pairs) and its label with --label-column")
     regression = options.task == "regression"
+    if regression and class_names:
+        raise DataError(f"'{source}': --task regression needs numbers, but '{columns.label}' "
+                        f"holds classes ({', '.join(class_names[:5])}): use --task "
+                        "classification")
     examples = {"train": _examples(records, columns, regression),
                 "eval": _examples(evaluated, columns, regression) if evaluated else []}
     labels = None

@@ -27,6 +27,27 @@ GLUE_HEADLINE = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "spearman"}
 #: Metrics a larger value of which is better (the loss and perplexity are smaller-is-better).
 HIGHER_IS_BETTER = ("accuracy", "macro_f1", "mcc", "f1", "pearson", "spearman",
                     "token_accuracy")
+#: A run's final metrics in summary.json: its evaluation's (``eval_*``) and lm-evaluation-
+#: harness's (``harness_<task>_<metric>``).
+METRIC_PREFIXES = ("eval_", "harness_")
+#: summary.json keys under those prefixes that are no metric of the model.
+NOT_METRICS = ("harness_seconds",)
+
+
+def is_metric(key: str) -> bool:
+    """Whether a summary.json key is one of the run's final metrics (a column studies
+    summarise over seeds; a harness metric's ``_stderr`` is one too, of lm-eval's)."""
+    return key.startswith(METRIC_PREFIXES) and key not in NOT_METRICS
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a metric column (``eval_accuracy``, ``harness_arc_easy_acc``)
+    means a better model: a task metric of :data:`HIGHER_IS_BETTER`, and a harness score; not
+    a loss, a perplexity, a standard error."""
+    name = metric.removeprefix("eval_")
+    if metric.startswith("harness_"):
+        return not name.endswith(("_stderr", "perplexity", "loss", "ppl"))
+    return name in HIGHER_IS_BETTER
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -63,7 +63,7 @@ from alphasel.training.record import (
 )
 from alphasel.training.reselect import Reselector, reselection_budget, run_rounds, selection_row
 from alphasel.training.summary import run_summary
-from alphasel.training.task_metrics import PredictionMetrics
+from alphasel.training.task_metrics import PredictionMetrics, headline_metric
 
 
 @dataclass
@@ -329,6 +329,8 @@ def _finish_record(run: _Run, memory: dict, started: float, reselect_seconds: fl
     summary = run_summary(run.path, run.trainer, run.metrics, memory, run.counts, started,
                           run.resumed_step if run.resumed else None, run.state.num_processes)
     summary["alpha_seconds"] = round(run.alpha.seconds, 3)
+    summary["headline_metric"] = headline_metric(run.config.task,
+                                                 run.data.details.get("config"))
     summary["memory_breakdown"] = run.memory.breakdown(memory)
     if run.harness:
         summary.update(harness_columns(run.harness.get("after", {}).get("results", {})))

@@ -406,7 +406,23 @@ def test_runs_of_different_eval_sets_are_flagged(tmp_path):
         {"label": label, "seed": seed, "eval_loss": 1.0 + seed + (0.1 if label == "alora" else 0)}
         for label in ("random", "alora") for seed in range(3)]))
     assert comparison_table(runs).attrs["eval_sets"] == 1  # no fingerprints recorded
-    runs["eval_set"] = ["a", "a", "b", "a", "a", "b"]
+    runs["evaluated_on"] = ["a", "a", "b", "a", "a", "b"]
     table = comparison_table(runs)
     assert table.attrs["eval_sets"] == 2
     assert verdicts(table)[0].startswith("warning: the runs were evaluated on 2 different eval")
+
+
+def test_a_metric_the_runs_lack_is_refused_naming_those_they_have(tmp_path, capsys):
+    """A classification metric asked of language-model runs: one line, exit 2."""
+    study = write_study(tmp_path / "study", [
+        {"label": label, "seed": seed, "eval_loss": 1.0 + seed}
+        for label in ("random", "alora") for seed in range(2)])
+    with pytest.raises(StudyError, match=r"--metric eval_mcc: the runs have no value of it "
+                                         r"\(they have eval_loss, best_eval_loss\)"):
+        comparison_table(collect_study(study), "eval_mcc")
+    assert main(["compare", str(study), "--metric", "eval_mcc"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "choose one of those" in err
+    assert not (study / "table.csv").exists()
+    table = comparison_table(collect_study(study), "best_eval_loss")
+    assert table.attrs["metric"] == "best_eval_loss"
