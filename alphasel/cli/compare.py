@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="compare a study's schemes, or training runs, across seeds",
         description="One line per scheme and setting: runs complete, failed and missing, final "
         "and best eval loss (mean and 95% t-interval over seeds), trainable parameters against "
-        "the budget, wall time, memory, alpha shift, and the seed-paired difference in final "
-        "eval loss against random and all (negative: better than the baseline) with its "
+        "the budget, wall time, memory, alpha shift, each task metric the runs have, and the "
+        "seed-paired difference in the final --metric (default eval loss, where negative is "
+        "better; for accuracy-like metrics positive is) against random and all with its "
         "Holm-adjusted p-value; then one verdict line per comparison.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="a study directory (runs/studies/<id>), or run directories")

@@ -50,6 +50,7 @@ from alphasel.study.directory import (
 from alphasel.study.display import display_table
 from alphasel.study.stability import stability_summary
 from alphasel.study.stats import comparison_table, verdicts
+from alphasel.training.task_metrics import higher_is_better
 
 #: Settings of spec.json shown under the title, in this order (when present).
 SPEC_FIELDS = ("schemes", "methods", "method", "k", "unit", "rank", "seeds", "task",
@@ -174,11 +175,15 @@ def render_report(spec: dict[str, Any], runs: pd.DataFrame, table: pd.DataFrame,
     parts += ["<h2>The answer</h2>", *(_figure_html(*item, links, index, plotlyjs)
                                        for index, item in enumerate(answer)),
               _verdicts_html(table)]
+    metric = table.attrs.get("metric", "eval_loss")
+    direction = "higher" if higher_is_better(metric) else "lower"
     parts += ["<h2>Comparison</h2>",
-              "<p class='note'>One row per scheme and setting. Losses: mean over the complete "
-              "runs (seeds) [95% t-interval]. vs_random, vs_all (and any other baseline): the "
-              "seed-paired difference in the final metric against that baseline, mean [95% "
-              "interval], negative means a lower loss than the baseline; p: its paired t-test's "
+              "<p class='note'>One row per scheme and setting. Losses and metrics: mean over "
+              "the complete runs (seeds) [95% t-interval]. vs_random, vs_all (and any other "
+              f"baseline): the seed-paired difference in the final {_escape(metric)} against "
+              "that baseline, mean [95% interval]: "
+              f"{'positive' if direction == 'higher' else 'negative'} means a {direction} "
+              f"{_escape(metric)} than the baseline, which is better; p: its paired t-test's "
               "Holm-adjusted p-value across every comparison of the table. n: complete runs; "
               "failed; missing: not started, unfinished or killed. Rows marked (unmatched) are "
               "the upper baselines (all, full), which train more than the budget by "
@@ -219,7 +224,10 @@ def _verdicts_html(table: pd.DataFrame) -> str:
         return ("<p class='note'>No label shares two or more seeds with a baseline yet: "
                 "nothing is compared.</p>")
     comparisons = table.attrs.get("comparisons", 0)
-    return (f"<p class='note'>Paired t-tests at the Holm-corrected 5% level over the "
+    metric = table.attrs.get("metric", "eval_loss")
+    return (f"<p class='note'>Paired t-tests of the final {_escape(metric)} "
+            f"({'higher' if higher_is_better(metric) else 'lower'} is better) at the "
+            f"Holm-corrected 5% level over the "
             f"{comparisons} comparisons of the table; \"could detect\": the smallest "
             "difference found with 80% power at that level from the seeds run and the spread "
             "of their differences.</p>\n<ul class='verdicts'>\n"

@@ -30,8 +30,8 @@ HIGHER_IS_BETTER = ("accuracy", "macro_f1", "mcc", "f1", "pearson", "spearman",
 #: A run's final metrics in summary.json: its evaluation's (``eval_*``) and lm-evaluation-
 #: harness's (``harness_<task>_<metric>``).
 METRIC_PREFIXES = ("eval_", "harness_")
-#: summary.json keys under those prefixes that are no metric of the model.
-NOT_METRICS = ("harness_seconds",)
+#: summary.json keys under those prefixes that are no metric of the model (timings).
+NOT_METRICS = ("harness_seconds", "eval_in_train_s")
 
 
 def is_metric(key: str) -> bool:

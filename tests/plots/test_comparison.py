@@ -355,6 +355,20 @@ def test_report_leads_with_the_answer_and_shares_one_plotly(study):
     assert not list(study.rglob(".*.tmp"))  # atomic writes leave no temporary file
 
 
+def test_report_says_which_metric_it_compares_and_which_way_is_better(study):
+    page = write_report(study).read_text()
+    assert "Paired t-tests of the final eval_loss (lower is better)" in page
+    assert "negative means a lower eval_loss than the baseline, which is better" in page
+    for summary in study.glob("runs/*/summary.json"):  # a task metric beside the loss
+        values = json.loads(summary.read_text())
+        values["eval_accuracy"] = 1 - values["eval_loss"] / 10
+        summary.write_text(json.dumps(values))
+    page = write_report(study, metric="eval_accuracy").read_text()
+    assert "Paired t-tests of the final eval_accuracy (higher is better)" in page
+    assert "positive means a higher eval_accuracy than the baseline, which is better" in page
+    assert "paired difference in eval_accuracy" in page
+
+
 def test_report_inline_is_one_self_contained_page(study):
     page = write_report(study, plotlyjs="inline").read_text()
     assert page.count(get_plotlyjs()[:300]) == 1  # plotly.js inlined once
