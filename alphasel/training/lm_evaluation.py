@@ -6,7 +6,10 @@ While a Trainer evaluates, :class:`EvaluatesLanguageModel` sees each batch's log
 among them) and counts, per example, the summed next-token cross-entropy, its tokens and the
 tokens whose argmax is the label. The evaluation then also reports ``eval_perplexity`` (exp of
 the token-mean loss over the whole eval split) and ``eval_token_accuracy``, and keeps the last
-evaluation's per-example losses for eval_predictions.jsonl.
+evaluation's per-example losses for eval_predictions.jsonl. Under several processes each
+batch's counts are gathered as the Trainer gathers its losses (accelerate's
+``gather_for_metrics``: in the eval split's order, the sampler's padding dropped), so every
+process holds the whole split's.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ class TokenCounts:
     def __init__(self) -> None:
         self.examples: list[dict[str, float]] = []
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count one batch: ``logits`` (batch × tokens × vocabulary) predict the next token,
+    @staticmethod
+    def count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One batch's counts, per example (batch × 3: summed next-token loss, tokens
+        scored, tokens right): ``logits`` (batch × tokens × vocabulary) predict the next token,
         ``labels`` (batch × tokens) hold it, -100 where no loss is taken."""
         predicted = logits[:, :-1].float()
         target = labels[:, 1:].to(predicted.device)
@@ -34,8 +39,11 @@ class TokenCounts:
             predicted.reshape(-1, predicted.shape[-1]), target.reshape(-1).clamp(min=0),
             reduction="none").view(target.shape) * counted
         correct = (predicted.argmax(-1) == target) & counted
-        for loss, tokens, right in zip(losses.sum(1).tolist(), counted.sum(1).tolist(),
-                                       correct.sum(1).tolist(), strict=True):
+        return torch.stack([losses.sum(1), counted.sum(1), correct.sum(1)], dim=1).double()
+
+    def add(self, counts: torch.Tensor) -> None:
+        """Keep a batch's :meth:`count` (gathered over processes, when there are several)."""
+        for loss, tokens, right in counts.tolist():
             self.examples.append({"loss_sum": float(loss), "tokens": int(tokens),
                                   "correct": int(right)})
 
@@ -81,4 +89,5 @@ class EvaluatesLanguageModel:
         """Called with each evaluation batch's outputs (when an evaluation is counting)."""
         if self._counting is not None and "labels" in inputs:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-            self._counting.add(logits.detach(), inputs["labels"])
+            counts = TokenCounts.count(logits.detach(), inputs["labels"])
+            self._counting.add(self.accelerator.gather_for_metrics(counts))  # type: ignore

@@ -188,10 +188,11 @@ def test_torchrun_two_processes_write_one_record(checkpoint, code, tmp_path):
     from both processes, tokens counted over both."""
     out = tmp_path / "ddp"
     env = {**os.environ, "ALPHASEL_RUNS": str(tmp_path / "runs")}
+    held_out = ["--eval-fraction", "0.5"]  # eval batches on both processes, one padded
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
          "alphasel", "train", "--model", str(checkpoint), "--data", str(code), "--scheme",
-         "blora", "--k", "1", "--out", str(out), *FAST],
+         "blora", "--k", "1", "--out", str(out), *FAST, *held_out],
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -203,6 +204,23 @@ def test_torchrun_two_processes_write_one_record(checkpoint, code, tmp_path):
     last_train = [row for row in metrics if "loss" in row][-1]
     assert last_train["tokens"] > 2 * 2 * 32
     assert result.stdout.count("record:") == 1
+    # The evaluation's per-example counts are gathered from both processes: the record holds
+    # every eval example once, in order, as one process evaluating alone counts them.
+    alone = tmp_path / "alone"
+    subprocess.run([sys.executable, "-m", "alphasel", "train", "--model", str(checkpoint),
+                    "--data", str(code), "--scheme", "blora", "--k", "1", "--out", str(alone),
+                    *FAST, *held_out], check=True, capture_output=True, env=env, timeout=600)
+
+    def predictions(run: Path) -> list[dict]:
+        return [json.loads(line) for line in
+                (run / "eval_predictions.jsonl").read_text().splitlines()]
+
+    both, single = predictions(out), predictions(alone)
+    assert len(single) > 2 and [row["id"] for row in both] == list(range(len(single)))
+    assert [row["tokens"] for row in both] == [row["tokens"] for row in single]
+    alone_summary = json.loads((alone / "summary.json").read_text())
+    assert summary["eval_token_accuracy"] == pytest.approx(alone_summary["eval_token_accuracy"],
+                                                           abs=0.02)
 
 
 @pytest.mark.integration
