@@ -38,12 +38,18 @@ SCHEMA = 1
 _NON_FINITE = {"nan", "inf", "-inf"}
 
 
+def user_cache_dir(name: str) -> Path:
+    """alphasel's folder ``name`` in the user's cache directory (``$XDG_CACHE_HOME``, else
+    ``~/.cache``)."""
+    user_cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(user_cache).expanduser() / "alphasel" / name
+
+
 def cache_dir() -> Path:
     """Where results are cached: ``$ALPHASEL_CACHE``, else the user's cache directory."""
     if os.environ.get("ALPHASEL_CACHE"):
         return Path(os.environ["ALPHASEL_CACHE"]).expanduser()
-    user_cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(user_cache).expanduser() / "alphasel" / "alpha"
+    return user_cache_dir("alpha")
 
 
 def _canonical(key: dict) -> str:

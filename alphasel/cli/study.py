@@ -130,7 +130,7 @@ def run_command(args: argparse.Namespace) -> None:
     if args.resume is not None:
         study = args.resume
         spec, _ = open_study(study)
-        _check_baselines(args.baseline, spec)
+        _check_spec(spec, args.baseline, args.metric)
         if args.seeds is not None or args.add_seeds is not None:
             added = extend_study(study, None if args.seeds is None else parse_seeds(args.seeds),
                                  args.add_seeds)
@@ -138,7 +138,7 @@ def run_command(args: argparse.Namespace) -> None:
                 print(f"study {study}: {len(added)} new run(s) for the added seeds", flush=True)
     else:
         spec = spec_from_args(args)
-        _check_baselines(args.baseline, spec)
+        _check_spec(spec, args.baseline, args.metric)
         study = create_study(spec, args.out, progress=not args.quiet)
     states = _run(study, args, run_study)
     counts = {state: list(states.values()).count(state) for state in ("complete", "failed")}
@@ -203,13 +203,21 @@ def _check(args: argparse.Namespace) -> tuple[str, ...]:
     return formats
 
 
-def _check_baselines(baselines: list[str], spec: Any) -> None:
-    """Refuse a --baseline that names no scheme of the study, before any run."""
+def _check_spec(spec: Any, baselines: list[str], metric: str | None) -> None:
+    """Refuse, before any run, a --baseline that names no scheme of the study, a --metric its
+    runs will not have, and harness tasks that cannot run (lm-eval missing, a task unknown or
+    its data not cached)."""
+    from alphasel.training.harness import check_harness
+    from alphasel.training.task_metrics import check_metric
+
     labels = [scheme.label for scheme in spec.schemes]
     unknown = [label for label in baselines if label not in labels]
     if unknown:
         raise StudyError(f"--baseline {', '.join(unknown)}: the study has no such scheme (it "
                          f"has {', '.join(labels)}): name one of those")
+    config = spec.config(spec.seeds[0])
+    check_metric(metric, config.task, config.eval_harness)
+    check_harness(config.eval_harness, config.eval_harness_include, config.eval_fraction)
 
 
 def _run(study: Path, args: argparse.Namespace, run_study: Any) -> dict:

@@ -19,7 +19,7 @@ from alphasel.cli.options import add_config_options, given_config, given_flags
 from alphasel.errors import TrainConfigError
 from alphasel.planner import SCHEMES
 from alphasel.training.config import TrainConfig
-from alphasel.training.task_metrics import is_metric
+from alphasel.training.task_metrics import EVAL_PREFIX, STDERR_SUFFIX, is_metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -186,8 +186,8 @@ def describe(record: RunRecord) -> str:
     config = record.config
     what = (f"{config.get('scheme')} k={config.get('k')} {config.get('method')}"
             if config.get("scheme") else config.get("method"))
-    metrics = [f"{key.removeprefix('eval_')} {value:.4g}" for key, value in summary.items()
-               if is_metric(key) and key != "eval_loss" and not key.endswith("_stderr")
+    metrics = [f"{key.removeprefix(EVAL_PREFIX)} {value:.4g}" for key, value in summary.items()
+               if is_metric(key) and key != "eval_loss" and not key.endswith(STDERR_SUFFIX)
                and isinstance(value, int | float) and not isinstance(value, bool)]
     lines = [f"run {record.run_id}: {config.get('model_id')} on {config.get('data')} ({what})",
              f"  {summary.get('global_step')} steps, eval loss {_loss(summary.get('eval_loss'))}"

@@ -37,6 +37,7 @@ from alphasel.study.stats import (
     t_interval,
 )
 from alphasel.training.record import COMPONENTS, RunRecord
+from alphasel.training.task_metrics import LOSSES
 
 #: Figures of a study, in the order the report shows them (also `alphasel plot compare
 #: --figure NAME`).
@@ -45,7 +46,7 @@ STUDY_FIGURES = ("forest", "loss_curves", "final_loss", "cost", "memory", "alpha
 CURVE_METRICS = ("eval_loss", "loss")
 #: Per-run results a final-value figure can show: summary.json's final and best eval loss, and
 #: any other final metric the runs have (:func:`alphasel.study.collect.metric_columns`).
-FINAL_METRICS = ("eval_loss", "best_eval_loss")
+FINAL_METRICS = LOSSES
 #: A drawn curve keeps at most this many points (the mean and band are computed at every step
 #: first): thousands of logged steps per group would make the report page megabytes heavier
 #: without showing more.

@@ -36,7 +36,7 @@ from alphasel.study.spec import UNMATCHED
 from alphasel.training.config import RECORD_ONLY_FIELDS
 from alphasel.training.history import alpha_shift
 from alphasel.training.record import COMPONENTS, RunRecord, holds_run
-from alphasel.training.task_metrics import is_metric
+from alphasel.training.task_metrics import LOSSES, is_metric
 
 SWEEP_PREFIX = "sweep."
 
@@ -254,7 +254,7 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
     """The runs table's final-metric columns but the eval loss (those ``metrics.*`` stands
     for), in table order."""
     return [column for column in runs.columns if is_metric(str(column))
-            and column not in ("eval_loss", "best_eval_loss")]
+            and column not in LOSSES]
 
 
 def _frame(rows: list[dict[str, Any]], sweeps: list[str]) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from alphasel.study.collect import sweep_columns
 from alphasel.study.stats import BASELINES, format_interval
-from alphasel.training.task_metrics import is_metric
+from alphasel.training.task_metrics import EVAL_PREFIX, LOSSES, STDERR_SUFFIX, is_metric
 
 
 def display_table(table: pd.DataFrame, several_models: bool = False) -> pd.DataFrame:
@@ -30,11 +30,10 @@ def display_table(table: pd.DataFrame, several_models: bool = False) -> pd.DataF
     for column in ("n", "failed", "missing"):
         shown[column] = table[column]
     # The summarised metrics: a <metric>_mean column each (a harness score's stderr left out).
-    metrics = [(metric, metric.removeprefix("eval_"))
+    metrics = [(metric, metric.removeprefix(EVAL_PREFIX))
                for metric in (column.removesuffix("_mean") for column in table.columns
                               if str(column).endswith("_mean") and is_metric(str(column)))
-               if metric not in ("eval_loss", "best_eval_loss")
-               and not metric.endswith("_stderr")]
+               if metric not in LOSSES and not metric.endswith(STDERR_SUFFIX)]
     for metric, title in (("eval_loss", "eval_loss"), ("best_eval_loss", "best_eval"),
                           *metrics):
         if f"{metric}_mean" in table:

@@ -38,11 +38,12 @@ from alphasel.study.significance import (
     seeds_needed,
 )
 from alphasel.training.record import COMPONENTS
+from alphasel.training.task_metrics import LOSSES
 
 CONFIDENCE = 0.95
 #: Metrics every table reports with their interval; beside them, every other final metric of
 #: the runs (:func:`alphasel.study.collect.metric_columns`) that some run has.
-INTERVAL_METRICS = ("eval_loss", "best_eval_loss")
+INTERVAL_METRICS = LOSSES
 #: What a table compares by when the runs name no headline metric.
 DEFAULT_METRIC = "eval_loss"
 #: Per-run quantities reported as their mean over a group's complete runs.

@@ -15,10 +15,10 @@ import torch
 from transformers import TrainerCallback
 
 from alphasel.training.record import RunWriter
+from alphasel.training.task_metrics import EVAL_PREFIX
 
 #: Trainer log keys → metrics.jsonl keys.
 _TRAIN_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm"}
-_EVAL_PREFIX = "eval_"
 #: Eval keys the Trainer adds that say how long evaluation took, not how the model does.
 _EVAL_TIMING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
 
@@ -26,7 +26,7 @@ _EVAL_TIMING = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_secon
 def _eval_results(logs: dict) -> dict:
     """An evaluation's results in a Trainer log: its eval_* keys but the timing ones."""
     return {key: value for key, value in logs.items()
-            if key.startswith(_EVAL_PREFIX) and key not in _EVAL_TIMING}
+            if key.startswith(EVAL_PREFIX) and key not in _EVAL_TIMING}
 
 
 class MetricsCallback(TrainerCallback):
@@ -70,7 +70,7 @@ class MetricsCallback(TrainerCallback):
         if self.writer is None:
             return
         row: dict[str, Any] = {"step": state.global_step, "epoch": state.epoch}
-        if any(key.startswith(_EVAL_PREFIX) for key in logs):
+        if any(key.startswith(EVAL_PREFIX) for key in logs):
             row.update(_eval_results(logs))
             self.writer.log_metrics(row)
             return
@@ -148,7 +148,7 @@ class ConsoleCallback(TrainerCallback):
             return
         if "loss" in logs:
             self.shown["loss"] = _number(logs["loss"])
-        results = {key.removeprefix(_EVAL_PREFIX): value
+        results = {key.removeprefix(EVAL_PREFIX): value
                    for key, value in _eval_results(logs).items()}
         if results:
             self.shown["eval_loss"] = _number(results.get("loss"))

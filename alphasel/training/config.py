@@ -134,7 +134,8 @@ class TrainConfig:
     template) (--template)."""
     eval_fraction: float = 0.1
     """Share of files (or records) held out for evaluation, when no --eval-split names a split
-    of its own (--eval-fraction)."""
+    of its own; with --max-samples also the proportion the eval cap keeps, a named split's too
+    (--eval-fraction)."""
     train_split: str = "train"
     """The data set's split to train on (a hub data set or a data set directory) (--train-split)."""
     eval_split: str | None = None

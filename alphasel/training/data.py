@@ -507,6 +507,13 @@ def _labelled(name: str, source: str, records: list[tuple[str, dict]],
     if not regression:
         found = [label for side in examples.values() for *_, label in side]
         labels = class_names or label_names(found)
+        outside = sorted({label for label in found if class_names and not (
+            isinstance(label, int) and 0 <= label < len(class_names))}, key=str)
+        if outside:
+            raise DataError(f"'{source}': labels {outside[:5]} are not ids of its classes "
+                            f"0-{len(class_names) - 1} ({', '.join(class_names[:5])}): a split "
+                            "without labels (GLUE's test) cannot be evaluated; name one with "
+                            "labels (--eval-split validation)")
         if len({str(label) for label in found}) < 2:
             raise DataError(f"'{source}' has only the label(s) {sorted(map(str, set(found)))}: "
                             "classification needs at least 2 classes")

@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from alphasel.cache import user_cache_dir
 from alphasel.errors import TrainConfigError
 from alphasel.training.stdlib_mc import TASK as STDLIB_MC
 from alphasel.training.stdlib_mc import task_config
+from alphasel.training.task_metrics import HARNESS_PREFIX as PREFIX
 
-#: What a harness column is named: ``harness_<task>_<metric>``.
-PREFIX = "harness_"
-#: Where alphasel's own generated task files are kept between runs.
-TASK_CACHE = Path.home() / ".cache" / "alphasel" / "harness-tasks"
+#: The folder of the user's cache where alphasel's own generated task files are kept.
+TASK_CACHE = "harness-tasks"
 
 
 def harness_installed() -> bool:
@@ -39,17 +42,43 @@ def harness_installed() -> bool:
 
 
 def _task_manager(tasks: list[str], include: str | None) -> Any:
-    """lm-eval's TaskManager: its own task index only when a task outside alphasel's needs it
-    (indexing its thousands of YAMLs takes seconds), plus ``include``."""
+    """lm-eval's TaskManager over ``include``, with lm-eval's own task index only when a task
+    is neither alphasel's nor the include directory's (indexing its thousands of YAMLs takes
+    seconds)."""
     from lm_eval.tasks import TaskManager
 
-    builtin = any(task != STDLIB_MC for task in tasks)
-    return TaskManager(include_path=include, include_defaults=builtin)
+    others = [task for task in tasks if task != STDLIB_MC]
+    if include is not None:
+        manager = TaskManager(include_path=include, include_defaults=False)
+        if all(task in manager.all_tasks for task in others):
+            return manager
+    return TaskManager(include_path=include, include_defaults=bool(others))
 
 
-def check_harness(tasks: list[str], include: str | None) -> None:
+def _stdlib_mc(eval_fraction: float) -> dict[str, Any]:
+    """stdlib-mc's task config, its questions kept in the user's cache."""
+    return task_config(user_cache_dir(TASK_CACHE), eval_fraction)
+
+
+@contextlib.contextmanager
+def _own_generators() -> Iterator[None]:
+    """Put Python's, numpy's and torch's global random generators back as they were: lm-eval
+    seeds them all, and training draws its dropout and data order from them, so a run with the
+    harness trains as the same run without it."""
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())
+                               if torch.cuda.is_initialized() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
+def check_harness(tasks: list[str], include: str | None, eval_fraction: float = 0.1) -> None:
     """Refuse, before anything trains, harness tasks that cannot run: lm-eval not installed,
-    an include directory that does not exist, a task name lm-eval does not know."""
+    an include directory that does not exist, a task name lm-eval does not know, a task whose
+    data cannot be loaded (not in the cache, offline), a stdlib-mc without questions."""
     if not tasks:
         return
     if not harness_installed():
@@ -58,15 +87,25 @@ def check_harness(tasks: list[str], include: str | None) -> None:
     if include is not None and not Path(include).is_dir():
         raise TrainConfigError(f"--eval-harness-include {include} is not a directory of task "
                                "YAMLs: give the folder that holds them")
+    if STDLIB_MC in tasks:
+        _stdlib_mc(eval_fraction)
     others = [task for task in tasks if task != STDLIB_MC]
     if not others:
         return
-    known = set(_task_manager(others, include).all_tasks)
-    unknown = [task for task in others if task not in known]
+    manager = _task_manager(others, include)
+    unknown = [task for task in others if task not in set(manager.all_tasks)]
     if unknown:
         raise TrainConfigError(f"--eval-harness {','.join(unknown)}: lm-eval knows no such "
                                f"task (list them with `lm-eval ls tasks`; {STDLIB_MC} is "
                                "alphasel's own; your YAMLs go in with --eval-harness-include)")
+    try:
+        manager.load(others)  # loads each task's data: from the cache, offline
+    except Exception as err:  # noqa: BLE001 - datasets and lm-eval raise many kinds
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrainConfigError(f"--eval-harness {','.join(others)}: a task's data cannot be "
+                               f"loaded ({type(err).__name__}: {first}); have it in the Hugging "
+                               "Face cache (nothing is downloaded offline) or give a task with "
+                               "local data via --eval-harness-include") from None
 
 
 def evaluate_harness(model: torch.nn.Module, tokenizer: Any, tasks: list[str], *,
@@ -81,7 +120,7 @@ def evaluate_harness(model: torch.nn.Module, tokenizer: Any, tasks: list[str], *
     from lm_eval.models.huggingface import HFLM
 
     started = time.perf_counter()
-    specs: list[Any] = [task_config(TASK_CACHE, eval_fraction) if task == STDLIB_MC else task
+    specs: list[Any] = [_stdlib_mc(eval_fraction) if task == STDLIB_MC else task
                         for task in tasks]
     manager = _task_manager(tasks, include)
     training = model.training
@@ -90,7 +129,7 @@ def evaluate_harness(model: torch.nn.Module, tokenizer: Any, tasks: list[str], *
     context = (torch.autocast(device.type, dtype=autocast) if autocast is not None
                else contextlib.nullcontext())
     try:
-        with context:
+        with context, _own_generators():
             results = lm_eval.simple_evaluate(
                 model=wrapped, tasks=specs, num_fewshot=fewshot, limit=limit,
                 task_manager=manager, log_samples=False, verbosity="ERROR",

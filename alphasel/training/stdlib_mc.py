@@ -21,6 +21,7 @@ and by that per byte (``acc_norm``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -28,6 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from alphasel.atomic import write_text
 from alphasel.errors import DataError
 from alphasel.training.splits import assign_sides
 from alphasel.training.stdlib_data import (
@@ -47,9 +49,12 @@ PROMPT = ("{{docstring}}\n\nQuestion: which function of the Python package `{{pa
 _SEED = 20261206
 
 
+@functools.cache
 def questions(eval_fraction: float = 0.1, root: Path | None = None) -> list[dict[str, Any]]:
     """The task's questions from the held-out files (see the module docstring): each with the
-    docstring, the package, the four ``choices`` and the right one's index ``answer``."""
+    docstring, the ``file`` it is from, the package, the four ``choices`` and the right one's
+    index ``answer``. Computed once per process (a run checks the task, then asks it twice);
+    callers must not change the list."""
     root = root or stdlib_root()
     files = stdlib_files(root)
     sides = assign_sides(files, eval_fraction)
@@ -65,20 +70,21 @@ def questions(eval_fraction: float = 0.1, root: Path | None = None) -> list[dict
                 continue
             # A name shared by several functions of the package is no single answer.
             pool = by_package.setdefault(package, {})
-            pool[name] = "" if name in pool else function.docstring.split("\n\n")[0].strip()
+            pool[name] = (("", "") if name in pool else
+                          (function.docstring.split("\n\n")[0].strip(), relative))
     rng = random.Random(_SEED)
     found = []
     for package, pool in sorted(by_package.items()):
-        named = {name: text for name, text in pool.items() if text}
+        named = {name: found for name, found in pool.items() if found[0]}
         names = sorted(pool)
         if len(names) < CHOICES:
             continue
-        for name, text in sorted(named.items()):
+        for name, (text, file) in sorted(named.items()):
             wrong = rng.sample([other for other in names if other != name], CHOICES - 1)
             choices = [name, *wrong]
             rng.shuffle(choices)
-            found.append({"docstring": text, "package": package, "choices": choices,
-                          "answer": choices.index(name)})
+            found.append({"docstring": text, "file": file, "package": package,
+                          "choices": choices, "answer": choices.index(name)})
     rng.shuffle(found)
     return found
 
@@ -101,11 +107,9 @@ def task_config(folder: Path, eval_fraction: float = 0.1) -> dict[str, Any]:
     text = "".join(json.dumps(item, sort_keys=True) + "\n" for item in items)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(folder) / f"{TASK}-{digest}.jsonl"
-    if not path.is_file():
+    if not path.is_file():  # several runs at once each write it whole, under its own name
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(text)
-        partial.replace(path)
+        write_text(path, text)
     return {"task": TASK, "dataset_path": "json",
             "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test",
             "output_type": "multiple_choice", "doc_to_text": PROMPT,

@@ -10,6 +10,7 @@ from alphasel.jsonfiles import read_jsonl
 from alphasel.provenance import utc_now
 from alphasel.training.callbacks import MetricsCallback
 from alphasel.training.record import METRICS_FILE
+from alphasel.training.task_metrics import EVAL_IN_TRAIN, EVAL_PREFIX
 
 
 def run_summary(path: Path, trainer: Any, metrics: MetricsCallback, memory: dict,
@@ -28,7 +29,7 @@ def run_summary(path: Path, trainer: Any, metrics: MetricsCallback, memory: dict
         "best_eval_loss": min(losses) if losses else None,
         "wall_s": round(time.perf_counter() - started, 3),
         "train_wall_s": round(metrics.train_seconds, 3),
-        "eval_in_train_s": round(metrics.eval_seconds, 3),
+        EVAL_IN_TRAIN: round(metrics.eval_seconds, 3),
         "train_tokens": metrics.tokens,
         "tokens_per_s": round(metrics.tokens / training, 2) if training > 0 else None,
         "peak_memory_mb": memory["peak_memory_mb"], "peak_memory": memory,
@@ -39,5 +40,5 @@ def run_summary(path: Path, trainer: Any, metrics: MetricsCallback, memory: dict
     }
     if evals:
         summary.update({key: value for key, value in evals[-1].items()
-                        if key.startswith("eval_") and key != "eval_loss"})
+                        if key.startswith(EVAL_PREFIX) and key != "eval_loss"})
     return summary

@@ -17,37 +17,68 @@ from typing import Any
 
 import numpy as np
 
-#: Metric names per task, in the order tables show them (without transformers' ``eval_``).
+from alphasel.errors import StudyError
+
+#: Metric names per task, in the order tables show them (without transformers' ``eval_``);
+#: the eval loss is every task's.
 TASK_METRICS = {"classification": ("accuracy", "macro_f1", "mcc", "f1"),
                 "regression": ("pearson", "spearman"),
                 "causal": ("perplexity", "token_accuracy")}
+#: Task metrics a smaller value of which is better (as the loss's).
+LOWER_IS_BETTER = ("perplexity",)
+#: lm-evaluation-harness metrics a smaller value of which is better (those lm-eval registers
+#: with ``higher_is_better=False``, lm_eval/api/metrics.py).
+HARNESS_LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity",
+                           "bits_per_byte", "ter", "brier_score")
 #: The headline metric of a known GLUE config (the study table's main column); other
 #: configs lead with accuracy.
 GLUE_HEADLINE = {"cola": "mcc", "mrpc": "f1", "qqp": "f1", "stsb": "spearman"}
-#: Metrics a larger value of which is better (the loss and perplexity are smaller-is-better).
-HIGHER_IS_BETTER = ("accuracy", "macro_f1", "mcc", "f1", "pearson", "spearman",
-                    "token_accuracy")
-#: A run's final metrics in summary.json: its evaluation's (``eval_*``) and lm-evaluation-
-#: harness's (``harness_<task>_<metric>``).
-METRIC_PREFIXES = ("eval_", "harness_")
-#: summary.json keys under those prefixes that are no metric of the model (timings).
-NOT_METRICS = ("harness_seconds", "eval_in_train_s")
+#: The losses every run reports in summary.json, before its task's metrics: final and best.
+LOSSES = ("eval_loss", "best_eval_loss")
+#: How lm-eval's standard-error columns end: each describes a score, it is none.
+STDERR_SUFFIX = "_stderr"
+#: A run's final metrics in summary.json: its evaluation's (``eval_*``, as transformers names
+#: them) and lm-evaluation-harness's (``harness_<task>_<metric>``).
+EVAL_PREFIX, HARNESS_PREFIX = "eval_", "harness_"
+#: summary.json and metrics.jsonl keys under those prefixes that are no metric of the model:
+#: the seconds evaluation took inside training, and the harness's seconds.
+EVAL_IN_TRAIN, HARNESS_SECONDS = "eval_in_train_s", "harness_seconds"
 
 
 def is_metric(key: str) -> bool:
     """Whether a summary.json key is one of the run's final metrics (a column studies
     summarise over seeds; a harness metric's ``_stderr`` is one too, of lm-eval's)."""
-    return key.startswith(METRIC_PREFIXES) and key not in NOT_METRICS
+    return (key.startswith((EVAL_PREFIX, HARNESS_PREFIX))
+            and key not in (EVAL_IN_TRAIN, HARNESS_SECONDS))
 
 
 def higher_is_better(metric: str) -> bool:
     """Whether a larger value of a metric column (``eval_accuracy``, ``harness_arc_easy_acc``)
-    means a better model: a task metric of :data:`HIGHER_IS_BETTER`, and a harness score; not
-    a loss, a perplexity, a standard error."""
-    name = metric.removeprefix("eval_")
-    if metric.startswith("harness_"):
-        return not name.endswith(("_stderr", "perplexity", "loss", "ppl"))
-    return name in HIGHER_IS_BETTER
+    means a better model: a task metric but perplexity, a harness score but those of
+    :data:`HARNESS_LOWER_IS_BETTER`; not the loss, not a standard error (which is no score)."""
+    if metric.startswith(HARNESS_PREFIX):
+        return not metric.endswith((STDERR_SUFFIX, *(f"_{name}" for name in
+                                                     HARNESS_LOWER_IS_BETTER)))
+    name = metric.removeprefix(EVAL_PREFIX)
+    return (any(name in names for names in TASK_METRICS.values())
+            and name not in LOWER_IS_BETTER)
+
+
+def check_metric(metric: str | None, task: str, harness_tasks: list[str]) -> None:
+    """Refuse, before a study trains, a --metric its runs cannot have: another task's metric,
+    a harness score of a task not evaluated; naming those they will have."""
+    if metric is None:
+        return
+    known = [*LOSSES,
+             *(f"{EVAL_PREFIX}{name}" for name in TASK_METRICS.get(task, ()))]
+    harness = tuple(f"{HARNESS_PREFIX}{name}_" for name in harness_tasks)
+    if metric in known or (harness and metric.startswith(harness)):
+        return
+    scores = ", ".join(f"{prefix}<metric>" for prefix in harness)
+    raise StudyError(f"--metric {metric}: the runs of a {task} study will not have it; they "
+                     f"will have {', '.join(known)}"
+                     + (f" and the harness scores {scores}" if harness else "")
+                     + ": name one of those")
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -63,7 +63,7 @@ from alphasel.training.record import (
 )
 from alphasel.training.reselect import Reselector, reselection_budget, run_rounds, selection_row
 from alphasel.training.summary import run_summary
-from alphasel.training.task_metrics import PredictionMetrics, headline_metric
+from alphasel.training.task_metrics import HARNESS_SECONDS, PredictionMetrics, headline_metric
 
 
 @dataclass
@@ -171,7 +171,7 @@ def _checked_inputs(plan: InjectionPlan | str | Path | None, config: TrainConfig
                        "runs cannot be resumed yet (no checkpoint holds the folded base "
                        "weights): start it again")
     check_reporters(config)
-    check_harness(config.eval_harness, config.eval_harness_include)
+    check_harness(config.eval_harness, config.eval_harness_include, config.eval_fraction)
     return plan
 
 
@@ -283,7 +283,7 @@ def _benchmark(run: _Run, when: str) -> None:
         autocast=run.precision.autocast_dtype)
     run.harness[when] = {"results": results, "seconds": round(seconds, 3)}
     run.writer.log_metrics({"step": run.trainer.state.global_step, "epoch":
-                            run.trainer.state.epoch or 0.0, "harness_seconds": round(seconds, 3),
+                            run.trainer.state.epoch or 0.0, HARNESS_SECONDS: round(seconds, 3),
                             **harness_columns(results)})
     run.state.wait_for_everyone()
 

@@ -398,6 +398,15 @@ def test_a_killed_run_is_retried_from_scratch_then_recorded_as_failed(checkpoint
     (["--add-seeds", "2"], "--add-seeds grows a study: use it with --resume"),
     (["--plotlyjs", "web"], "--plotlyjs web: use one of inline, directory, cdn"),
     (["--format", "gif"], "--format gif: use one or more of png, svg, pdf"),
+    (["--metric", "eval_mcc"], "--metric eval_mcc: the runs of a causal study will not have it; "
+                               "they will have eval_loss, best_eval_loss, eval_perplexity, "
+                               "eval_token_accuracy: name one of those"),
+    (["--eval-harness", "stdlib-mc", "--metric", "harness_arc_easy_acc"],
+     "--metric harness_arc_easy_acc: the runs of a causal study will not have it; they will "
+     "have eval_loss, best_eval_loss, eval_perplexity, eval_token_accuracy and the harness "
+     "scores harness_stdlib-mc_<metric>"),
+    (["--task", "classification", "--eval-harness", "stdlib-mc"],
+     "--eval-harness evaluates language models"),
 ])
 def test_study_refusals_are_one_line_before_anything_is_written(argv, message, capsys, runs):
     args = ["study", "--model", "m", "--data", "d", "--schemes", "blora,random", *argv]

@@ -25,6 +25,7 @@ from alphasel.training.stdlib_mc import CHOICES, questions
 from alphasel.training.task_metrics import (
     classification_metrics,
     headline_metric,
+    higher_is_better,
     regression_metrics,
 )
 
@@ -38,6 +39,8 @@ configs:
     path: cola/train-*
   - split: validation
     path: cola/validation-*
+  - split: test
+    path: cola/test-*
 - config_name: mrpc
   data_files:
   - split: train
@@ -83,6 +86,11 @@ def write_glue(root: Path) -> Path:
             (root / config).mkdir(exist_ok=True)
             datasets.Dataset.from_dict(columns, features=features).to_parquet(
                 str(root / config / f"{split}-00000-of-00001.parquet"))
+    # GLUE's test splits hold no labels: -1 in every row.
+    datasets.Dataset.from_dict({"sentence": [f"the test cat {i}" for i in range(6)],
+                                "idx": list(range(6)), "label": [-1] * 6},
+                               features=cola).to_parquet(
+        str(root / "cola" / "test-00000-of-00001.parquet"))
     return root
 
 
@@ -120,8 +128,11 @@ def test_sentence_pairs_are_encoded_as_pairs(glue):
 
 @pytest.mark.parametrize("spec, options, message", [
     (":qnli", {}, r"has no config 'qnli' \(it has: cola, mrpc, stsb\): name one"),
-    (":cola", {"eval_split": "test"},
-     r"has no split 'test' \(it has: train, validation\): choose one with --eval-split"),
+    (":cola", {"eval_split": "dev"},
+     r"has no split 'dev' \(it has: train, validation, test\): choose one with --eval-split"),
+    (":cola", {"eval_split": "test", "text_column": ["sentence"]},
+     r"labels \[-1\] are not ids of its classes 0-1 \(unacceptable, acceptable\): a split "
+     r"without labels \(GLUE's test\) cannot be evaluated; name one with labels"),
     (":cola", {"train_split": "dev"}, r"has no split 'dev' .*--train-split"),
     (":cola", {"text_column": ["text"]},
      r"has no column\(s\) text \(it has: sentence, idx, label\): name its text with "
@@ -205,6 +216,17 @@ def test_glue_configs_lead_with_their_own_metric():
     assert headline_metric("causal") == "eval_loss"
 
 
+@pytest.mark.parametrize("metric, higher", [
+    ("eval_accuracy", True), ("eval_mcc", True), ("eval_spearman", True),
+    ("eval_token_accuracy", True), ("eval_loss", False), ("best_eval_loss", False),
+    ("eval_perplexity", False), ("harness_arc_easy_acc_norm", True),
+    ("harness_stdlib-mc_acc", True), ("harness_stdlib-mc_acc_stderr", False),
+    ("harness_wikitext_word_perplexity", False), ("harness_wikitext_bits_per_byte", False),
+    ("harness_wmt16_ter", False), ("harness_wmt16_bleu", True)])
+def test_which_way_each_metric_is_better(metric, higher):
+    assert higher_is_better(metric) is higher
+
+
 # ---- runs record their metrics and predictions --------------------------------------------------
 
 
@@ -280,15 +302,15 @@ def test_a_language_model_reports_perplexity_token_accuracy_and_per_example_loss
 
 def test_stdlib_mc_asks_about_held_out_functions_only():
     items = questions()
-    assert len(items) > 50 and questions()[:5] == items[:5]  # the same questions every time
-    eval_packages = {name.removesuffix(".py").split("/")[0] for name, side in assign_sides(
-        stdlib_files(), 0.1).items() if side == "eval"}
+    assert len(items) > 50 and questions.__wrapped__()[:5] == items[:5]  # the same every time
+    sides = assign_sides(stdlib_files(), 0.1)
     for item in items:
         assert len(item["choices"]) == len(set(item["choices"])) == CHOICES
         assert 0 <= item["answer"] < CHOICES
         right = item["choices"][item["answer"]]
         assert right.lower() not in item["docstring"].lower()  # not given away
-        assert item["package"] in eval_packages
+        assert sides[item["file"]] == "eval"  # from a file training never reads
+        assert item["file"].split("/")[0].removesuffix(".py") == item["package"]
     answers = [item["answer"] for item in items]
     assert len(set(answers)) == CHOICES  # the right one is not always in one place
 
@@ -311,13 +333,49 @@ def test_the_harness_runs_stdlib_mc_before_and_after_training(tmp_path):
     assert all(row["harness_seconds"] > 0 for row in logged)
 
 
+def test_the_harness_leaves_training_as_it_was(tmp_path):
+    """lm-eval seeds the global random generators; with dropout drawing from them, a run with
+    the harness must train exactly as the same run without it."""
+    pytest.importorskip("lm_eval")
+    tokenizer = byte_tokenizer()
+
+    def run(name: str, **harness) -> dict:
+        return train(tiny_llama(), make_plan(alpha_table(tiny_llama()), "blora", 1),
+                     code_data(tokenizer),
+                     TrainConfig(max_steps=3, generate=False, lora_dropout=0.5, **harness,
+                                 **FAST),
+                     tokenizer=tokenizer, out=tmp_path / name, progress=False).summary
+
+    plain = run("plain")
+    judged = run("judged", eval_harness="stdlib-mc", eval_harness_limit=2)
+    assert judged["eval_loss"] == plain["eval_loss"]
+    assert "harness_stdlib-mc_acc" in judged and "harness_stdlib-mc_acc" not in plain
+
+
+def test_a_harness_task_whose_data_cannot_load_is_refused_before_training(tmp_path,
+                                                                          monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "missing.yaml").write_text(
+        "task: my_missing_task\ndataset_path: someone/not-in-any-cache\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: '{{q}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: 0\n")
+    with pytest.raises(TrainConfigError, match=r"--eval-harness my_missing_task: a task's data "
+                                               r"cannot be loaded \(.*\); have it in the Hugging "
+                                               "Face cache") as raised:
+        harness_module.check_harness(["my_missing_task"], str(tasks))
+    assert "\n" not in str(raised.value)
+
+
 def test_harness_refusals_name_the_fix(monkeypatch):
     monkeypatch.setattr(harness_module, "harness_installed", lambda: False)
     with pytest.raises(TrainConfigError, match=r"pip install 'alphasel\[eval\]'"):
         harness_module.check_harness(["stdlib-mc"], None)
     monkeypatch.undo()
-    with pytest.raises(TrainConfigError, match="--eval-harness applies|--eval-harness "
-                                               "evaluates language models"):
+    with pytest.raises(TrainConfigError, match="--eval-harness evaluates language models"):
         TrainConfig(task="classification", eval_harness="stdlib-mc")
     with pytest.raises(TrainConfigError, match="add --eval-harness TASKS"):
         TrainConfig(eval_harness_limit=5)
