@@ -195,6 +195,10 @@ def load_model(model: str | Path | torch.nn.Module, *, task: str = "causal",
         kwargs.update(num_labels=1, problem_type="regression")
     else:
         loader = AutoModelForCausalLM
+    if task != "causal":
+        # A checkpoint fine-tuned with another head (3 classes, and now 2 or a score) gets a
+        # new one of the data's size; transformers would refuse the mismatch.
+        kwargs["ignore_mismatched_sizes"] = True
     # transformers reports "newly initialised weights" of a new classification head as a
     # warning; that head is expected here, so keep its logger quiet during the load.
     previous = logging.getLogger("transformers.modeling_utils").level

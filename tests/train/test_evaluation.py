@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from helpers import FAST, alpha_table, byte_tokenizer, code_data, tiny_bert, tiny_llama
 
 from alphasel.errors import DataError, TrainConfigError
@@ -277,6 +278,24 @@ def test_a_regressor_trains_a_one_output_head_and_reports_correlations(glue, tmp
     expected = regression_metrics(scores, labels)
     assert record.summary["eval_pearson"] == pytest.approx(expected["pearson"], rel=1e-4)
     assert record.summary["eval_spearman"] == pytest.approx(expected["spearman"], rel=1e-4)
+    # Every row is one example of STS-B's validation split, with its own score.
+    assert sorted(labels) == sorted(float(i % 6) for i in range(12))
+
+
+def test_a_saved_classifier_loads_for_regression_with_a_one_output_mse_head(tmp_path):
+    from alphasel.training.models import load_model
+
+    folder = tmp_path / "bert"
+    tiny_bert(num_labels=3).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    model, _, _ = load_model(folder, task="regression")
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    assert model.classifier.out_features == 1
+    # The same checkpoint for two classes: a new head of the data's size, the body its own.
+    model, _, _ = load_model(folder, task="classification", labels=["no", "yes"])
+    assert model.classifier.out_features == 2 and model.config.id2label == {0: "no", 1: "yes"}
+    saved = tiny_bert(num_labels=3).state_dict()["bert.encoder.layer.0.output.dense.weight"]
+    assert torch.equal(model.state_dict()["bert.encoder.layer.0.output.dense.weight"], saved)
 
 
 def test_a_language_model_reports_perplexity_token_accuracy_and_per_example_loss(tmp_path):
