@@ -75,7 +75,7 @@ def questions(eval_fraction: float = 0.1, root: Path | None = None) -> list[dict
     rng = random.Random(_SEED)
     found = []
     for package, pool in sorted(by_package.items()):
-        named = {name: found for name, found in pool.items() if found[0]}
+        named = {name: entry for name, entry in pool.items() if entry[0]}
         names = sorted(pool)
         if len(names) < CHOICES:
             continue
